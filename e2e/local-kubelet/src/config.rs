@@ -1,0 +1,90 @@
+//! Command-line configuration of the local kubelet.
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::addresses::PodNetwork;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "pgop-local-kubelet",
+    about = "Plays kubelet for this machine: nodes, PVCs and pods as local processes"
+)]
+pub struct Config {
+    /// Kubeconfig of the local API server (admin identity).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    /// Directory for pod volumes, runtime files and container logs.
+    #[arg(long, env = "PGOP_KUBELET_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Container logs go to `<log dir>/pods/`; default `<state dir>/logs`.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// Node names are `<prefix>-1`, `<prefix>-2`, ...
+    #[arg(long, default_value = "pgop-node")]
+    pub node_prefix: String,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// `KEY=VALUE:EFFECT` taints the nodes register with (e.g. to keep ordinary pods off
+    /// simulated nodes when both kinds share a control plane).
+    #[arg(long = "taint")]
+    pub taints: Vec<String>,
+    /// Pods per node the nodes advertise.
+    #[arg(long, default_value_t = 10000)]
+    pub max_pods: u32,
+    /// Pod addresses come from this network inside 127.0.0.0/8.
+    #[arg(long, default_value = "127.1.0.0/16")]
+    pub pod_network: PodNetwork,
+    /// Run no processes: pods are Ready at once and Spilo pods get their role label from
+    /// their ordinal (0 is master). For scale tests.
+    #[arg(long)]
+    pub simulate: bool,
+    /// Stand-in for containers of images that are neither Spilo nor pgbouncer, run with
+    /// `sh -c`; the container's command and args follow as positional parameters.
+    #[arg(long, default_value = "exit 0")]
+    pub default_command: String,
+    /// `IMAGE_SUBSTRING=COMMAND`: a stand-in for images whose name contains the substring
+    /// (checked before the Spilo and pgbouncer runtimes).
+    #[arg(long = "image-command")]
+    pub image_commands: Vec<String>,
+    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
+    pub pg_bin_dir: PathBuf,
+    #[arg(long, default_value = "patroni")]
+    pub patroni_bin: String,
+    #[arg(long, default_value = "pgbouncer")]
+    pub pgbouncer_bin: String,
+    /// OS user that runs PostgreSQL, Patroni and pgbouncer.
+    #[arg(long, default_value = "postgres")]
+    pub run_as: String,
+    /// Name of the default StorageClass the kubelet provisions for.
+    #[arg(long, default_value = "standard")]
+    pub storage_class: String,
+    /// `text` or `json`.
+    #[arg(long, default_value = "text", env = "LOG_FORMAT")]
+    pub log_format: String,
+}
+
+impl Config {
+    pub fn log_dir(&self) -> PathBuf {
+        self.log_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("logs"))
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        (1..=self.nodes)
+            .map(|i| format!("{}-{}", self.node_prefix, i))
+            .collect()
+    }
+
+    /// Stand-in overrides as (image substring, command) pairs.
+    pub fn image_overrides(&self) -> Vec<(String, String)> {
+        self.image_commands
+            .iter()
+            .filter_map(|s| {
+                s.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect()
+    }
+}
