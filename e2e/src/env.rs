@@ -1,0 +1,254 @@
+//! Starting and stopping one local environment.
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// The workspace root (this crate lives in `<root>/e2e`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e crate has a parent")
+        .to_path_buf()
+}
+
+/// Where the workspace's binaries are: `PGOP_BIN_DIR`, else `target/debug`.
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("PGOP_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("debug"))
+}
+
+/// Taint of the simulated nodes: only pods that tolerate it run there.
+pub const SIMULATED_TAINT: &str = "pgop.local/simulated=true:NoSchedule";
+
+pub struct EnvironmentOptions {
+    /// Also run a second kubelet in simulate mode (nodes `sim-node-*`).
+    pub simulated_nodes: bool,
+    /// `--image-command` arguments for the process kubelet.
+    pub image_commands: Vec<String>,
+}
+
+impl Default for EnvironmentOptions {
+    fn default() -> Self {
+        Self {
+            simulated_nodes: true,
+            image_commands: Vec::new(),
+        }
+    }
+}
+
+pub struct Environment {
+    pub state_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub pod_network: Ipv4Addr,
+    ports: [u16; 3],
+    kubelets: std::sync::Mutex<Vec<Child>>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// A /16 in 127/8 whose first address has nothing listening on Patroni's port.
+fn free_pod_network() -> Ipv4Addr {
+    let start = 20 + (std::process::id() % 200) as u8;
+    (0..200u8)
+        .map(|i| 20 + (start - 20 + i) % 200)
+        .map(|second| Ipv4Addr::new(127, second, 0, 0))
+        .find(|net| {
+            let first = Ipv4Addr::new(127, net.octets()[1], 0, 1);
+            std::net::TcpStream::connect_timeout(&(first, 8008).into(), Duration::from_millis(50))
+                .is_err()
+        })
+        .unwrap_or(Ipv4Addr::new(127, 20, 0, 0))
+}
+
+impl Environment {
+    /// Starts a fresh environment in `state_dir` (emptied first).
+    pub fn start(state_dir: &Path, options: EnvironmentOptions) -> Result<Self> {
+        if state_dir.exists() {
+            std::fs::remove_dir_all(state_dir)
+                .with_context(|| format!("emptying {}", state_dir.display()))?;
+        }
+        std::fs::create_dir_all(state_dir.join("logs"))?;
+        let state_dir = std::fs::canonicalize(state_dir)?;
+        let ports = [free_port()?, free_port()?, free_port()?];
+        let pod_network = free_pod_network();
+        let env = Environment {
+            kubeconfig: state_dir.join("kubeconfig"),
+            state_dir,
+            pod_network,
+            ports,
+            kubelets: std::sync::Mutex::new(Vec::new()),
+        };
+        let started = Instant::now();
+        env.control_plane("up")?;
+        eprintln!(
+            "[e2e] control plane up in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        let kubelet = bin_dir().join("pgop-local-kubelet");
+        if !kubelet.is_file() {
+            bail!("{} is missing: build the workspace first (`cargo build --workspace --bins` or `make build`)", kubelet.display());
+        }
+        let mut args = vec![
+            "--state-dir".to_string(),
+            env.state_dir.join("kubelet").display().to_string(),
+            "--log-dir".into(),
+            env.state_dir.join("logs").display().to_string(),
+            "--pod-network".into(),
+            format!("{pod_network}/17"),
+        ];
+        for c in &options.image_commands {
+            args.push("--image-command".into());
+            args.push(c.clone());
+        }
+        env.spawn_kubelet("kubelet", &args)?;
+        if options.simulated_nodes {
+            let sim_net = format!("{}/17", Ipv4Addr::new(127, pod_network.octets()[1], 128, 0));
+            let args = [
+                "--simulate",
+                "--node-prefix",
+                "sim-node",
+                "--state-dir",
+                &env.state_dir.join("kubelet-sim").display().to_string(),
+                "--pod-network",
+                &sim_net,
+                "--taint",
+                SIMULATED_TAINT,
+            ]
+            .map(str::to_string);
+            env.spawn_kubelet("kubelet-sim", &args)?;
+        }
+        Ok(env)
+    }
+
+    fn spawn_kubelet(&self, name: &str, args: &[String]) -> Result<()> {
+        let log = std::fs::File::create(self.state_dir.join("logs").join(format!("{name}.log")))?;
+        let child = Command::new(bin_dir().join("pgop-local-kubelet"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the local kubelet")?;
+        self.kubelets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
+        Ok(())
+    }
+
+    fn control_plane(&self, action: &str) -> Result<()> {
+        let script = workspace_root().join("e2e/env/control-plane.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg(action)
+            .arg(&self.state_dir)
+            .env("PGOP_ETCD_PORT", self.ports[0].to_string())
+            .env("PGOP_ETCD_PEER_PORT", self.ports[1].to_string())
+            .env("PGOP_APISERVER_PORT", self.ports[2].to_string())
+            .output()
+            .context("running control-plane.sh")?;
+        if !output.status.success() {
+            bail!(
+                "control-plane.sh {action} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Runs kubectl against the environment; fails with its stderr when it fails.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .context("running kubectl")?;
+        if !output.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `kubectl apply -n namespace -f -` with `manifest` on standard input.
+    pub fn apply(&self, namespace: &str, manifest: &str) -> Result<String> {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .args(["apply", "-n", namespace, "-f", "-"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(manifest.as_bytes())?;
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Stops the kubelets (their pods' processes with them) and the control plane.
+    pub fn stop(&self) {
+        let mut kubelets = self.kubelets.lock().unwrap_or_else(|e| e.into_inner());
+        if kubelets.is_empty() {
+            return;
+        }
+        for child in kubelets.iter() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for child in kubelets.iter_mut() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kubelets.clear();
+        if let Err(e) = self.control_plane("down") {
+            eprintln!("[e2e] {e}");
+        }
+    }
+}
+
+impl Drop for Environment {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,599 @@
+//! End-to-end tests on a fresh local environment (real kube-apiserver, controller-manager,
+//! scheduler, the local kubelet running Patroni/PostgreSQL as processes). One environment
+//! per run; tests run in parallel, each in its own namespace.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use libtest_mimic::{Arguments, Failed, Trial};
+use pgop_e2e::{wait, Environment, EnvironmentOptions};
+
+static ENV: OnceLock<Environment> = OnceLock::new();
+
+fn env() -> &'static Environment {
+    ENV.get().expect("environment started")
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    type Test = (&'static str, fn() -> Result<()>);
+    let tests: Vec<Test> = vec![
+        (
+            "spilo_statefulset_replicates_fails_over_and_cleans_up",
+            || block_on(spilo_statefulset_lifecycle()),
+        ),
+        ("simulated_nodes_run_spilo_pods_without_processes", || {
+            block_on(simulated_pods())
+        }),
+        ("stand_in_containers_report_their_exit_codes", || {
+            block_on(stand_in_exit_codes())
+        }),
+        ("claims_are_provisioned_resized_and_released", || {
+            block_on(claim_lifecycle())
+        }),
+    ];
+    let trials: Vec<Trial> = tests
+        .into_iter()
+        .map(|(name, f)| {
+            Trial::test(name, move || {
+                f().map_err(|e| Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    // Listing or filtering everything out needs no environment.
+    let selected = trials
+        .iter()
+        .any(|t| args.filter.as_deref().is_none_or(|f| t.name().contains(f)));
+    if args.list || !selected {
+        libtest_mimic::run(&args, trials).exit();
+    }
+    let state_dir = std::env::var_os("PGOP_E2E_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| pgop_e2e::env::workspace_root().join("target/e2e/state"));
+    let started = Instant::now();
+    let options = EnvironmentOptions {
+        image_commands: vec!["e2e/exit-code=exit \"$EXIT_CODE\"".into()],
+        ..Default::default()
+    };
+    let environment = match Environment::start(&state_dir, options) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "[e2e] the local environment did not start: {e:#}\n[e2e] logs: {}/logs",
+                state_dir.display()
+            );
+            std::process::exit(1);
+        }
+    };
+    eprintln!(
+        "[e2e] environment ready in {:.1}s; logs in {}/logs",
+        started.elapsed().as_secs_f64(),
+        state_dir.display()
+    );
+    let _ = ENV.set(environment);
+    let conclusion = libtest_mimic::run(&args, trials);
+    eprintln!("[e2e] total {:.1}s", started.elapsed().as_secs_f64());
+    // Statics are never dropped: stop the processes explicitly.
+    if let Some(env) = ENV.get() {
+        env.stop();
+    }
+    conclusion.exit();
+}
+
+fn block_on(f: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+async fn namespace(client: &Client, name: &str) -> Result<()> {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    // Pods are admitted only once the namespace's default service account exists.
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), name);
+    wait::until(
+        "the default service account",
+        Duration::from_secs(30),
+        || async { Ok(sa.get_opt("default").await?.map(|_| ())) },
+    )
+    .await
+}
+
+fn pod_ip(pod: &Pod) -> Option<String> {
+    pod.status.as_ref()?.pod_ip.clone()
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn role(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get("spilo-role")
+        .map(String::as_str)
+}
+
+/// (master, replica) once both pods are Ready with one master and one replica.
+async fn master_and_replica(pods: &Api<Pod>, timeout: Duration) -> Result<(Pod, Pod)> {
+    wait::until(
+        "one Ready master and one Ready replica",
+        timeout,
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("cluster-name=acid-minimal-cluster"))
+                .await?
+                .items;
+            let ready: Vec<&Pod> = list
+                .iter()
+                .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let masters: Vec<&&Pod> = ready.iter().filter(|p| role(p) == Some("master")).collect();
+            let replicas: Vec<&&Pod> = ready
+                .iter()
+                .filter(|p| role(p) == Some("replica"))
+                .collect();
+            if list.len() == 2 && masters.len() == 1 && replicas.len() == 1 {
+                Ok(Some(((*masters[0]).clone(), (*replicas[0]).clone())))
+            } else {
+                let states: Vec<String> = list
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}:{:?}:ready={}",
+                            p.metadata.name.as_deref().unwrap_or("?"),
+                            role(p),
+                            is_ready(p)
+                        )
+                    })
+                    .collect();
+                bail!("pods: {states:?}")
+            }
+        },
+    )
+    .await
+}
+
+async fn connect(ip: &str, password: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(ip)
+        .port(5432)
+        .user("postgres")
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(5))
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {ip}:5432"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn secret_value(client: &Client, namespace: &str, name: &str, key: &str) -> Result<String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await?;
+    let data = secret.data.unwrap_or_default();
+    let value = data
+        .get(key)
+        .with_context(|| format!("secret {name} has no key {key}"))?;
+    Ok(String::from_utf8(value.0.clone())?)
+}
+
+/// Processes of the pods of `namespace` still alive (Patroni's command line names its
+/// pod directory), as "pid cmdline".
+fn processes_of_namespace(namespace: &str) -> Vec<String> {
+    let marker = env()
+        .state_dir
+        .join("kubelet/pods")
+        .join(format!("{namespace}_"))
+        .display()
+        .to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&marker) {
+            found.push(format!("{} {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+async fn spilo_statefulset_lifecycle() -> Result<()> {
+    let ns = "e2e-spilo";
+    let client = env().client().await?;
+    namespace(&client, ns).await?;
+    let fixture = std::fs::read_to_string(
+        pgop_e2e::env::workspace_root().join("e2e/fixtures/spilo-statefulset.yaml"),
+    )?;
+    env().apply(ns, &fixture.replace("__NAMESPACE__", ns))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+
+    // Two pods Running, exactly one master.
+    let started = Instant::now();
+    let (master, replica) = master_and_replica(&pods, Duration::from_secs(180)).await?;
+    eprintln!(
+        "[e2e] cluster up with master {:?} in {:.1}s",
+        master.metadata.name,
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        master.metadata.name.as_deref() == Some("acid-minimal-cluster-0"),
+        "pod 0 bootstraps the cluster"
+    );
+    let (master_ip, replica_ip) = (
+        pod_ip(&master).context("master ip")?,
+        pod_ip(&replica).context("replica ip")?,
+    );
+    ensure!(master_ip != replica_ip, "each pod has its own address");
+
+    // The master Service selects the master, through the controller-manager's endpoints.
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), ns);
+    wait::until(
+        "the master service's endpoints",
+        Duration::from_secs(30),
+        || async {
+            let ep = endpoints.get("acid-minimal-cluster").await?;
+            let ips: Vec<String> = ep
+                .subsets
+                .iter()
+                .flatten()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .map(|a| a.ip.clone())
+                .collect();
+            Ok((ips == vec![master_ip.clone()]).then_some(()))
+        },
+    )
+    .await?;
+
+    // Write on the master with the password from the Secret, read on the replica.
+    let password = secret_value(
+        &client,
+        ns,
+        "postgres.acid-minimal-cluster.credentials.postgresql.acid.zalan.do",
+        "password",
+    )
+    .await?;
+    let db = connect(&master_ip, &password).await?;
+    db.batch_execute("CREATE TABLE e2e (id int PRIMARY KEY, note text); INSERT INTO e2e VALUES (1, 'written on the master')").await?;
+    let bad = tokio_postgres::Config::new()
+        .host(master_ip.as_str())
+        .user("postgres")
+        .password("wrong")
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await;
+    ensure!(bad.is_err(), "a wrong password is refused");
+    let read_note = |ip: String| {
+        let password = password.clone();
+        async move {
+            let db = connect(&ip, &password).await?;
+            let row = db
+                .query_opt("SELECT note FROM e2e WHERE id = 1", &[])
+                .await?;
+            Ok(row.map(|r| r.get::<_, String>(0)))
+        }
+    };
+    let note = wait::until("the row on the replica", Duration::from_secs(30), || {
+        read_note(replica_ip.clone())
+    })
+    .await?;
+    ensure!(note == "written on the master", "replica read {note:?}");
+
+    // A crashed Patroni is restarted by the kubelet and the pod reports the restart.
+    let replica_name = replica.metadata.name.clone().context("replica name")?;
+    let patroni = processes_of_namespace(ns)
+        .into_iter()
+        .find(|p| p.contains("patroni") && p.contains(&format!("{ns}_{replica_name}_")))
+        .context("the replica's Patroni process")?;
+    let pid: i32 = patroni
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .parse()?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    wait::until(
+        "the replica restarted and Ready",
+        Duration::from_secs(90),
+        || async {
+            let p = pods.get(&replica_name).await?;
+            let restarts = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .map(|c| c.restart_count);
+            Ok((restarts == Some(1) && is_ready(&p)).then_some(()))
+        },
+    )
+    .await?;
+
+    // Deleting pod 0 (the master) fails over to pod 1; the StatefulSet recreates pod 0 on
+    // the same claim, and it rejoins as a replica with its data.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let volume_before = claims
+        .get("pgdata-acid-minimal-cluster-0")
+        .await?
+        .spec
+        .and_then(|s| s.volume_name);
+    let old_uid = master.metadata.uid.clone();
+    pods.delete("acid-minimal-cluster-0", &DeleteParams::default())
+        .await?;
+    let failover_started = Instant::now();
+    let (new_master, new_replica) = wait::until(
+        "failover and pod 0 recreated",
+        Duration::from_secs(180),
+        || async {
+            let (m, r) = match master_and_replica(&pods, Duration::from_secs(1)).await {
+                Ok(pair) => pair,
+                Err(_) => return Ok(None),
+            };
+            Ok(
+                (r.metadata.name.as_deref() == Some("acid-minimal-cluster-0")
+                    && r.metadata.uid != old_uid)
+                    .then_some((m, r)),
+            )
+        },
+    )
+    .await?;
+    eprintln!(
+        "[e2e] failover and pod 0 back as replica in {:.1}s",
+        failover_started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        new_master.metadata.name.as_deref() == Some("acid-minimal-cluster-1"),
+        "pod 1 took over"
+    );
+    let volume_after = claims
+        .get("pgdata-acid-minimal-cluster-0")
+        .await?
+        .spec
+        .and_then(|s| s.volume_name);
+    ensure!(
+        volume_before == volume_after && volume_after.is_some(),
+        "pod 0 kept its volume: {volume_before:?} → {volume_after:?}"
+    );
+    let db = connect(&pod_ip(&new_master).context("ip")?, &password).await?;
+    db.execute("INSERT INTO e2e VALUES (2, 'after failover')", &[])
+        .await?;
+    let note = wait::until("pod 0 reading its data", Duration::from_secs(30), || {
+        read_note(pod_ip(&new_replica).unwrap_or_default())
+    })
+    .await?;
+    ensure!(
+        note == "written on the master",
+        "recreated pod 0 read {note:?}"
+    );
+
+    // Deleting the StatefulSet removes the pods and stops every process.
+    let ips = [pod_ip(&new_master), pod_ip(&new_replica)];
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .delete("acid-minimal-cluster", &DeleteParams::foreground())
+        .await?;
+    wait::until(
+        "pods and processes gone",
+        Duration::from_secs(120),
+        || async {
+            let left = pods.list(&ListParams::default()).await?.items.len();
+            let procs = processes_of_namespace(ns);
+            if left == 0 && procs.is_empty() {
+                Ok(Some(()))
+            } else {
+                bail!("{left} pods, processes {procs:?}")
+            }
+        },
+    )
+    .await?;
+    for ip in ips.into_iter().flatten() {
+        let refused = tokio::net::TcpStream::connect((ip.as_str(), 5432))
+            .await
+            .is_err();
+        ensure!(refused, "nothing listens on {ip}:5432 any more");
+    }
+    Ok(())
+}
+
+async fn simulated_pods() -> Result<()> {
+    let ns = "e2e-simulate";
+    let client = env().client().await?;
+    namespace(&client, ns).await?;
+    let manifest = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: sim}
+spec:
+  replicas: 3
+  serviceName: sim
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {application: spilo, cluster-name: sim}}
+  template:
+    metadata: {labels: {application: spilo, cluster-name: sim}}
+    spec:
+      nodeSelector: {pgop.local/kubelet-mode: simulate}
+      tolerations: [{key: pgop.local/simulated, operator: Exists, effect: NoSchedule}]
+      containers:
+      - name: postgres
+        image: ghcr.io/zalando/spilo-15:3.0-p1
+        env: [{name: KUBERNETES_ROLE_LABEL, value: spilo-role}]
+"#;
+    env().apply(ns, manifest)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let roles = wait::until(
+        "three Ready simulated pods with roles",
+        Duration::from_secs(60),
+        || async {
+            let list = pods.list(&ListParams::default()).await?.items;
+            let roles: BTreeMap<String, String> = list
+                .iter()
+                .filter(|p| is_ready(p))
+                .filter_map(|p| Some((p.metadata.name.clone()?, role(p)?.to_string())))
+                .collect();
+            Ok((roles.len() == 3).then_some((roles, list)))
+        },
+    )
+    .await?;
+    let (roles, list) = roles;
+    let want: BTreeMap<String, String> = [
+        ("sim-0", "master"),
+        ("sim-1", "replica"),
+        ("sim-2", "replica"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    ensure!(roles == want, "roles by ordinal: {roles:?}");
+    for p in &list {
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        ensure!(
+            node.starts_with("sim-node-"),
+            "{:?} ran on {node}",
+            p.metadata.name
+        );
+    }
+    ensure!(
+        processes_of_namespace(ns).is_empty(),
+        "simulated pods run no processes"
+    );
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .delete("sim", &DeleteParams::foreground())
+        .await?;
+    wait::until("simulated pods gone", Duration::from_secs(60), || async {
+        Ok(pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await
+}
+
+async fn stand_in_exit_codes() -> Result<()> {
+    let ns = "e2e-stand-in";
+    let client = env().client().await?;
+    namespace(&client, ns).await?;
+    let pod = |name: &str, code: u8| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  nodeSelector: {{pgop.local/kubelet-mode: processes}}\n  containers:\n  - name: job\n    image: e2e/exit-code:1\n    env: [{{name: EXIT_CODE, value: \"{code}\"}}]\n"
+        )
+    };
+    env().apply(
+        ns,
+        &format!("{}---\n{}", pod("succeeds", 0), pod("fails", 3)),
+    )?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for (name, phase, code) in [("succeeds", "Succeeded", 0), ("fails", "Failed", 3)] {
+        let p = wait::until(
+            &format!("{name} finished"),
+            Duration::from_secs(60),
+            || async {
+                let p = pods.get(name).await?;
+                let done = matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                );
+                Ok(done.then_some(p))
+            },
+        )
+        .await?;
+        let status = p.status.context("status")?;
+        ensure!(
+            status.phase.as_deref() == Some(phase),
+            "{name}: phase {:?}",
+            status.phase
+        );
+        let terminated = status
+            .container_statuses
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| c.state)
+            .and_then(|s| s.terminated)
+            .context("terminated state")?;
+        ensure!(
+            terminated.exit_code == code,
+            "{name}: exit code {}",
+            terminated.exit_code
+        );
+    }
+    Ok(())
+}
+
+async fn claim_lifecycle() -> Result<()> {
+    let ns = "e2e-storage";
+    let client = env().client().await?;
+    namespace(&client, ns).await?;
+    env().apply(ns, "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n")?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let capacity = |c: &PersistentVolumeClaim| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .map(|q| q.0.clone())
+    };
+    let bound = wait::until("the claim bound", Duration::from_secs(30), || async {
+        let c = claims.get("data").await?;
+        Ok((c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")).then_some(c))
+    })
+    .await?;
+    ensure!(
+        capacity(&bound).as_deref() == Some("1Gi"),
+        "bound with {:?}",
+        capacity(&bound)
+    );
+    ensure!(
+        bound
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref())
+            == Some("standard"),
+        "default class applied"
+    );
+    let volume = bound
+        .spec
+        .and_then(|s| s.volume_name)
+        .context("volume name")?;
+    let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}});
+    claims
+        .patch("data", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait::until(
+        "the resize reflected in the claim's status",
+        Duration::from_secs(30),
+        || async {
+            Ok((capacity(&claims.get("data").await?).as_deref() == Some("2Gi")).then_some(()))
+        },
+    )
+    .await?;
+    claims.delete("data", &DeleteParams::default()).await?;
+    let volumes: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
+    wait::until(
+        "the released volume deleted",
+        Duration::from_secs(60),
+        || async { Ok(volumes.get_opt(&volume).await?.is_none().then_some(())) },
+    )
+    .await
+}
