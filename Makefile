@@ -1,0 +1,29 @@
+# pgop: the two commands of the README, and their parts.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: up down test install build unit e2e
+
+## up: start the local environment and a PostgreSQL cluster (state in .local/)
+up: install build
+	bash e2e/env/local-env.sh up
+
+## down: stop everything `make up` started
+down:
+	bash e2e/env/local-env.sh down
+
+## test: every unit, integration and end-to-end test
+test: install build
+	cargo test --workspace --all-targets
+
+install:
+	bash e2e/env/install.sh
+
+build:
+	cargo build --workspace --bins
+
+unit:
+	cargo test --workspace --lib --bins
+
+e2e: install build
+	cargo test -p pgop-e2e --test e2e
