@@ -17,9 +17,15 @@ alive() { [ -f "$state/pids/$1.pid" ] && kill -0 "$(cat "$state/pids/$1.pid")" 2
 up() {
   mkdir -p "$state/logs" "$state/pids"
   bash "$root/e2e/env/control-plane.sh" up "$state"
+  # PostgreSQL runs as `postgres` and must reach its data directories.
+  kubelet_state=$state/kubelet
+  if ! runuser -u postgres -- test -x "$state" 2>/dev/null; then
+    kubelet_state=/var/tmp/pgop-kubelet-$(echo "$state" | md5sum | cut -c1-12)
+    log "$state is not reachable by the postgres user: pod data goes to $kubelet_state"
+  fi
   if ! alive kubelet; then
     [ -x "$bin/pgop-local-kubelet" ] || { log "$bin/pgop-local-kubelet is missing: run 'make build'"; exit 1; }
-    setsid "$bin/pgop-local-kubelet" --state-dir "$state/kubelet" --log-dir "$state/logs" \
+    setsid "$bin/pgop-local-kubelet" --state-dir "$kubelet_state" --log-dir "$state/logs" \
       --pod-network "${PGOP_POD_NETWORK:-127.1.0.0/16}" >>"$state/logs/kubelet.log" 2>&1 < /dev/null &
     echo $! > "$state/pids/kubelet.pid"
   fi

@@ -43,6 +43,8 @@ impl Default for EnvironmentOptions {
 
 pub struct Environment {
     pub state_dir: PathBuf,
+    /// The process kubelet's state (pod directories and volumes).
+    pub kubelet_dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub pod_network: Ipv4Addr,
     ports: [u16; 3],
@@ -69,6 +71,26 @@ fn free_pod_network() -> Ipv4Addr {
         .unwrap_or(Ipv4Addr::new(127, 20, 0, 0))
 }
 
+/// The process kubelet's state: below the state dir when PostgreSQL (running as `postgres`)
+/// can reach it there, else in /var/tmp.
+fn kubelet_dir_for(state_dir: &Path) -> PathBuf {
+    let reachable = Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(state_dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if reachable {
+        state_dir.join("kubelet")
+    } else {
+        let tag = state_dir
+            .display()
+            .to_string()
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+        PathBuf::from(format!("/var/tmp/pgop-e2e-kubelet-{tag:08x}"))
+    }
+}
+
 impl Environment {
     /// Starts a fresh environment in `state_dir` (emptied first).
     pub fn start(state_dir: &Path, options: EnvironmentOptions) -> Result<Self> {
@@ -82,11 +104,16 @@ impl Environment {
         let pod_network = free_pod_network();
         let env = Environment {
             kubeconfig: state_dir.join("kubeconfig"),
+            kubelet_dir: kubelet_dir_for(&state_dir),
             state_dir,
             pod_network,
             ports,
             kubelets: std::sync::Mutex::new(Vec::new()),
         };
+        if !env.kubelet_dir.starts_with(&env.state_dir) && env.kubelet_dir.exists() {
+            std::fs::remove_dir_all(&env.kubelet_dir)
+                .with_context(|| format!("emptying {}", env.kubelet_dir.display()))?;
+        }
         let started = Instant::now();
         env.control_plane("up")?;
         eprintln!(
@@ -99,7 +126,7 @@ impl Environment {
         }
         let mut args = vec![
             "--state-dir".to_string(),
-            env.state_dir.join("kubelet").display().to_string(),
+            env.kubelet_dir.display().to_string(),
             "--log-dir".into(),
             env.state_dir.join("logs").display().to_string(),
             "--pod-network".into(),
@@ -122,6 +149,7 @@ impl Environment {
                 &sim_net,
                 "--taint",
                 SIMULATED_TAINT,
+                "--no-provisioner",
             ]
             .map(str::to_string);
             env.spawn_kubelet("kubelet-sim", &args)?;

@@ -198,8 +198,8 @@ async fn secret_value(client: &Client, namespace: &str, name: &str, key: &str) -
 /// pod directory), as "pid cmdline".
 fn processes_of_namespace(namespace: &str) -> Vec<String> {
     let marker = env()
-        .state_dir
-        .join("kubelet/pods")
+        .kubelet_dir
+        .join("pods")
         .join(format!("{namespace}_"))
         .display()
         .to_string();
@@ -296,6 +296,9 @@ async fn spilo_statefulset_lifecycle() -> Result<()> {
     })
     .await?;
     ensure!(note == "written on the master", "replica read {note:?}");
+
+    // A pooler-shaped pgbouncer pod reaches the master through the Service name.
+    check_pooler(&client, ns, &password).await?;
 
     // A crashed Patroni is restarted by the kubelet and the pod reports the restart.
     let replica_name = replica.metadata.name.clone().context("replica name")?;
@@ -410,6 +413,53 @@ async fn spilo_statefulset_lifecycle() -> Result<()> {
             .is_err();
         ensure!(refused, "nothing listens on {ip}:5432 any more");
     }
+    Ok(())
+}
+
+/// A pod shaped like Zalando's connection pooler (pgbouncer image, PG* and
+/// CONNECTION_POOLER_* environment): queries through it reach the master.
+async fn check_pooler(client: &Client, ns: &str, password: &str) -> Result<()> {
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: pooler}}
+spec:
+  nodeSelector: {{pgop.local/kubelet-mode: processes}}
+  containers:
+  - name: connection-pooler
+    image: registry.opensource.zalan.do/acid/pgbouncer:master-27
+    ports: [{{containerPort: 5432, protocol: TCP}}]
+    env:
+    - {{name: PGHOST, value: acid-minimal-cluster.{ns}}}
+    - {{name: PGPORT, value: "5432"}}
+    - {{name: PGUSER, value: postgres}}
+    - {{name: PGSCHEMA, value: pooler}}
+    - name: PGPASSWORD
+      valueFrom: {{secretKeyRef: {{name: postgres.acid-minimal-cluster.credentials.postgresql.acid.zalan.do, key: password}}}}
+    - {{name: CONNECTION_POOLER_PORT, value: "5432"}}
+    - {{name: CONNECTION_POOLER_MODE, value: transaction}}
+"#
+    );
+    env().apply(ns, &manifest)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pooler = wait::until("the pooler Ready", Duration::from_secs(60), || async {
+        let p = pods.get("pooler").await?;
+        Ok(is_ready(&p).then_some(p))
+    })
+    .await?;
+    let db = connect(&pod_ip(&pooler).context("pooler ip")?, password).await?;
+    // Simple protocol: prepared statements do not survive pgbouncer's transaction mode.
+    let rows = db.simple_query("SELECT note FROM e2e WHERE id = 1").await?;
+    let note = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    ensure!(
+        note.as_deref() == Some("written on the master"),
+        "through pgbouncer: {note:?}"
+    );
+    pods.delete("pooler", &DeleteParams::default()).await?;
     Ok(())
 }
 

@@ -56,6 +56,9 @@ pub struct Config {
     /// OS user that runs PostgreSQL, Patroni and pgbouncer.
     #[arg(long, default_value = "postgres")]
     pub run_as: String,
+    /// Leave claims to another kubelet of the same control plane (one provisions for all).
+    #[arg(long)]
+    pub no_provisioner: bool,
     /// Name of the default StorageClass the kubelet provisions for.
     #[arg(long, default_value = "standard")]
     pub storage_class: String,

@@ -57,7 +57,11 @@ async fn main() -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let nodes_task = tokio::spawn(nodes::run(shared.clone()));
-    let storage_task = tokio::spawn(storage::run(shared.clone()));
+    let storage_task = if shared.config.no_provisioner {
+        tokio::spawn(std::future::pending())
+    } else {
+        tokio::spawn(storage::run(shared.clone()))
+    };
     let pods_task = tokio::spawn(pods::run(shared.clone()));
     tracing::info!(nodes = ?shared.config.node_names(), simulate = shared.config.simulate, "local kubelet running");
     tokio::select! {
