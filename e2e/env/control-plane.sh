@@ -12,7 +12,7 @@ state=${2:?usage: control-plane.sh up|down STATE_DIR}
 mkdir -p "$state"
 state=$(cd "$state" && pwd)
 CACHE=${PGOP_CACHE:-$HOME/.cache/pgop}
-K8S_BIN=${PGOP_K8S_BIN:-$CACHE/kubernetes-1.20.2-loopback/bin}
+K8S_BIN=${PGOP_K8S_BIN:-$CACHE/kubernetes-1.20.2-pgop2/bin}
 ETCD_PORT=${PGOP_ETCD_PORT:-2379}
 ETCD_PEER_PORT=${PGOP_ETCD_PEER_PORT:-2380}
 API_PORT=${PGOP_APISERVER_PORT:-6443}

@@ -6,8 +6,8 @@
 set -euo pipefail
 
 CACHE=${PGOP_CACHE:-$HOME/.cache/pgop}
-# The "-loopback" suffix names the one change to upstream: see patch_loopback_endpoints.
-K8S_BIN=${PGOP_K8S_BIN:-$CACHE/kubernetes-1.20.2-loopback/bin}
+# "-pgop2": upstream 1.20.2 plus the two local patches below (bump on any patch change).
+K8S_BIN=${PGOP_K8S_BIN:-$CACHE/kubernetes-1.20.2-pgop2/bin}
 log() { echo "[install] $*" >&2; }
 
 need_pkgs=()
@@ -70,12 +70,22 @@ for mod in github.com/modern-go/reflect2 github.com/json-iterator/go; do
   cp -r "/usr/share/gocode/src/$mod" "$src/vendor/$mod"
   rm -f "$src/vendor/$mod/go.mod" "$src/vendor/$mod/go.sum"
 done
-# Pods here live on loopback addresses (127.x.y.z), which upstream refuses in Endpoints
-# ("may not be in the loopback range"); without them Services have no endpoints and
-# Patroni's Endpoints-based leader election fails. Drop only that check.
-validation=$src/pkg/apis/core/validation/validation.go
-grep -q 'if ip.IsLoopback() {' "$validation" || { log "loopback check not found in $validation"; exit 1; }
-sed -i 's/if ip.IsLoopback() {/if false \&\& ip.IsLoopback() {/' "$validation"
+# Local patches, each checked so a changed source fails loudly instead of silently:
+# 1. Pods here live on loopback addresses (127.x.y.z), which upstream refuses in Endpoints
+#    ("may not be in the loopback range"); without them Services have no endpoints and
+#    Patroni's Endpoints-based leader election fails. Drop only that check.
+# 2. Built with Go >= 1.18, the vendored OpenAPI validators treat an empty string decoded
+#    from JSON as null (reflect.Zero and a boxed "" share Go's zeroVal, so their
+#    reflect.DeepEqual holds), and reject "" for every non-nullable string of a custom
+#    resource. Keep only the nil check, as the validators behaved when 1.20 was released.
+patch_source() { # file, from, to
+  grep -qF "$2" "$1" || { log "patch target not found in $1: $2"; exit 1; }
+  sed -i "s|$(printf '%s' "$2" | sed 's/[][\.*^$|]/\\&/g')|$3|" "$1"
+}
+patch_source "$src/pkg/apis/core/validation/validation.go" 'if ip.IsLoopback() {' 'if false \&\& ip.IsLoopback() {'
+for validator in "$src/vendor/github.com/go-openapi/validate/type.go" "$src/vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go"; do
+  patch_source "$validator" 'if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {' 'if data == nil {'
+done
 mkdir -p "$src/.go/src/k8s.io"
 ln -sfn "$src" "$src/.go/src/k8s.io/kubernetes"
 (
