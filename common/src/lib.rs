@@ -1,0 +1,7 @@
+//! Types every pgop process shares. Service crates depend on this crate and on
+//! `pgop-proto`, never on each other.
+pub mod config;
+pub mod crd;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
