@@ -1,0 +1,251 @@
+//! The one task that owns the scheduler state: sessions, the watcher subscription and
+//! inspection queries reach it through a channel, so no lock is ever held across I/O and
+//! a slow worker never blocks the others (each has its own unbounded outbound queue).
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgop_proto::v1::{
+    worker_message, ClusterAssignment, EventRecord, SchedulerMessage, WatchEvent, WorkerInfo,
+    WorkerMessage,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{Outbox, Ownership, SchedulerState};
+
+pub type WorkerTx = mpsc::UnboundedSender<Result<SchedulerMessage, tonic::Status>>;
+
+pub enum Input {
+    Watch(WatchEvent),
+    SnapshotStarted,
+    Joined {
+        id: String,
+        session: u64,
+        address: String,
+        capacity: u32,
+        tx: WorkerTx,
+    },
+    FromWorker {
+        id: String,
+        session: u64,
+        message: WorkerMessage,
+    },
+    Gone {
+        id: String,
+        session: u64,
+    },
+    Assignments(oneshot::Sender<Vec<ClusterAssignment>>),
+    Workers(oneshot::Sender<Vec<WorkerInfo>>),
+}
+
+struct Session {
+    session: u64,
+    tx: WorkerTx,
+    last_heartbeat: Instant,
+    last_heartbeat_wall: String,
+}
+
+pub struct Actor {
+    state: SchedulerState,
+    sessions: HashMap<String, Session>,
+    heartbeat_timeout: Duration,
+    events: broadcast::Sender<EventRecord>,
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+impl Actor {
+    pub fn new(heartbeat_timeout: Duration, events: broadcast::Sender<EventRecord>) -> Self {
+        Self {
+            state: SchedulerState::default(),
+            sessions: HashMap::new(),
+            heartbeat_timeout,
+            events,
+        }
+    }
+
+    fn record(&self, cluster: &str, kind: &str, detail: String) {
+        let _ = self.events.send(EventRecord {
+            at: now_rfc3339(),
+            cluster: cluster.to_string(),
+            kind: kind.to_string(),
+            detail,
+        });
+    }
+
+    fn dispatch(&mut self, out: Outbox) {
+        use pgop_proto::v1::scheduler_message::Message;
+        for (worker, message) in out {
+            match &message.message {
+                Some(Message::Assign(a)) => {
+                    self.record(&a.cluster, "assigned", format!("to {worker}"))
+                }
+                Some(Message::Release(r)) => {
+                    self.record(&r.cluster, "releasing", format!("from {worker}"))
+                }
+                _ => {}
+            }
+            if let Some(session) = self.sessions.get(&worker) {
+                // A closed queue means the session is ending; its Gone input follows.
+                let _ = session.tx.send(Ok(message));
+            }
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let input = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => { self.expire_silent_workers(); continue; }
+                input = inputs.recv() => match input { Some(i) => i, None => return },
+            };
+            self.handle(input);
+        }
+    }
+
+    fn expire_silent_workers(&mut self) {
+        let silent: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_heartbeat.elapsed() > self.heartbeat_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in silent {
+            tracing::warn!(worker = %id, "no heartbeat within {:?}: declaring the worker dead", self.heartbeat_timeout);
+            self.sessions.remove(&id);
+            let out = self.state.worker_left(&id);
+            self.record("", "worker-dead", id);
+            self.dispatch(out);
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Watch(ev) => {
+                if let Some(pgop_proto::v1::watch_event::Event::Cluster(c)) = &ev.event {
+                    let kind = pgop_proto::v1::ClusterEventType::try_from(c.r#type)
+                        .map(|t| t.as_str_name())
+                        .unwrap_or("?");
+                    self.record(
+                        &format!("{}/{}", c.namespace, c.name),
+                        "event",
+                        kind.trim_start_matches("CLUSTER_EVENT_TYPE_").to_string(),
+                    );
+                }
+                let out = self.state.watch_event(ev);
+                self.dispatch(out);
+            }
+            Input::SnapshotStarted => self.state.snapshot_started(),
+            Input::Joined {
+                id,
+                session,
+                address,
+                capacity,
+                tx,
+            } => {
+                tracing::info!(worker = %id, %address, capacity, "worker joined");
+                let now = Instant::now();
+                self.sessions.insert(
+                    id.clone(),
+                    Session {
+                        session,
+                        tx,
+                        last_heartbeat: now,
+                        last_heartbeat_wall: now_rfc3339(),
+                    },
+                );
+                let out = self.state.worker_joined(&id, address, capacity);
+                self.record("", "worker-joined", id);
+                self.dispatch(out);
+            }
+            Input::FromWorker {
+                id,
+                session,
+                message,
+            } => {
+                let Some(s) = self.sessions.get_mut(&id).filter(|s| s.session == session) else {
+                    return;
+                };
+                s.last_heartbeat = Instant::now();
+                s.last_heartbeat_wall = now_rfc3339();
+                match message.message {
+                    Some(worker_message::Message::Heartbeat(h)) => {
+                        self.state.heartbeat(&id, h.clusters, h.queued)
+                    }
+                    Some(worker_message::Message::Released(r)) => {
+                        self.record(&r.cluster, "released", format!("by {id}"));
+                        let out = self.state.released(&id, &r.cluster);
+                        self.dispatch(out);
+                    }
+                    Some(worker_message::Message::Status(st)) => {
+                        self.state.cluster_status(&st.cluster, st.status, st.team)
+                    }
+                    Some(worker_message::Message::Hello(_)) | None => {}
+                }
+            }
+            Input::Gone { id, session } => {
+                if self.sessions.get(&id).is_some_and(|s| s.session == session) {
+                    tracing::warn!(worker = %id, "worker session ended: moving its clusters");
+                    self.sessions.remove(&id);
+                    let out = self.state.worker_left(&id);
+                    self.record("", "worker-left", id);
+                    self.dispatch(out);
+                }
+            }
+            Input::Assignments(reply) => {
+                let list = self
+                    .state
+                    .clusters
+                    .iter()
+                    .map(|(key, e)| {
+                        let (worker, state) = match &e.ownership {
+                            Ownership::Assigned(w) => (w.clone(), "Assigned"),
+                            Ownership::Releasing { from } => (from.clone(), "Moving"),
+                            Ownership::Unassigned => (String::new(), "Unassigned"),
+                        };
+                        ClusterAssignment {
+                            cluster: key.clone(),
+                            worker,
+                            state: state.into(),
+                            status: e.status.clone(),
+                            team: e.team.clone(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Input::Workers(reply) => {
+                let list = self
+                    .state
+                    .workers
+                    .iter()
+                    .map(|(id, w)| WorkerInfo {
+                        worker_id: id.clone(),
+                        address: w.address.clone(),
+                        capacity: w.capacity,
+                        clusters: self
+                            .state
+                            .clusters
+                            .values()
+                            .filter(|e| e.ownership == Ownership::Assigned(id.clone()))
+                            .count() as u32,
+                        queued: w.queued,
+                        last_heartbeat: self
+                            .sessions
+                            .get(id)
+                            .map(|s| s.last_heartbeat_wall.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! pgop's scheduler: shard assignment and event routing.
+pub mod actor;
+pub mod service;
+pub mod sharding;
+pub mod state;
+pub mod watcher_client;
+
+/// Settings (defaults < `--config FILE` < `PGOP_*` environment).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Settings {
+    pub grpc_addr: String,
+    pub watcher_addr: String,
+    /// A worker silent for this long is declared dead and its clusters move.
+    pub heartbeat_timeout_seconds: u64,
+    pub log_format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:50051".into(),
+            watcher_addr: "http://127.0.0.1:50050".into(),
+            heartbeat_timeout_seconds: 10,
+            log_format: "text".into(),
+        }
+    }
+}

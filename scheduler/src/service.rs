@@ -1,0 +1,163 @@
+//! The Scheduler gRPC service: worker sessions and inspection.
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{Stream, StreamExt};
+use pgop_proto::v1::scheduler_server::Scheduler;
+use pgop_proto::v1::{
+    worker_message, ClusterAssignment, EventRecord, GetClusterRequest, ListAssignmentsRequest,
+    ListAssignmentsResponse, ListWorkersRequest, ListWorkersResponse, SchedulerMessage,
+    WatchEventsRequest, WorkerMessage,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::{BroadcastStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::actor::Input;
+
+pub struct SchedulerService {
+    inputs: mpsc::UnboundedSender<Input>,
+    events: broadcast::Sender<EventRecord>,
+    sessions: AtomicU64,
+}
+
+impl SchedulerService {
+    pub fn new(
+        inputs: mpsc::UnboundedSender<Input>,
+        events: broadcast::Sender<EventRecord>,
+    ) -> Self {
+        Self {
+            inputs,
+            events,
+            sessions: AtomicU64::new(0),
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs
+            .send(make(tx))
+            .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the scheduler is shutting down"))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    type SessionStream = BoxStream<SchedulerMessage>;
+    type WatchEventsStream = BoxStream<EventRecord>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(WorkerMessage {
+                message: Some(worker_message::Message::Hello(h)),
+            }) if !h.worker_id.is_empty() => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a session starts with Hello carrying a worker_id",
+                ))
+            }
+        };
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = hello.worker_id.clone();
+        self.inputs
+            .send(Input::Joined {
+                id: id.clone(),
+                session,
+                address: hello.address,
+                capacity: hello.capacity,
+                tx,
+            })
+            .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => {
+                        if inputs
+                            .send(Input::FromWorker {
+                                id: id.clone(),
+                                session,
+                                message,
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(worker = %id, "session stream failed: {e}");
+                        break;
+                    }
+                }
+            }
+            let _ = inputs.send(Input::Gone { id, session });
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn list_assignments(
+        &self,
+        _: Request<ListAssignmentsRequest>,
+    ) -> Result<Response<ListAssignmentsResponse>, Status> {
+        let clusters = self.ask(Input::Assignments).await?;
+        Ok(Response::new(ListAssignmentsResponse { clusters }))
+    }
+
+    async fn get_cluster(
+        &self,
+        request: Request<GetClusterRequest>,
+    ) -> Result<Response<ClusterAssignment>, Status> {
+        let r = request.into_inner();
+        if r.namespace.is_empty() || r.name.is_empty() {
+            return Err(Status::invalid_argument("namespace and name are required"));
+        }
+        let key = format!("{}/{}", r.namespace, r.name);
+        let clusters = self.ask(Input::Assignments).await?;
+        clusters
+            .into_iter()
+            .find(|c| c.cluster == key)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("cluster {key} is not known")))
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        let workers = self.ask(Input::Workers).await?;
+        Ok(Response::new(ListWorkersResponse { workers }))
+    }
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let filter = request.into_inner().cluster;
+        let stream = BroadcastStream::new(self.events.subscribe()).filter_map(move |r| {
+            let keep = match r {
+                Ok(e) if filter.is_empty() || e.cluster == filter => Some(Ok(e)),
+                Ok(_) => None,
+                // A slow reader skipped events: say so instead of failing the stream.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(EventRecord {
+                        kind: "lagged".into(),
+                        detail: format!("{n} events skipped"),
+                        ..Default::default()
+                    }))
+                }
+            };
+            futures::future::ready(keep)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

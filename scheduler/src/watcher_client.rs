@@ -1,0 +1,63 @@
+//! The scheduler's subscription to the watcher, re-established after any failure; every
+//! subscription starts with a full snapshot, so nothing is lost across restarts.
+use std::time::Duration;
+
+use pgop_proto::v1::watcher_client::WatcherClient;
+use pgop_proto::v1::SubscribeRequest;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::actor::Input;
+
+pub async fn run(
+    address: String,
+    inputs: mpsc::UnboundedSender<Input>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match subscribe(&address, &inputs, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(watcher = %address, "watcher subscription: {e}; retrying in {backoff:?}")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn subscribe(
+    address: &str,
+    inputs: &mpsc::UnboundedSender<Input>,
+    shutdown: &CancellationToken,
+) -> Result<(), tonic::Status> {
+    let mut client = WatcherClient::connect(address.to_string())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            subscriber: "scheduler".into(),
+        })
+        .await?
+        .into_inner();
+    tracing::info!(watcher = %address, "subscribed to the watcher");
+    let _ = inputs.send(Input::SnapshotStarted);
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            e = stream.message() => e?,
+        };
+        match event {
+            Some(ev) => {
+                if inputs.send(Input::Watch(ev)).is_err() {
+                    return Ok(());
+                }
+            }
+            None => return Err(tonic::Status::unavailable("the watcher closed the stream")),
+        }
+    }
+}
