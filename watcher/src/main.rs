@@ -1,0 +1,112 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use pgop_common::config::{OperatorConfig, WatchedNamespaces};
+use pgop_proto::v1::watcher_server::WatcherServer;
+use pgop_watcher::service::WatcherService;
+use pgop_watcher::store::{PodLabels, Store};
+use pgop_watcher::{kube_watch, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings: Settings =
+        pgop_common::settings::load(pgop_common::settings::config_flag().as_deref())?;
+    pgop_common::telemetry::init(&settings.log_format);
+    let shutdown = pgop_common::shutdown::on_signals()?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+
+    // The ConfigMap decides what to watch, so it is read once before the watches start.
+    let config_map = Api::<ConfigMap>::namespaced(client.clone(), &settings.namespace)
+        .get_opt(&settings.config_map_name)
+        .await?;
+    let config = match &config_map {
+        Some(cm) => pgop_common::config::from_config_map(cm).unwrap_or_else(|e| {
+            tracing::error!(
+                "operator configuration {}/{} is invalid ({e}); using defaults",
+                settings.namespace,
+                settings.config_map_name
+            );
+            OperatorConfig::default()
+        }),
+        None => OperatorConfig::default(),
+    };
+    let env_namespaces = std::env::var("WATCHED_NAMESPACE").ok();
+    let namespaces = config.watched_namespaces(&settings.namespace, env_namespaces.as_deref());
+    let shown = match &namespaces {
+        WatchedNamespaces::All => vec!["*".to_string()],
+        WatchedNamespaces::Some(list) => list.clone(),
+    };
+    let selector = config
+        .cluster_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let store = Arc::new(Store::new(PodLabels {
+        cluster: config.cluster_name_label.clone(),
+        role: config.pod_role_label.clone(),
+    }));
+
+    tokio::spawn(kube_watch::watch_config(
+        client.clone(),
+        settings.namespace.clone(),
+        settings.config_map_name.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(kube_watch::watch_clusters(
+        client.clone(),
+        namespaces.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(kube_watch::watch_pods(
+        client.clone(),
+        namespaces.clone(),
+        selector,
+        store.clone(),
+        shutdown.clone(),
+    ));
+    let resync = settings
+        .resync_period_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(config.resync_period);
+    {
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(resync.max(Duration::from_secs(1)));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => tracing::info!(clusters = store.resync(), "periodic resync"),
+                }
+            }
+        });
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<WatcherServer<WatcherService>>().await;
+    let (reflection_v1, reflection_v1alpha) = pgop_proto::reflection_services()?;
+    let addr = settings
+        .grpc_addr
+        .parse()
+        .with_context(|| format!("grpc_addr {:?}", settings.grpc_addr))?;
+    tracing::info!(%addr, namespaces = ?shown, resync = ?resync, "watcher serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(WatcherServer::new(WatcherService {
+            store,
+            namespaces: shown,
+        }))
+        .serve_with_shutdown(addr, shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

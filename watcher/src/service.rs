@@ -1,0 +1,54 @@
+//! The Watcher gRPC service: a subscription is the snapshot followed by live events.
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use pgop_proto::v1::watcher_server::Watcher;
+use pgop_proto::v1::{GetWatcherStateRequest, SubscribeRequest, WatchEvent, WatcherState};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tonic::{Request, Response, Status};
+
+use crate::store::Store;
+
+pub struct WatcherService {
+    pub store: Arc<Store>,
+    pub namespaces: Vec<String>,
+}
+
+#[tonic::async_trait]
+impl Watcher for WatcherService {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let subscriber = request.into_inner().subscriber;
+        let (snapshot, live) = self.store.subscribe();
+        tracing::info!(%subscriber, events = snapshot.len(), "new subscription: sending the snapshot");
+        let live = BroadcastStream::new(live).map(|r| match r {
+            Ok(e) => Ok(e),
+            // Too slow to keep up: end the stream; a resubscription starts from a snapshot.
+            Err(BroadcastStreamRecvError::Lagged(n)) => Err(Status::resource_exhausted(format!(
+                "subscriber lagged {n} events behind; resubscribe"
+            ))),
+        });
+        let stream = futures::stream::iter(snapshot.into_iter().map(Ok)).chain(live);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_state(
+        &self,
+        _: Request<GetWatcherStateRequest>,
+    ) -> Result<Response<WatcherState>, Status> {
+        let (clusters, pods, sequence) = self.store.counts();
+        Ok(Response::new(WatcherState {
+            clusters: clusters as u32,
+            pods: pods as u32,
+            namespaces: self.namespaces.clone(),
+            subscribers: self.store.subscribers() as u32,
+            sequence,
+        }))
+    }
+}

@@ -1,0 +1,423 @@
+//! What the watcher knows: every postgresql object, the pods of managed clusters and the
+//! operator configuration. Changes become events with increasing sequence numbers; a
+//! subscriber gets a snapshot and the live stream under one lock, so it misses nothing and
+//! sees nothing twice.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Pod;
+use pgop_common::crd::Postgresql;
+use pgop_proto::v1::{
+    watch_event, ClusterEvent, ClusterEventType, ConfigEvent, PodState, SnapshotDone, WatchEvent,
+};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// Labels that route pods: which cluster a pod belongs to and its role.
+#[derive(Debug, Clone)]
+pub struct PodLabels {
+    pub cluster: String,
+    pub role: String,
+}
+
+impl Default for PodLabels {
+    fn default() -> Self {
+        Self {
+            cluster: "cluster-name".into(),
+            role: "spilo-role".into(),
+        }
+    }
+}
+
+/// Pod annotations workers act on (rolling-update markers).
+const FORWARDED_ANNOTATION_PREFIXES: &[&str] = &[
+    "pgop.io/",
+    "zalando-postgres-operator-rolling-update-required",
+];
+
+struct Inner {
+    /// key → (object, fingerprint of spec + labels + annotations)
+    clusters: BTreeMap<String, (Postgresql, Value)>,
+    /// namespace/pod → state
+    pods: BTreeMap<String, PodState>,
+    config: Option<ConfigEvent>,
+    sequence: u64,
+}
+
+pub struct Store {
+    inner: Mutex<Inner>,
+    live: broadcast::Sender<WatchEvent>,
+    pub pod_labels: PodLabels,
+}
+
+fn fingerprint(pg: &Postgresql) -> Value {
+    serde_json::json!({
+        "spec": pg.spec,
+        "labels": pg.metadata.labels,
+        "annotations": pg.metadata.annotations,
+    })
+}
+
+fn cluster_event(kind: ClusterEventType, pg: &Postgresql) -> ClusterEvent {
+    ClusterEvent {
+        r#type: kind as i32,
+        namespace: pg.metadata.namespace.clone().unwrap_or_default(),
+        name: pg.metadata.name.clone().unwrap_or_default(),
+        uid: pg.metadata.uid.clone().unwrap_or_default(),
+        resource_version: pg.metadata.resource_version.clone().unwrap_or_default(),
+        manifest_json: if kind == ClusterEventType::Delete {
+            Vec::new()
+        } else {
+            serde_json::to_vec(pg).unwrap_or_default()
+        },
+    }
+}
+
+/// The routing summary of a pod, or None when it belongs to no cluster.
+pub fn pod_state(pod: &Pod, labels: &PodLabels, deleted: bool) -> Option<PodState> {
+    let meta = &pod.metadata;
+    let pod_labels = meta.labels.as_ref()?;
+    let cluster = pod_labels.get(&labels.cluster)?.clone();
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let annotations = meta
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| {
+            FORWARDED_ANNOTATION_PREFIXES
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<HashMap<_, _>>();
+    Some(PodState {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        cluster,
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        role: pod_labels.get(&labels.role).cloned().unwrap_or_default(),
+        phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+        ready,
+        pod_ip: status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
+        deleted,
+        annotations,
+    })
+}
+
+impl Store {
+    pub fn new(pod_labels: PodLabels) -> Self {
+        let (live, _) = broadcast::channel(65536);
+        Self {
+            inner: Mutex::new(Inner {
+                clusters: BTreeMap::new(),
+                pods: BTreeMap::new(),
+                config: None,
+                sequence: 0,
+            }),
+            live,
+            pod_labels,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, inner: &mut Inner, event: watch_event::Event) {
+        inner.sequence += 1;
+        // No subscriber is fine: the next one starts from a snapshot.
+        let _ = self.live.send(WatchEvent {
+            sequence: inner.sequence,
+            event: Some(event),
+        });
+    }
+
+    /// Records an added or changed object; ADD for a new one, UPDATE only when its spec,
+    /// labels or annotations changed.
+    pub fn apply_cluster(&self, pg: Postgresql) {
+        let key = pg.key();
+        let print = fingerprint(&pg);
+        let mut inner = self.lock();
+        let replaced = inner
+            .clusters
+            .get(&key)
+            .filter(|(old, _)| old.metadata.uid != pg.metadata.uid)
+            .map(|(old, _)| cluster_event(ClusterEventType::Delete, old));
+        let kind = match inner.clusters.get(&key) {
+            None => Some(ClusterEventType::Add),
+            // Deleted and recreated while the watch was down.
+            Some(_) if replaced.is_some() => Some(ClusterEventType::Add),
+            Some((_, old_print)) if *old_print != print => Some(ClusterEventType::Update),
+            Some(_) => None,
+        };
+        if let Some(delete) = replaced {
+            self.publish(&mut inner, watch_event::Event::Cluster(delete));
+        }
+        let event = kind.map(|k| cluster_event(k, &pg));
+        inner.clusters.insert(key, (pg, print));
+        if let Some(e) = event {
+            self.publish(&mut inner, watch_event::Event::Cluster(e));
+        }
+    }
+
+    pub fn delete_cluster(&self, key: &str) {
+        let mut inner = self.lock();
+        if let Some((old, _)) = inner.clusters.remove(key) {
+            let e = cluster_event(ClusterEventType::Delete, &old);
+            self.publish(&mut inner, watch_event::Event::Cluster(e));
+        }
+    }
+
+    pub fn cluster_keys(&self) -> Vec<String> {
+        self.lock().clusters.keys().cloned().collect()
+    }
+
+    /// SYNC for every cluster (the periodic resync).
+    pub fn resync(&self) -> usize {
+        let mut inner = self.lock();
+        let events: Vec<ClusterEvent> = inner
+            .clusters
+            .values()
+            .map(|(pg, _)| cluster_event(ClusterEventType::Sync, pg))
+            .collect();
+        let n = events.len();
+        for e in events {
+            self.publish(&mut inner, watch_event::Event::Cluster(e));
+        }
+        n
+    }
+
+    pub fn apply_pod(&self, pod: &Pod, deleted: bool) {
+        let Some(state) = pod_state(pod, &self.pod_labels, deleted) else {
+            return;
+        };
+        let key = format!("{}/{}", state.namespace, state.name);
+        let mut inner = self.lock();
+        if deleted {
+            if inner.pods.remove(&key).is_some() {
+                self.publish(&mut inner, watch_event::Event::Pod(state));
+            }
+            return;
+        }
+        if inner.pods.get(&key) == Some(&state) {
+            return;
+        }
+        inner.pods.insert(key, state.clone());
+        self.publish(&mut inner, watch_event::Event::Pod(state));
+    }
+
+    pub fn pod_keys(&self) -> Vec<String> {
+        self.lock().pods.keys().cloned().collect()
+    }
+
+    pub fn delete_pod_by_key(&self, key: &str) {
+        let mut inner = self.lock();
+        if let Some(mut state) = inner.pods.remove(key) {
+            state.deleted = true;
+            self.publish(&mut inner, watch_event::Event::Pod(state));
+        }
+    }
+
+    pub fn apply_config(&self, data: Option<BTreeMap<String, String>>) {
+        let event = ConfigEvent {
+            deleted: data.is_none(),
+            data: data.unwrap_or_default().into_iter().collect(),
+        };
+        let mut inner = self.lock();
+        if inner.config.as_ref() == Some(&event) {
+            return;
+        }
+        inner.config = Some(event.clone());
+        self.publish(&mut inner, watch_event::Event::Config(event));
+    }
+
+    /// The current state as events (configuration, clusters as SYNC, pods, SnapshotDone)
+    /// and a receiver of every later event.
+    pub fn subscribe(&self) -> (Vec<WatchEvent>, broadcast::Receiver<WatchEvent>) {
+        let inner = self.lock();
+        let receiver = self.live.subscribe();
+        let sequence = inner.sequence;
+        let mut events = Vec::with_capacity(inner.clusters.len() + inner.pods.len() + 2);
+        let mut push = |event| {
+            events.push(WatchEvent {
+                sequence,
+                event: Some(event),
+            })
+        };
+        if let Some(c) = &inner.config {
+            push(watch_event::Event::Config(c.clone()));
+        }
+        for (pg, _) in inner.clusters.values() {
+            push(watch_event::Event::Cluster(cluster_event(
+                ClusterEventType::Sync,
+                pg,
+            )));
+        }
+        for p in inner.pods.values() {
+            push(watch_event::Event::Pod(p.clone()));
+        }
+        push(watch_event::Event::SnapshotDone(SnapshotDone {
+            clusters: inner.clusters.len() as u32,
+            pods: inner.pods.len() as u32,
+        }));
+        (events, receiver)
+    }
+
+    pub fn counts(&self) -> (usize, usize, u64) {
+        let inner = self.lock();
+        (inner.clusters.len(), inner.pods.len(), inner.sequence)
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.live.receiver_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pg(name: &str, uid: &str, instances: i32, status: Option<&str>) -> Postgresql {
+        let mut v = json!({
+            "apiVersion": "acid.zalan.do/v1", "kind": "postgresql",
+            "metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"team": "acid"}},
+            "spec": {"teamId": "acid", "numberOfInstances": instances, "volume": {"size": "1Gi"}, "postgresql": {"version": "15"}}
+        });
+        if let Some(s) = status {
+            v["status"] = json!({"PostgresClusterStatus": s});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn drain(rx: &mut broadcast::Receiver<WatchEvent>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            out.push(match e.event.unwrap() {
+                watch_event::Event::Cluster(c) => format!(
+                    "{}:{}",
+                    ClusterEventType::try_from(c.r#type).unwrap().as_str_name(),
+                    c.name
+                ),
+                watch_event::Event::Pod(p) => format!("POD:{}:{}:{}", p.name, p.role, p.deleted),
+                watch_event::Event::Config(_) => "CONFIG".into(),
+                watch_event::Event::SnapshotDone(_) => "DONE".into(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn status_only_writes_produce_no_update() {
+        let store = Store::new(PodLabels::default());
+        let (_, mut rx) = store.subscribe();
+        store.apply_cluster(pg("a", "u1", 2, None));
+        store.apply_cluster(pg("a", "u1", 2, Some("Running")));
+        store.apply_cluster(pg("a", "u1", 3, Some("Running")));
+        let mut relabelled = pg("a", "u1", 3, Some("Running"));
+        relabelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
+        store.apply_cluster(relabelled);
+        store.delete_cluster("ns/a");
+        store.delete_cluster("ns/a");
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "CLUSTER_EVENT_TYPE_ADD:a",
+                "CLUSTER_EVENT_TYPE_UPDATE:a",
+                "CLUSTER_EVENT_TYPE_UPDATE:a",
+                "CLUSTER_EVENT_TYPE_DELETE:a"
+            ]
+        );
+    }
+
+    #[test]
+    fn recreated_object_is_a_delete_then_an_add() {
+        let store = Store::new(PodLabels::default());
+        store.apply_cluster(pg("a", "u1", 2, None));
+        let (_, mut rx) = store.subscribe();
+        store.apply_cluster(pg("a", "u2", 2, None));
+        assert_eq!(
+            drain(&mut rx),
+            ["CLUSTER_EVENT_TYPE_DELETE:a", "CLUSTER_EVENT_TYPE_ADD:a"]
+        );
+    }
+
+    #[test]
+    fn snapshot_then_live_events_without_gaps() {
+        let store = Store::new(PodLabels::default());
+        store.apply_config(Some([("workers".to_string(), "4".to_string())].into()));
+        store.apply_cluster(pg("a", "u1", 2, None));
+        store.apply_cluster(pg("b", "u2", 2, None));
+        let (snapshot, mut rx) = store.subscribe();
+        let kinds: Vec<_> = snapshot
+            .iter()
+            .map(|e| match e.event.as_ref().unwrap() {
+                watch_event::Event::Cluster(c) => format!(
+                    "{}:{}",
+                    ClusterEventType::try_from(c.r#type).unwrap().as_str_name(),
+                    c.name
+                ),
+                watch_event::Event::Config(_) => "CONFIG".into(),
+                watch_event::Event::SnapshotDone(d) => format!("DONE:{}", d.clusters),
+                watch_event::Event::Pod(_) => "POD".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "CONFIG",
+                "CLUSTER_EVENT_TYPE_SYNC:a",
+                "CLUSTER_EVENT_TYPE_SYNC:b",
+                "DONE:2"
+            ]
+        );
+        store.apply_cluster(pg("c", "u3", 1, None));
+        assert_eq!(drain(&mut rx), ["CLUSTER_EVENT_TYPE_ADD:c"]);
+        assert_eq!(store.resync(), 3);
+        assert_eq!(drain(&mut rx).len(), 3);
+    }
+
+    #[test]
+    fn pods_route_by_cluster_label_and_repeat_only_on_change() {
+        let store = Store::new(PodLabels::default());
+        let (_, mut rx) = store.subscribe();
+        let pod = |role: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "a-0", "namespace": "ns", "labels": {"cluster-name": "a", "spilo-role": role}},
+                "status": {"phase": "Running", "podIP": "127.1.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+            .unwrap()
+        };
+        store.apply_pod(&pod("replica"), false);
+        store.apply_pod(&pod("replica"), false);
+        store.apply_pod(&pod("master"), false);
+        let stray: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "x", "namespace": "ns", "labels": {"app": "other"}}}),
+        )
+        .unwrap();
+        store.apply_pod(&stray, false);
+        store.apply_pod(&pod("master"), true);
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "POD:a-0:replica:false",
+                "POD:a-0:master:false",
+                "POD:a-0:master:true"
+            ]
+        );
+        let state = pod_state(&pod("master"), &PodLabels::default(), false).unwrap();
+        assert!(state.ready);
+        assert_eq!(
+            (state.cluster.as_str(), state.pod_ip.as_str()),
+            ("a", "127.1.0.1")
+        );
+    }
+}
