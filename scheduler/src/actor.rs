@@ -206,6 +206,11 @@ impl Actor {
                     .iter()
                     .map(|(key, e)| {
                         let (worker, state) = match &e.ownership {
+                            _ if e.current.r#type
+                                == pgop_proto::v1::ClusterEventType::Delete as i32 =>
+                            {
+                                (String::new(), "Deleting")
+                            }
                             Ownership::Assigned(w) => (w.clone(), "Assigned"),
                             Ownership::Releasing { from } => (from.clone(), "Moving"),
                             Ownership::Unassigned => (String::new(), "Unassigned"),

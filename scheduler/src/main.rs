@@ -41,7 +41,11 @@ async fn main() -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SchedulerServer::new(SchedulerService::new(inputs, events)))
+        .add_service(SchedulerServer::new(SchedulerService::new(
+            inputs,
+            events,
+            shutdown.clone(),
+        )))
         .serve_with_shutdown(addr, shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -11,6 +11,7 @@ use pgop_proto::v1::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::{BroadcastStream, UnboundedReceiverStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actor::Input;
@@ -19,17 +20,21 @@ pub struct SchedulerService {
     inputs: mpsc::UnboundedSender<Input>,
     events: broadcast::Sender<EventRecord>,
     sessions: AtomicU64,
+    /// Ends long-lived streams, which would otherwise hold up a graceful shutdown.
+    shutdown: CancellationToken,
 }
 
 impl SchedulerService {
     pub fn new(
         inputs: mpsc::UnboundedSender<Input>,
         events: broadcast::Sender<EventRecord>,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             inputs,
             events,
             sessions: AtomicU64::new(0),
+            shutdown,
         }
     }
 
@@ -102,7 +107,9 @@ impl Scheduler for SchedulerService {
             }
             let _ = inputs.send(Input::Gone { id, session });
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        let stream =
+            UnboundedReceiverStream::new(rx).take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_assignments(
@@ -158,6 +165,7 @@ impl Scheduler for SchedulerService {
             };
             futures::future::ready(keep)
         });
+        let stream = stream.take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -105,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         .add_service(WatcherServer::new(WatcherService {
             store,
             namespaces: shown,
+            shutdown: shutdown.clone(),
         }))
         .serve_with_shutdown(addr, shutdown.cancelled_owned())
         .await?;

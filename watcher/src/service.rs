@@ -14,6 +14,8 @@ use crate::store::Store;
 pub struct WatcherService {
     pub store: Arc<Store>,
     pub namespaces: Vec<String>,
+    /// Ends subscriptions on shutdown; they would otherwise hold up a graceful stop.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -34,7 +36,9 @@ impl Watcher for WatcherService {
                 "subscriber lagged {n} events behind; resubscribe"
             ))),
         });
-        let stream = futures::stream::iter(snapshot.into_iter().map(Ok)).chain(live);
+        let stream = futures::stream::iter(snapshot.into_iter().map(Ok))
+            .chain(live)
+            .take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 
