@@ -2,6 +2,7 @@
 //! own state directory and ports, driven the way a user drives a cluster, with every
 //! component's log collected in `<state>/logs`.
 pub mod env;
+pub mod pgop;
 pub mod wait;
 
 pub use env::{Environment, EnvironmentOptions};

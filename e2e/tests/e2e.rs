@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Namespace, PersistentVolumeClaim, Po
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use libtest_mimic::{Arguments, Failed, Trial};
+use pgop_e2e::pgop::{free_port, grpcurl, PgopProcess};
 use pgop_e2e::{wait, Environment, EnvironmentOptions};
 
 static ENV: OnceLock<Environment> = OnceLock::new();
@@ -37,6 +38,10 @@ fn main() {
         ("claims_are_provisioned_resized_and_released", || {
             block_on(claim_lifecycle())
         }),
+        (
+            "crd_watcher_and_scheduler_lose_no_cluster_across_restarts",
+            || block_on(control_plane_streams()),
+        ),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()
@@ -646,4 +651,232 @@ async fn claim_lifecycle() -> Result<()> {
         || async { Ok(volumes.get_opt(&volume).await?.is_none().then_some(())) },
     )
     .await
+}
+
+/// Cluster keys the scheduler knows, from `grpcurl ... ListAssignments`.
+fn scheduler_clusters(addr: &str) -> Result<Vec<String>> {
+    let out = grpcurl(addr, &["pgop.v1.Scheduler/ListAssignments"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    // A deleted cluster stays listed as Deleting until a worker has cleaned up after it.
+    let mut keys: Vec<String> = v["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["state"] != "Deleting")
+        .filter_map(|c| c["cluster"].as_str().map(str::to_string))
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
+async fn control_plane_streams() -> Result<()> {
+    let ns = "e2e-control";
+    let client = env().client().await?;
+    namespace(&client, ns).await?;
+    let root = pgop_e2e::env::workspace_root();
+    env().kubectl(&[
+        "apply",
+        "-f",
+        &root
+            .join("manifests/postgresql.crd.yaml")
+            .display()
+            .to_string(),
+    ])?;
+    wait::until("the CRD established", Duration::from_secs(30), || async {
+        Ok(env()
+            .kubectl(&[
+                "get",
+                "crd",
+                "postgresqls.acid.zalan.do",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ])?
+            .contains("True")
+            .then_some(()))
+    })
+    .await?;
+    env().apply(ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: postgres-operator}\ndata: {watched_namespace: e2e-control, resync_period: 30m}\n")?;
+
+    // Every example manifest is accepted and shows Zalando's printer columns.
+    for m in [
+        "minimal-postgres-manifest.yaml",
+        "complete-postgres-manifest.yaml",
+        "standby-manifest.yaml",
+        "clone-postgres-manifest.yaml",
+    ] {
+        env().kubectl(&[
+            "apply",
+            "-n",
+            ns,
+            "-f",
+            &root.join("manifests").join(m).display().to_string(),
+        ])?;
+    }
+    let table = env().kubectl(&["get", "pg", "-n", ns])?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header
+            == [
+                "NAME",
+                "TEAM",
+                "VERSION",
+                "PODS",
+                "VOLUME",
+                "CPU-REQUEST",
+                "MEMORY-REQUEST",
+                "AGE",
+                "STATUS"
+            ],
+        "columns: {header:?}"
+    );
+    ensure!(
+        table.lines().any(|l| l.starts_with("acid-test-cluster")
+            && l.contains("10m")
+            && l.contains("100Mi")),
+        "{table}"
+    );
+
+    let watcher_addr = format!("127.0.0.1:{}", free_port()?);
+    let scheduler_addr = format!("127.0.0.1:{}", free_port()?);
+    let state = &env().state_dir;
+    let mut watcher = PgopProcess::start(
+        "watcher",
+        "pgop-watcher",
+        &[
+            ("PGOP_GRPC_ADDR", watcher_addr.clone()),
+            ("PGOP_NAMESPACE", ns.into()),
+        ],
+        state,
+        &env().kubeconfig,
+    )?;
+    let mut scheduler = PgopProcess::start(
+        "scheduler",
+        "pgop-scheduler",
+        &[
+            ("PGOP_GRPC_ADDR", scheduler_addr.clone()),
+            ("PGOP_WATCHER_ADDR", format!("http://{watcher_addr}")),
+        ],
+        state,
+        &env().kubeconfig,
+    )?;
+    let expect = |names: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = names.iter().map(|n| format!("{ns}/{n}")).collect();
+        v.sort();
+        v
+    };
+    let wait_for = |want: Vec<String>, what: &'static str| {
+        let addr = scheduler_addr.clone();
+        async move {
+            wait::until(what, Duration::from_secs(30), || {
+                let (addr, want) = (addr.clone(), want.clone());
+                async move {
+                    let got = scheduler_clusters(&addr)?;
+                    if got == want {
+                        Ok(Some(()))
+                    } else {
+                        bail!("scheduler knows {got:?}")
+                    }
+                }
+            })
+            .await
+        }
+    };
+    wait_for(
+        expect(&[
+            "acid-clone-cluster",
+            "acid-minimal-cluster",
+            "acid-standby-cluster",
+            "acid-test-cluster",
+        ]),
+        "the scheduler to learn every cluster",
+    )
+    .await?;
+
+    // Health and reflection answer grpcurl on both servers.
+    for addr in [&watcher_addr, &scheduler_addr] {
+        let services = grpcurl(addr, &["list"])?;
+        ensure!(
+            services.contains("grpc.health.v1.Health") && services.contains("pgop.v1."),
+            "{addr}: {services}"
+        );
+        ensure!(
+            grpcurl(addr, &["grpc.health.v1.Health/Check"])?.contains("SERVING"),
+            "{addr} not serving"
+        );
+    }
+    let state_json: serde_json::Value =
+        serde_json::from_str(&grpcurl(&watcher_addr, &["pgop.v1.Watcher/GetState"])?)?;
+    ensure!(
+        state_json["namespaces"] == serde_json::json!([ns]),
+        "watched namespaces from the ConfigMap: {state_json}"
+    );
+
+    // Changes while the scheduler is down reach it through the snapshot when it is back.
+    scheduler.stop();
+    env().kubectl(&["delete", "pg", "-n", ns, "acid-clone-cluster"])?;
+    env().kubectl(&[
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        &root
+            .join("manifests/minimal-postgres-manifest.yaml")
+            .display()
+            .to_string(),
+    ])?;
+    env().apply(ns, "apiVersion: acid.zalan.do/v1\nkind: postgresql\nmetadata: {name: acid-late}\nspec: {teamId: acid, numberOfInstances: 1, volume: {size: 1Gi}, postgresql: {version: \"15\"}}\n")?;
+    scheduler.restart()?;
+    wait_for(
+        expect(&[
+            "acid-late",
+            "acid-minimal-cluster",
+            "acid-standby-cluster",
+            "acid-test-cluster",
+        ]),
+        "the restarted scheduler to see the changes",
+    )
+    .await?;
+
+    // A deletion while the watcher is down is noticed when the watcher relists.
+    let stopping = Instant::now();
+    watcher.stop();
+    ensure!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the watcher took {:?} to stop on SIGTERM",
+        stopping.elapsed()
+    );
+    env().kubectl(&["delete", "pg", "-n", ns, "acid-late"])?;
+    watcher.restart()?;
+    wait_for(
+        expect(&[
+            "acid-minimal-cluster",
+            "acid-standby-cluster",
+            "acid-test-cluster",
+        ]),
+        "the deletion seen after the watcher restarted",
+    )
+    .await?;
+    let all: serde_json::Value = serde_json::from_str(&grpcurl(
+        &scheduler_addr,
+        &["pgop.v1.Scheduler/ListAssignments"],
+    )?)?;
+    let late = all["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["cluster"] == format!("{ns}/acid-late").as_str());
+    ensure!(
+        late.is_some_and(|c| c["state"] == "Deleting"),
+        "without a worker the deletion waits for one: {late:?}"
+    );
+    ensure!(
+        watcher.exited().is_none() && scheduler.exited().is_none(),
+        "both processes still running"
+    );
+    Ok(())
 }
