@@ -24,6 +24,28 @@ pub fn load<T: DeserializeOwned + serde::Serialize + Default>(
     Ok(settings.try_deserialize()?)
 }
 
+/// Settings with a log format, so [`start`] can set up logging.
+pub trait ProcessSettings: DeserializeOwned + serde::Serialize + Default {
+    fn log_format(&self) -> &str;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[from] std::io::Error),
+}
+
+/// What every pgop process does first: load its settings (`--config FILE` honoured), set up
+/// logging, and get the token that SIGTERM/SIGINT cancel.
+pub fn start<T: ProcessSettings>() -> Result<(T, tokio_util::sync::CancellationToken), StartError> {
+    let settings: T = load(config_flag().as_deref())?;
+    crate::telemetry::init(settings.log_format());
+    let shutdown = crate::shutdown::on_signals()?;
+    Ok((settings, shutdown))
+}
+
 /// `--config FILE` from the command line, if given.
 pub fn config_flag() -> Option<String> {
     let mut args = std::env::args().skip(1);

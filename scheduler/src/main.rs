@@ -9,10 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings: Settings =
-        pgop_common::settings::load(pgop_common::settings::config_flag().as_deref())?;
-    pgop_common::telemetry::init(&settings.log_format);
-    let shutdown = pgop_common::shutdown::on_signals()?;
+    let (settings, shutdown) = pgop_common::settings::start::<Settings>()?;
 
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(4096);

@@ -27,3 +27,9 @@ impl Default for Settings {
         }
     }
 }
+
+impl pgop_common::settings::ProcessSettings for Settings {
+    fn log_format(&self) -> &str {
+        &self.log_format
+    }
+}

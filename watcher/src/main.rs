@@ -12,10 +12,7 @@ use pgop_watcher::{kube_watch, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings: Settings =
-        pgop_common::settings::load(pgop_common::settings::config_flag().as_deref())?;
-    pgop_common::telemetry::init(&settings.log_format);
-    let shutdown = pgop_common::shutdown::on_signals()?;
+    let (settings, shutdown) = pgop_common::settings::start::<Settings>()?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
