@@ -4,59 +4,70 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use pgop_common::config::WatchedNamespaces;
 use pgop_common::crd::Postgresql;
-use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
 
-fn apis<K>(client: &Client, namespaces: &WatchedNamespaces) -> Vec<Api<K>>
+/// One API per watched namespace (or one for all), with the namespace it covers.
+fn apis<K>(client: &Client, namespaces: &WatchedNamespaces) -> Vec<(Option<String>, Api<K>)>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,
 {
     match namespaces {
-        WatchedNamespaces::All => vec![Api::all(client.clone())],
+        WatchedNamespaces::All => vec![(None, Api::all(client.clone()))],
         WatchedNamespaces::Some(list) => list
             .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
+            .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
             .collect(),
     }
 }
 
-fn merged<K>(
-    apis: Vec<Api<K>>,
-    config: watcher::Config,
-) -> impl Stream<Item = Result<Event<K>, watcher::Error>>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-    K::DynamicType: Default,
-{
-    futures::stream::select_all(apis.into_iter().map(move |api| {
-        watcher::watcher(api, config.clone())
-            .default_backoff()
-            .boxed()
-    }))
+/// Counts the watches that have not finished their first list; the watcher serves
+/// subscriptions only once every watch has, so a snapshot is never partial.
+#[derive(Debug)]
+pub struct InitialLists(AtomicUsize);
+
+impl InitialLists {
+    pub fn new(watches: usize) -> Self {
+        Self(AtomicUsize::new(watches))
+    }
+
+    fn done(&self, first: &mut bool) {
+        if std::mem::take(first) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    pub fn complete(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
 }
 
-/// Tracks which keys a relist re-announced, to drop the rest once it is done. With several
-/// namespaces the relists interleave, so a key counts as seen from any of them.
-#[derive(Default)]
+/// The keys one watch stream re-announced during its current relist. Each stream (one per
+/// namespace) has its own, and compares only against keys of its own namespace.
 struct Relist {
+    scope: Option<String>,
     seen: Option<BTreeSet<String>>,
-    pending: usize,
 }
 
 impl Relist {
+    fn new(scope: Option<String>) -> Self {
+        Self { scope, seen: None }
+    }
+
+    /// A (re)started list: what an earlier, failed attempt saw no longer counts.
     fn start(&mut self) {
-        self.seen.get_or_insert_with(BTreeSet::new);
-        self.pending += 1;
+        self.seen = Some(BTreeSet::new());
     }
 
     fn saw(&mut self, key: String) {
@@ -65,14 +76,15 @@ impl Relist {
         }
     }
 
-    /// The keys to forget once every started relist is done.
-    fn done(&mut self, known: Vec<String>, scoped_to_one_namespace: bool) -> Vec<String> {
-        self.pending = self.pending.saturating_sub(1);
-        if self.pending > 0 && !scoped_to_one_namespace {
-            return Vec::new();
-        }
+    /// Known keys of this stream's scope that the finished list did not mention.
+    fn gone(&mut self, known: Vec<String>) -> Vec<String> {
         let seen = self.seen.take().unwrap_or_default();
-        known.into_iter().filter(|k| !seen.contains(k)).collect()
+        let prefix = self.scope.as_ref().map(|ns| format!("{ns}/"));
+        known
+            .into_iter()
+            .filter(|k| prefix.as_ref().is_none_or(|p| k.starts_with(p.as_str())))
+            .filter(|k| !seen.contains(k))
+            .collect()
     }
 }
 
@@ -80,36 +92,44 @@ pub async fn watch_clusters(
     client: Client,
     namespaces: WatchedNamespaces,
     store: Arc<Store>,
+    lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
-    let mut events = std::pin::pin!(merged::<Postgresql>(
-        apis(&client, &namespaces),
-        watcher::Config::default()
-    ));
-    let mut relist = Relist::default();
-    let single = matches!(&namespaces, WatchedNamespaces::All)
-        || matches!(&namespaces, WatchedNamespaces::Some(l) if l.len() == 1);
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            e = events.next() => match e { Some(e) => e, None => return },
-        };
-        match event {
-            Ok(Event::Init) => relist.start(),
-            Ok(Event::InitApply(pg)) => {
-                relist.saw(pg.key());
-                store.apply_cluster(pg);
-            }
-            Ok(Event::InitDone) => {
-                for key in relist.done(store.cluster_keys(), single) {
-                    store.delete_cluster(&key);
+    let streams = apis::<Postgresql>(&client, &namespaces)
+        .into_iter()
+        .map(|(scope, api)| {
+            let (store, lists, shutdown) = (store.clone(), lists.clone(), shutdown.clone());
+            async move {
+                let mut events = std::pin::pin!(
+                    watcher::watcher(api, watcher::Config::default()).default_backoff()
+                );
+                let mut relist = Relist::new(scope);
+                let mut first = true;
+                loop {
+                    let event = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        e = events.next() => match e { Some(e) => e, None => return },
+                    };
+                    match event {
+                        Ok(Event::Init) => relist.start(),
+                        Ok(Event::InitApply(pg)) => {
+                            relist.saw(pg.key());
+                            store.apply_cluster(pg);
+                        }
+                        Ok(Event::InitDone) => {
+                            for key in relist.gone(store.cluster_keys()) {
+                                store.delete_cluster(&key);
+                            }
+                            lists.done(&mut first);
+                        }
+                        Ok(Event::Apply(pg)) => store.apply_cluster(pg),
+                        Ok(Event::Delete(pg)) => store.delete_cluster(&pg.key()),
+                        Err(e) => tracing::warn!("postgresql watch: {e}"),
+                    }
                 }
             }
-            Ok(Event::Apply(pg)) => store.apply_cluster(pg),
-            Ok(Event::Delete(pg)) => store.delete_cluster(&pg.key()),
-            Err(e) => tracing::warn!("postgresql watch: {e}"),
-        }
-    }
+        });
+    futures::future::join_all(streams).await;
 }
 
 pub async fn watch_pods(
@@ -117,13 +137,9 @@ pub async fn watch_pods(
     namespaces: WatchedNamespaces,
     selector: String,
     store: Arc<Store>,
+    lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
-    let config = watcher::Config::default().labels(&selector);
-    let mut events = std::pin::pin!(merged::<Pod>(apis(&client, &namespaces), config));
-    let mut relist = Relist::default();
-    let single = matches!(&namespaces, WatchedNamespaces::All)
-        || matches!(&namespaces, WatchedNamespaces::Some(l) if l.len() == 1);
     let key = |p: &Pod| {
         format!(
             "{}/{}",
@@ -131,27 +147,40 @@ pub async fn watch_pods(
             p.metadata.name.as_deref().unwrap_or_default()
         )
     };
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            e = events.next() => match e { Some(e) => e, None => return },
-        };
-        match event {
-            Ok(Event::Init) => relist.start(),
-            Ok(Event::InitApply(pod)) => {
-                relist.saw(key(&pod));
-                store.apply_pod(&pod, false);
-            }
-            Ok(Event::InitDone) => {
-                for k in relist.done(store.pod_keys(), single) {
-                    store.delete_pod_by_key(&k);
+    let streams = apis::<Pod>(&client, &namespaces)
+        .into_iter()
+        .map(|(scope, api)| {
+            let (store, lists, shutdown) = (store.clone(), lists.clone(), shutdown.clone());
+            let config = watcher::Config::default().labels(&selector);
+            async move {
+                let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+                let mut relist = Relist::new(scope);
+                let mut first = true;
+                loop {
+                    let event = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        e = events.next() => match e { Some(e) => e, None => return },
+                    };
+                    match event {
+                        Ok(Event::Init) => relist.start(),
+                        Ok(Event::InitApply(pod)) => {
+                            relist.saw(key(&pod));
+                            store.apply_pod(&pod, false);
+                        }
+                        Ok(Event::InitDone) => {
+                            for k in relist.gone(store.pod_keys()) {
+                                store.delete_pod_by_key(&k);
+                            }
+                            lists.done(&mut first);
+                        }
+                        Ok(Event::Apply(pod)) => store.apply_pod(&pod, false),
+                        Ok(Event::Delete(pod)) => store.apply_pod(&pod, true),
+                        Err(e) => tracing::warn!("pod watch: {e}"),
+                    }
                 }
             }
-            Ok(Event::Apply(pod)) => store.apply_pod(&pod, false),
-            Ok(Event::Delete(pod)) => store.apply_pod(&pod, true),
-            Err(e) => tracing::warn!("pod watch: {e}"),
-        }
-    }
+        });
+    futures::future::join_all(streams).await;
 }
 
 pub async fn watch_config(
@@ -159,12 +188,14 @@ pub async fn watch_config(
     namespace: String,
     name: String,
     store: Arc<Store>,
+    lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     let mut seen_in_relist = false;
+    let mut first = true;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -176,10 +207,60 @@ pub async fn watch_config(
                 seen_in_relist = true;
                 store.apply_config(Some(cm.data.unwrap_or_default()));
             }
-            Ok(Event::InitDone) if !seen_in_relist => store.apply_config(None),
-            Ok(Event::InitDone) => {}
+            Ok(Event::InitDone) => {
+                if !seen_in_relist {
+                    store.apply_config(None);
+                }
+                lists.done(&mut first);
+            }
             Ok(Event::Delete(_)) => store.apply_config(None),
             Err(e) => tracing::warn!("configmap watch: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_namespace_relist_only_forgets_its_own_missing_keys() {
+        let mut relist = Relist::new(Some("a".into()));
+        relist.start();
+        relist.saw("a/kept".into());
+        let gone = relist.gone(keys(&["a/kept", "a/deleted", "b/other"]));
+        assert_eq!(
+            gone,
+            keys(&["a/deleted"]),
+            "b/other belongs to another stream"
+        );
+    }
+
+    #[test]
+    fn a_retried_list_starts_afresh_and_all_scope_covers_everything() {
+        let mut relist = Relist::new(None);
+        relist.start();
+        relist.saw("a/x".into());
+        relist.start();
+        relist.saw("b/y".into());
+        assert_eq!(relist.gone(keys(&["a/x", "b/y"])), keys(&["a/x"]));
+    }
+
+    #[test]
+    fn initial_lists_complete_once_each_stream_finished_once() {
+        let lists = InitialLists::new(2);
+        let (mut first_a, mut first_b) = (true, true);
+        lists.done(&mut first_a);
+        lists.done(&mut first_a);
+        assert!(
+            !lists.complete(),
+            "a second list of the same stream does not count"
+        );
+        lists.done(&mut first_b);
+        assert!(lists.complete());
     }
 }

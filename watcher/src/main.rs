@@ -49,17 +49,25 @@ async fn main() -> anyhow::Result<()> {
         role: config.pod_role_label.clone(),
     }));
 
+    // The ConfigMap watch, and one cluster and one pod watch per watched namespace.
+    let streams = match &namespaces {
+        WatchedNamespaces::All => 1,
+        WatchedNamespaces::Some(list) => list.len(),
+    };
+    let lists = Arc::new(kube_watch::InitialLists::new(1 + 2 * streams));
     tokio::spawn(kube_watch::watch_config(
         client.clone(),
         settings.namespace.clone(),
         settings.config_map_name.clone(),
         store.clone(),
+        lists.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(kube_watch::watch_clusters(
         client.clone(),
         namespaces.clone(),
         store.clone(),
+        lists.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(kube_watch::watch_pods(
@@ -67,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         namespaces.clone(),
         selector,
         store.clone(),
+        lists.clone(),
         shutdown.clone(),
     ));
     let resync = settings
@@ -101,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         .add_service(reflection_v1alpha)
         .add_service(WatcherServer::new(WatcherService {
             store,
+            lists,
             namespaces: shown,
             shutdown: shutdown.clone(),
         }))

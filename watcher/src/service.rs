@@ -13,6 +13,9 @@ use crate::store::Store;
 
 pub struct WatcherService {
     pub store: Arc<Store>,
+    /// Subscriptions wait until every watch has listed once: a partial snapshot would make
+    /// the scheduler delete the clusters it does not mention.
+    pub lists: Arc<crate::kube_watch::InitialLists>,
     pub namespaces: Vec<String>,
     /// Ends subscriptions on shutdown; they would otherwise hold up a graceful stop.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -27,6 +30,11 @@ impl Watcher for WatcherService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let subscriber = request.into_inner().subscriber;
+        if !self.lists.complete() {
+            return Err(Status::unavailable(
+                "the watcher has not finished listing Kubernetes yet; retry shortly",
+            ));
+        }
         let (snapshot, live) = self.store.subscribe();
         tracing::info!(%subscriber, events = snapshot.len(), "new subscription: sending the snapshot");
         let live = BroadcastStream::new(live).map(|r| match r {

@@ -55,6 +55,9 @@ fn fingerprint(pg: &Postgresql) -> Value {
         "spec": pg.spec,
         "labels": pg.metadata.labels,
         "annotations": pg.metadata.annotations,
+        // A deletion held up by finalizers shows only here.
+        "deletionTimestamp": pg.metadata.deletion_timestamp,
+        "finalizers": pg.metadata.finalizers,
     })
 }
 
