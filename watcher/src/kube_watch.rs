@@ -13,6 +13,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use pgop_common::config::WatchedNamespaces;
 use pgop_common::crd::Postgresql;
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
@@ -88,70 +89,83 @@ impl Relist {
     }
 }
 
-pub async fn watch_clusters(
-    client: Client,
-    namespaces: WatchedNamespaces,
-    store: Arc<Store>,
-    lists: Arc<InitialLists>,
-    shutdown: CancellationToken,
-) {
-    let streams = apis::<Postgresql>(&client, &namespaces)
-        .into_iter()
-        .map(|(scope, api)| {
-            let (store, lists, shutdown) = (store.clone(), lists.clone(), shutdown.clone());
-            async move {
-                let mut events = std::pin::pin!(
-                    watcher::watcher(api, watcher::Config::default()).default_backoff()
-                );
-                let mut relist = Relist::new(scope);
-                let mut first = true;
-                loop {
-                    let event = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        e = events.next() => match e { Some(e) => e, None => return },
-                    };
-                    match event {
-                        Ok(Event::Init) => relist.start(),
-                        Ok(Event::InitApply(pg)) => {
-                            relist.saw(pg.key());
-                            store.apply_cluster(pg);
-                        }
-                        Ok(Event::InitDone) => {
-                            for key in relist.gone(store.cluster_keys()) {
-                                store.delete_cluster(&key);
-                            }
-                            lists.done(&mut first);
-                        }
-                        Ok(Event::Apply(pg)) => store.apply_cluster(pg),
-                        Ok(Event::Delete(pg)) => store.delete_cluster(&pg.key()),
-                        Err(e) => tracing::warn!("postgresql watch: {e}"),
-                    }
-                }
-            }
-        });
-    futures::future::join_all(streams).await;
+/// How a watched kind enters the store.
+trait Tracked:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + 'static
+{
+    const WHAT: &'static str;
+    fn key(&self) -> String;
+    fn apply(store: &Store, object: Self);
+    fn delete(store: &Store, object: &Self);
+    fn known(store: &Store) -> Vec<String>;
+    fn forget(store: &Store, key: &str);
 }
 
-pub async fn watch_pods(
+impl Tracked for Postgresql {
+    const WHAT: &'static str = "postgresql";
+    fn key(&self) -> String {
+        Postgresql::key(self)
+    }
+    fn apply(store: &Store, object: Self) {
+        store.apply_cluster(object);
+    }
+    fn delete(store: &Store, object: &Self) {
+        store.delete_cluster(&object.key());
+    }
+    fn known(store: &Store) -> Vec<String> {
+        store.cluster_keys()
+    }
+    fn forget(store: &Store, key: &str) {
+        store.delete_cluster(key);
+    }
+}
+
+impl Tracked for Pod {
+    const WHAT: &'static str = "pod";
+    fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+    fn apply(store: &Store, object: Self) {
+        store.apply_pod(&object, false);
+    }
+    fn delete(store: &Store, object: &Self) {
+        store.apply_pod(object, true);
+    }
+    fn known(store: &Store) -> Vec<String> {
+        store.pod_keys()
+    }
+    fn forget(store: &Store, key: &str) {
+        store.delete_pod_by_key(key);
+    }
+}
+
+/// One watch per watched namespace (or one for all), each with its own relist tracking.
+async fn watch_each_namespace<K: Tracked>(
     client: Client,
     namespaces: WatchedNamespaces,
-    selector: String,
+    config: watcher::Config,
     store: Arc<Store>,
     lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
-    let key = |p: &Pod| {
-        format!(
-            "{}/{}",
-            p.metadata.namespace.as_deref().unwrap_or_default(),
-            p.metadata.name.as_deref().unwrap_or_default()
-        )
-    };
-    let streams = apis::<Pod>(&client, &namespaces)
+    let streams = apis::<K>(&client, &namespaces)
         .into_iter()
         .map(|(scope, api)| {
-            let (store, lists, shutdown) = (store.clone(), lists.clone(), shutdown.clone());
-            let config = watcher::Config::default().labels(&selector);
+            let (store, lists, shutdown, config) = (
+                store.clone(),
+                lists.clone(),
+                shutdown.clone(),
+                config.clone(),
+            );
             async move {
                 let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
                 let mut relist = Relist::new(scope);
@@ -163,24 +177,54 @@ pub async fn watch_pods(
                     };
                     match event {
                         Ok(Event::Init) => relist.start(),
-                        Ok(Event::InitApply(pod)) => {
-                            relist.saw(key(&pod));
-                            store.apply_pod(&pod, false);
+                        Ok(Event::InitApply(object)) => {
+                            relist.saw(object.key());
+                            K::apply(&store, object);
                         }
                         Ok(Event::InitDone) => {
-                            for k in relist.gone(store.pod_keys()) {
-                                store.delete_pod_by_key(&k);
+                            for key in relist.gone(K::known(&store)) {
+                                K::forget(&store, &key);
                             }
                             lists.done(&mut first);
                         }
-                        Ok(Event::Apply(pod)) => store.apply_pod(&pod, false),
-                        Ok(Event::Delete(pod)) => store.apply_pod(&pod, true),
-                        Err(e) => tracing::warn!("pod watch: {e}"),
+                        Ok(Event::Apply(object)) => K::apply(&store, object),
+                        Ok(Event::Delete(object)) => K::delete(&store, &object),
+                        Err(e) => tracing::warn!("{} watch: {e}", K::WHAT),
                     }
                 }
             }
         });
     futures::future::join_all(streams).await;
+}
+
+pub async fn watch_clusters(
+    client: Client,
+    namespaces: WatchedNamespaces,
+    store: Arc<Store>,
+    lists: Arc<InitialLists>,
+    shutdown: CancellationToken,
+) {
+    watch_each_namespace::<Postgresql>(
+        client,
+        namespaces,
+        watcher::Config::default(),
+        store,
+        lists,
+        shutdown,
+    )
+    .await
+}
+
+pub async fn watch_pods(
+    client: Client,
+    namespaces: WatchedNamespaces,
+    selector: String,
+    store: Arc<Store>,
+    lists: Arc<InitialLists>,
+    shutdown: CancellationToken,
+) {
+    let config = watcher::Config::default().labels(&selector);
+    watch_each_namespace::<Pod>(client, namespaces, config, store, lists, shutdown).await
 }
 
 pub async fn watch_config(
