@@ -7,6 +7,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+/// Waits up to `grace` for a signalled child to exit, then kills it.
+pub fn wait_or_kill(child: &mut Child, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The standard output of a finished command, or an error naming it with its stderr.
 pub fn stdout_of(output: std::io::Result<std::process::Output>, what: &str) -> Result<String> {
     let output = output.with_context(|| format!("running {what}"))?;
@@ -245,15 +258,7 @@ impl Environment {
             );
         }
         for child in kubelets.iter_mut() {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            wait_or_kill(child, Duration::from_secs(60));
         }
         kubelets.clear();
         if let Err(e) = self.control_plane("down") {

@@ -3,11 +3,11 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::env::{bin_dir, stdout_of};
+use crate::env::{bin_dir, stdout_of, wait_or_kill};
 
 pub struct PgopProcess {
     pub name: String,
@@ -81,15 +81,7 @@ impl PgopProcess {
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        wait_or_kill(&mut child, Duration::from_secs(10));
     }
 
     pub fn restart(&mut self) -> Result<()> {
