@@ -150,9 +150,9 @@ impl Actor {
                 capacity,
                 tx,
             } => {
-                tracing::info!(worker = %id, %address, capacity, "worker joined");
+                tracing::info!(worker = %id, %address, capacity, session, "worker joined");
                 let now = Instant::now();
-                self.sessions.insert(
+                let previous = self.sessions.insert(
                     id.clone(),
                     Session {
                         session,
@@ -161,6 +161,20 @@ impl Actor {
                         last_heartbeat_wall: now_rfc3339(),
                     },
                 );
+                if let Some(previous) = previous {
+                    // The previous session's stream ends here (its sender is dropped); its
+                    // later Gone carries the old session number and is ignored.
+                    tracing::warn!(
+                        worker = %id,
+                        previous = previous.session,
+                        session,
+                        "a newer session of the worker replaces its previous one"
+                    );
+                    let _ = previous.tx.send(Err(tonic::Status::aborted(
+                        "superseded by a newer session of the same worker",
+                    )));
+                    self.record("", "worker-reconnected", id.clone());
+                }
                 let out = self.state.worker_joined(&id, address, capacity);
                 self.record("", "worker-joined", id);
                 self.dispatch(out);
@@ -185,7 +199,12 @@ impl Actor {
                         self.dispatch(out);
                     }
                     Some(worker_message::Message::Status(st)) => {
-                        self.state.cluster_status(&st.cluster, st.status, st.team)
+                        if self
+                            .state
+                            .cluster_status(&id, &st.cluster, st.status, st.team)
+                        {
+                            self.record(&st.cluster, "deleted", format!("confirmed by {id}"));
+                        }
                     }
                     Some(worker_message::Message::Hello(_)) | None => {}
                 }
@@ -206,15 +225,12 @@ impl Actor {
                     .iter()
                     .map(|(key, e)| {
                         let (worker, state) = match &e.ownership {
-                            _ if e.current.r#type
-                                == pgop_proto::v1::ClusterEventType::Delete as i32 =>
-                            {
-                                (String::new(), "Deleting")
-                            }
                             Ownership::Assigned(w) => (w.clone(), "Assigned"),
                             Ownership::Releasing { from } => (from.clone(), "Moving"),
                             Ownership::Unassigned => (String::new(), "Unassigned"),
                         };
+                        // Deleted in Kubernetes, not yet confirmed by its owner (`worker`).
+                        let state = if e.deleting() { "Deleting" } else { state };
                         ClusterAssignment {
                             cluster: key.clone(),
                             worker,
@@ -252,5 +268,50 @@ impl Actor {
                 let _ = reply.send(list);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(
+        actor: &mut Actor,
+        session: u64,
+    ) -> mpsc::UnboundedReceiver<Result<SchedulerMessage, tonic::Status>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        actor.handle(Input::Joined {
+            id: "w1".into(),
+            session,
+            address: "a".into(),
+            capacity: 1,
+            tx,
+        });
+        rx
+    }
+
+    #[test]
+    fn a_newer_session_ends_the_previous_one_which_cannot_remove_it() {
+        let (events, _) = broadcast::channel(16);
+        let mut actor = Actor::new(Duration::from_secs(10), events);
+        let mut old = joined(&mut actor, 1);
+        let _new = joined(&mut actor, 2);
+        match old.try_recv() {
+            Ok(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::Aborted);
+                assert!(status.message().contains("superseded"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(old.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)),
+            "the old stream ends"
+        );
+        actor.handle(Input::Gone {
+            id: "w1".into(),
+            session: 1,
+        });
+        assert_eq!(actor.sessions["w1"].session, 2);
+        assert!(actor.state.workers.contains_key("w1"));
     }
 }

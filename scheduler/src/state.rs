@@ -1,7 +1,9 @@
 //! The scheduler's bookkeeping, free of I/O: every handler takes one input (a worker joins
-//! or leaves, a release arrives, the watcher reports an event) and returns the messages to
-//! send. Invariant: a cluster is never assigned to two workers at once; a move waits for
-//! the old owner's `Released` unless that owner is gone.
+//! or leaves, a release or status arrives, the watcher reports an event) and returns the
+//! messages to send. Invariants: a cluster is never assigned to two workers at once (a move
+//! waits for the old owner's `Released` unless that owner is gone), and a deleted cluster is
+//! forgotten only once its owner confirmed the deletion (status "Deleted"): until then each
+//! new owner receives the DELETE again.
 use std::collections::{BTreeMap, BTreeSet};
 
 use pgop_proto::v1::{
@@ -12,6 +14,9 @@ use pgop_proto::v1::{
 use crate::sharding;
 
 pub type Outbox = Vec<(String, SchedulerMessage)>;
+
+/// The status a worker reports once it removed everything of a deleted cluster.
+pub const DELETED_STATUS: &str = "Deleted";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
@@ -25,12 +30,26 @@ pub enum Ownership {
 
 #[derive(Debug, Clone)]
 pub struct ClusterEntry {
-    /// The latest object event (ADD/UPDATE/SYNC), or DELETE not yet handed to a worker.
+    /// The latest object event (ADD/UPDATE/SYNC), or the DELETE of the object until the
+    /// owner confirmed it.
     pub current: ClusterEvent,
+    /// The latest DELETE no owner has confirmed yet: `current` itself while the cluster is
+    /// being deleted, or the DELETE of an earlier object under this key (deleted, or replaced
+    /// by one with another uid) that the newer object in `current` followed. An owner
+    /// receives it first, in its `Assign`, and `current` right after.
+    pub pending_delete: Option<ClusterEvent>,
+    /// DELETEs sent to the owner (or the releasing owner) that it has not confirmed yet.
+    pub unconfirmed_deletes: u32,
     pub pods: BTreeMap<String, PodState>,
     pub ownership: Ownership,
     pub status: String,
     pub team: String,
+}
+
+impl ClusterEntry {
+    pub fn deleting(&self) -> bool {
+        is_delete(&self.current)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -54,6 +73,22 @@ pub fn cluster_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
+fn is_delete(c: &ClusterEvent) -> bool {
+    c.r#type == ClusterEventType::Delete as i32
+}
+
+/// The DELETE of the object `c` describes.
+fn delete_of(c: &ClusterEvent) -> ClusterEvent {
+    ClusterEvent {
+        r#type: ClusterEventType::Delete as i32,
+        namespace: c.namespace.clone(),
+        name: c.name.clone(),
+        uid: c.uid.clone(),
+        resource_version: c.resource_version.clone(),
+        manifest_json: Vec::new(),
+    }
+}
+
 fn event(event: watch_event::Event) -> SchedulerMessage {
     SchedulerMessage {
         message: Some(scheduler_message::Message::Event(WatchEvent {
@@ -63,26 +98,91 @@ fn event(event: watch_event::Event) -> SchedulerMessage {
     }
 }
 
+/// Hands `entry` to `worker`: the unconfirmed DELETE first (in the `Assign`), then the
+/// current object when it is a newer one.
+fn assign(key: &str, entry: &mut ClusterEntry, worker: &str, out: &mut Outbox) {
+    let first = entry
+        .pending_delete
+        .clone()
+        .unwrap_or_else(|| entry.current.clone());
+    out.push((
+        worker.to_string(),
+        SchedulerMessage {
+            message: Some(scheduler_message::Message::Assign(Assign {
+                cluster: key.to_string(),
+                current: Some(first),
+                pods: entry.pods.values().cloned().collect(),
+            })),
+        },
+    ));
+    if entry.pending_delete.is_some() && !entry.deleting() {
+        out.push((
+            worker.to_string(),
+            event(watch_event::Event::Cluster(entry.current.clone())),
+        ));
+    }
+    entry.unconfirmed_deletes = u32::from(entry.pending_delete.is_some());
+    entry.ownership = Ownership::Assigned(worker.to_string());
+}
+
+/// Moves one cluster toward its rendezvous owner among `workers`.
+fn place(workers: &[&str], key: &str, entry: &mut ClusterEntry, out: &mut Outbox) {
+    let Some(desired) = sharding::owner(key, workers.iter().copied()) else {
+        return;
+    };
+    match &entry.ownership {
+        Ownership::Unassigned => assign(key, entry, desired, out),
+        Ownership::Assigned(owner) if owner != desired => {
+            out.push((
+                owner.clone(),
+                SchedulerMessage {
+                    message: Some(scheduler_message::Message::Release(Release {
+                        cluster: key.to_string(),
+                    })),
+                },
+            ));
+            entry.ownership = Ownership::Releasing {
+                from: owner.clone(),
+            };
+        }
+        _ => {}
+    }
+}
+
 impl SchedulerState {
+    /// A worker's new session. Under an id already known it is a reconnect: the worker keeps
+    /// its clusters, but its new session holds nothing (a worker fences itself when it loses
+    /// its stream), so each is assigned to it again with its current state; what it was
+    /// releasing is free for the next owner.
     pub fn worker_joined(&mut self, id: &str, address: String, capacity: u32) -> Outbox {
         let mut out = Vec::new();
-        if self.workers.contains_key(id) {
-            // A reconnect under the same id: its previous session is over.
-            out.extend(self.worker_left(id));
-        }
-        self.workers.insert(
-            id.to_string(),
-            WorkerEntry {
-                address,
-                capacity,
-                ..Default::default()
-            },
-        );
+        let reconnect = self
+            .workers
+            .insert(
+                id.to_string(),
+                WorkerEntry {
+                    address,
+                    capacity,
+                    ..Default::default()
+                },
+            )
+            .is_some();
         if let Some(config) = &self.config {
             out.push((
                 id.to_string(),
                 event(watch_event::Event::Config(config.clone())),
             ));
+        }
+        if reconnect {
+            for (key, entry) in self.clusters.iter_mut() {
+                match &entry.ownership {
+                    Ownership::Assigned(w) if w == id => assign(key, entry, id, &mut out),
+                    Ownership::Releasing { from } if from == id => {
+                        entry.ownership = Ownership::Unassigned
+                    }
+                    _ => {}
+                }
+            }
         }
         out.extend(self.rebalance());
         out
@@ -119,19 +219,54 @@ impl SchedulerState {
                     }) =>
             {
                 entry.ownership = Ownership::Unassigned;
-                self.rebalance()
+                // Only this cluster changed: every other one is where the last full
+                // rebalance put it.
+                self.place_one(cluster)
             }
             _ => Vec::new(),
         }
     }
 
-    pub fn cluster_status(&mut self, cluster: &str, status: String, team: String) {
-        if let Some(entry) = self.clusters.get_mut(cluster) {
+    /// A worker's status report. Only the owner's counts (a releasing owner's late report
+    /// must not overwrite its successor's); "Deleted" confirms a DELETE the worker received
+    /// (also from a releasing owner, which did receive it), and the cluster is forgotten
+    /// once every DELETE sent is confirmed and no newer object took its place. Returns
+    /// whether the cluster was forgotten.
+    pub fn cluster_status(
+        &mut self,
+        worker: &str,
+        cluster: &str,
+        status: String,
+        team: String,
+    ) -> bool {
+        let Some(entry) = self.clusters.get_mut(cluster) else {
+            return false;
+        };
+        let owner = matches!(&entry.ownership, Ownership::Assigned(w) if w == worker);
+        if status == DELETED_STATUS {
+            let holder = owner
+                || matches!(&entry.ownership, Ownership::Releasing { from } if from == worker);
+            if !holder || entry.unconfirmed_deletes == 0 {
+                return false;
+            }
+            entry.unconfirmed_deletes -= 1;
+            if entry.unconfirmed_deletes > 0 {
+                return false;
+            }
+            entry.pending_delete = None;
+            if entry.deleting() {
+                self.clusters.remove(cluster);
+                return true;
+            }
+            return false;
+        }
+        if owner {
             entry.status = status;
             if !team.is_empty() {
                 entry.team = team;
             }
         }
+        false
     }
 
     /// A new watcher subscription starts with a snapshot.
@@ -156,39 +291,65 @@ impl SchedulerState {
         }
     }
 
-    fn cluster_event(&mut self, c: ClusterEvent) -> Outbox {
+    fn cluster_event(&mut self, mut c: ClusterEvent) -> Outbox {
         let key = cluster_key(&c.namespace, &c.name);
         if let Some(seen) = self.snapshot_seen.as_mut() {
             seen.insert(key.clone());
         }
-        let is_delete = c.r#type == ClusterEventType::Delete as i32;
-        match self.clusters.get_mut(&key) {
-            None if is_delete => Vec::new(),
-            None => {
-                self.clusters.insert(
-                    key,
-                    ClusterEntry {
-                        current: c,
-                        pods: BTreeMap::new(),
-                        ownership: Ownership::Unassigned,
-                        status: String::new(),
-                        team: String::new(),
-                    },
-                );
-                self.rebalance()
+        let Some(entry) = self.clusters.get_mut(&key) else {
+            if is_delete(&c) {
+                return Vec::new();
             }
-            Some(entry) => {
-                entry.current = c.clone();
-                if let Ownership::Assigned(owner) = &entry.ownership {
-                    let out = vec![(owner.clone(), event(watch_event::Event::Cluster(c)))];
-                    if is_delete {
-                        self.clusters.remove(&key);
-                    }
-                    return out;
-                }
-                // Unassigned or moving: the next owner receives the current state on assignment.
-                Vec::new()
+            self.clusters.insert(
+                key.clone(),
+                ClusterEntry {
+                    current: c,
+                    pending_delete: None,
+                    unconfirmed_deletes: 0,
+                    pods: BTreeMap::new(),
+                    ownership: Ownership::Unassigned,
+                    status: String::new(),
+                    team: String::new(),
+                },
+            );
+            // A new cluster moves no other: place it alone (a snapshot of thousands of
+            // clusters would otherwise rebalance all of them for each one).
+            return self.place_one(&key);
+        };
+        // What the owner receives, in order.
+        let mut deliver = Vec::with_capacity(2);
+        if is_delete(&c) {
+            entry.pending_delete = Some(c.clone());
+        } else {
+            // Another uid under the same key: the object was deleted and recreated (while
+            // the watcher's stream was down, or the watcher said so without a DELETE). The
+            // owner must delete the old object's children before it sees the new object.
+            let replaced = !entry.deleting()
+                && !entry.current.uid.is_empty()
+                && !c.uid.is_empty()
+                && entry.current.uid != c.uid;
+            if replaced {
+                let delete = delete_of(&entry.current);
+                entry.pending_delete = Some(delete.clone());
+                deliver.push(delete);
             }
+            if replaced || entry.deleting() {
+                c.r#type = ClusterEventType::Add as i32;
+            }
+        }
+        entry.current = c.clone();
+        deliver.push(c);
+        match &entry.ownership {
+            Ownership::Assigned(owner) => {
+                entry.unconfirmed_deletes += deliver.iter().filter(|e| is_delete(e)).count() as u32;
+                deliver
+                    .into_iter()
+                    .map(|e| (owner.clone(), event(watch_event::Event::Cluster(e))))
+                    .collect()
+            }
+            // Unassigned or moving: the next owner receives the unconfirmed DELETE and the
+            // current state on assignment.
+            _ => Vec::new(),
         }
     }
 
@@ -208,27 +369,31 @@ impl SchedulerState {
         }
     }
 
-    /// Clusters the snapshot did not mention were deleted while nobody was listening.
+    /// Clusters the snapshot did not mention were deleted while nobody was listening (those
+    /// already being deleted need no second DELETE).
     fn snapshot_done(&mut self) -> Outbox {
         let Some(seen) = self.snapshot_seen.take() else {
             return Vec::new();
         };
-        let gone: Vec<String> = self
+        let gone: Vec<ClusterEvent> = self
             .clusters
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .cloned()
+            .iter()
+            .filter(|(k, e)| !seen.contains(*k) && !e.deleting())
+            .map(|(_, e)| delete_of(&e.current))
             .collect();
         let mut out = Vec::new();
-        for key in gone {
-            let (namespace, name) = key.split_once('/').unwrap_or_default();
-            let delete = ClusterEvent {
-                r#type: ClusterEventType::Delete as i32,
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                ..Default::default()
-            };
+        for delete in gone {
             out.extend(self.cluster_event(delete));
+        }
+        out
+    }
+
+    /// Places one cluster (see [`place`]).
+    fn place_one(&mut self, key: &str) -> Outbox {
+        let mut out = Vec::new();
+        let workers: Vec<&str> = self.workers.keys().map(String::as_str).collect();
+        if let Some(entry) = self.clusters.get_mut(key) {
+            place(&workers, key, entry, &mut out);
         }
         out
     }
@@ -237,48 +402,11 @@ impl SchedulerState {
     fn rebalance(&mut self) -> Outbox {
         let mut out = Vec::new();
         let workers: Vec<&str> = self.workers.keys().map(String::as_str).collect();
-        let mut handed_deletes = Vec::new();
-        for (key, entry) in self.clusters.iter_mut() {
-            let Some(desired) = sharding::owner(key, workers.iter().copied()) else {
-                continue;
-            };
-            match &entry.ownership {
-                Ownership::Unassigned => {
-                    let assign = Assign {
-                        cluster: key.clone(),
-                        current: Some(entry.current.clone()),
-                        pods: entry.pods.values().cloned().collect(),
-                    };
-                    out.push((
-                        desired.to_string(),
-                        SchedulerMessage {
-                            message: Some(scheduler_message::Message::Assign(assign)),
-                        },
-                    ));
-                    entry.ownership = Ownership::Assigned(desired.to_string());
-                    if entry.current.r#type == ClusterEventType::Delete as i32 {
-                        handed_deletes.push(key.clone());
-                    }
-                }
-                Ownership::Assigned(owner) if owner != desired => {
-                    let release = Release {
-                        cluster: key.clone(),
-                    };
-                    out.push((
-                        owner.clone(),
-                        SchedulerMessage {
-                            message: Some(scheduler_message::Message::Release(release)),
-                        },
-                    ));
-                    entry.ownership = Ownership::Releasing {
-                        from: owner.clone(),
-                    };
-                }
-                _ => {}
-            }
+        if workers.is_empty() {
+            return out;
         }
-        for key in handed_deletes {
-            self.clusters.remove(&key);
+        for (key, entry) in self.clusters.iter_mut() {
+            place(&workers, key, entry, &mut out);
         }
         out
     }
@@ -445,7 +573,9 @@ mod tests {
             a.current.as_ref().unwrap().r#type,
             ClusterEventType::Delete as i32
         );
-        assert!(s.clusters.is_empty(), "forgotten once handed over");
+        assert_eq!(s.clusters.len(), 1, "kept until the owner confirms");
+        assert!(s.cluster_status("w1", "ns0/c0", DELETED_STATUS.into(), String::new()));
+        assert!(s.clusters.is_empty(), "forgotten once confirmed");
     }
 
     #[test]
@@ -463,7 +593,259 @@ mod tests {
             kinds(&out),
             vec![("w1".to_string(), "cluster", "ns1/c1".to_string())]
         );
+        assert!(s.clusters["ns1/c1"].deleting());
+        // A second snapshot without it does not delete it again.
+        s.snapshot_started();
+        s.watch_event(cluster(ClusterEventType::Sync, "ns0", "c0"));
+        s.watch_event(cluster(ClusterEventType::Sync, "ns2", "c2"));
+        assert!(s
+            .watch_event(WatchEvent {
+                sequence: 0,
+                event: Some(watch_event::Event::SnapshotDone(Default::default())),
+            })
+            .is_empty());
+        s.cluster_status("w1", "ns1/c1", DELETED_STATUS.into(), String::new());
         assert_eq!(s.clusters.len(), 2);
+    }
+
+    fn with_uid(kind: ClusterEventType, ns: &str, name: &str, uid: &str) -> WatchEvent {
+        let mut ev = cluster(kind, ns, name);
+        if let Some(watch_event::Event::Cluster(c)) = ev.event.as_mut() {
+            c.uid = uid.into();
+        }
+        ev
+    }
+
+    /// The cluster events of `out` as (worker, type, uid), assignments as "ASSIGN:<type>".
+    fn cluster_events(out: &Outbox) -> Vec<(String, String, String)> {
+        let name = |c: &ClusterEvent| {
+            ClusterEventType::try_from(c.r#type)
+                .unwrap()
+                .as_str_name()
+                .trim_start_matches("CLUSTER_EVENT_TYPE_")
+                .to_string()
+        };
+        out.iter()
+            .filter_map(|(w, m)| match &m.message {
+                Some(scheduler_message::Message::Assign(a)) => {
+                    let c = a.current.as_ref().unwrap();
+                    Some((w.clone(), format!("ASSIGN:{}", name(c)), c.uid.clone()))
+                }
+                Some(scheduler_message::Message::Event(WatchEvent {
+                    event: Some(watch_event::Event::Cluster(c)),
+                    ..
+                })) => Some((w.clone(), name(c), c.uid.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn triple(w: &str, kind: &str, uid: &str) -> (String, String, String) {
+        (w.into(), kind.into(), uid.into())
+    }
+
+    /// Two workers and one cluster `ns/a` (uid u1) owned by `owner`; returns the other.
+    fn owned_by_one_of_two() -> (SchedulerState, String, String) {
+        let mut s = SchedulerState::default();
+        s.worker_joined("w1", "a".into(), 1);
+        s.worker_joined("w2", "b".into(), 1);
+        let out = s.watch_event(with_uid(ClusterEventType::Add, "ns", "a", "u1"));
+        let owner = out[0].0.clone();
+        let other = if owner == "w1" { "w2" } else { "w1" }.to_string();
+        (s, owner, other)
+    }
+
+    #[test]
+    fn a_reconnecting_worker_keeps_its_clusters_and_gets_them_again() {
+        let mut s = with_clusters(12);
+        s.worker_joined("w1", "a".into(), 4);
+        s.worker_joined("w2", "b".into(), 4);
+        let releasing: Vec<String> = s
+            .clusters
+            .iter()
+            .filter(|(_, e)| e.ownership == Ownership::Releasing { from: "w1".into() })
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert!(releasing.len() > 1);
+        // One release arrives before the reconnect; the others never will.
+        s.released("w1", &releasing[0]);
+        let w1_owned: Vec<String> = owners(&s)
+            .into_iter()
+            .filter(|(_, o)| *o == Ownership::Assigned("w1".into()))
+            .map(|(k, _)| k)
+            .collect();
+        let w2_before: Vec<String> = owners(&s)
+            .into_iter()
+            .filter(|(_, o)| *o == Ownership::Assigned("w2".into()))
+            .map(|(k, _)| k)
+            .collect();
+        // The deletion w1 did not confirm is sent again to its new session.
+        let (ns, name) = w1_owned[0].split_once('/').unwrap();
+        s.watch_event(cluster(ClusterEventType::Delete, ns, name));
+
+        let out = s.worker_joined("w1", "a2".into(), 4);
+        let k = kinds(&out);
+        let mut to_w1: Vec<String> = k
+            .iter()
+            .filter(|k| k.0 == "w1" && k.1 == "assign")
+            .map(|k| k.2.clone())
+            .collect();
+        to_w1.sort();
+        assert_eq!(
+            to_w1, w1_owned,
+            "every cluster w1 owned is assigned to it again"
+        );
+        let mut to_w2: Vec<String> = k
+            .iter()
+            .filter(|k| k.0 == "w2" && k.1 == "assign")
+            .map(|k| k.2.clone())
+            .collect();
+        to_w2.sort();
+        assert_eq!(
+            to_w2,
+            releasing[1..].to_vec(),
+            "what w1 was releasing goes to its next owner at once"
+        );
+        assert!(k.iter().all(|k| k.1 != "release"), "{k:?}");
+        assert_eq!(k.len(), w1_owned.len() + releasing.len() - 1);
+        for key in &w2_before {
+            assert_eq!(s.clusters[key].ownership, Ownership::Assigned("w2".into()));
+        }
+        assert_eq!(s.workers["w1"].address, "a2");
+        assert!(owners(&s)
+            .values()
+            .all(|o| matches!(o, Ownership::Assigned(_))));
+        // The DELETE travels in the new assignment and still needs one confirmation.
+        let redelivered = &s.clusters[&w1_owned[0]];
+        assert!(redelivered.deleting());
+        assert_eq!(redelivered.unconfirmed_deletes, 1);
+    }
+
+    #[test]
+    fn a_delete_is_forgotten_only_once_its_owner_confirms_it() {
+        let (mut s, owner, other) = owned_by_one_of_two();
+        let out = s.watch_event(with_uid(ClusterEventType::Delete, "ns", "a", "u1"));
+        assert_eq!(cluster_events(&out), [triple(&owner, "DELETE", "u1")]);
+        assert!(s.clusters["ns/a"].deleting(), "kept while unconfirmed");
+        // Only the owner's confirmation counts.
+        assert!(!s.cluster_status(&other, "ns/a", DELETED_STATUS.into(), String::new()));
+        assert!(s.clusters.contains_key("ns/a"));
+        // The owner dies before confirming: the next one is handed the DELETE.
+        let out = s.worker_left(&owner);
+        assert_eq!(
+            cluster_events(&out),
+            [triple(&other, "ASSIGN:DELETE", "u1")]
+        );
+        assert!(!s.cluster_status(&owner, "ns/a", DELETED_STATUS.into(), String::new()));
+        assert!(s.cluster_status(&other, "ns/a", DELETED_STATUS.into(), String::new()));
+        assert!(s.clusters.is_empty());
+    }
+
+    #[test]
+    fn an_add_during_an_unconfirmed_delete_survives_its_confirmation() {
+        let (mut s, owner, other) = owned_by_one_of_two();
+        s.watch_event(with_uid(ClusterEventType::Delete, "ns", "a", "u1"));
+        let out = s.watch_event(with_uid(ClusterEventType::Add, "ns", "a", "u2"));
+        assert_eq!(cluster_events(&out), [triple(&owner, "ADD", "u2")]);
+        assert!(!s.clusters["ns/a"].deleting());
+        // The owner dies before confirming: the next one deletes the old object first.
+        let out = s.worker_left(&owner);
+        assert_eq!(
+            cluster_events(&out),
+            [
+                triple(&other, "ASSIGN:DELETE", "u1"),
+                triple(&other, "ADD", "u2")
+            ]
+        );
+        assert!(!s.cluster_status(&other, "ns/a", DELETED_STATUS.into(), String::new()));
+        let entry = &s.clusters["ns/a"];
+        assert_eq!(entry.current.uid, "u2", "the new object stays");
+        assert_eq!(entry.status, "", "a confirmation is not a status");
+        assert!(entry.pending_delete.is_none());
+        // Confirmed: a later owner is not asked to delete again.
+        assert!(s.worker_left(&other).is_empty());
+        let out = s.worker_joined(&owner, "a".into(), 1);
+        assert_eq!(cluster_events(&out), [triple(&owner, "ASSIGN:ADD", "u2")]);
+    }
+
+    #[test]
+    fn deletes_of_successive_objects_each_need_a_confirmation() {
+        let (mut s, owner, _) = owned_by_one_of_two();
+        s.watch_event(with_uid(ClusterEventType::Delete, "ns", "a", "u1"));
+        s.watch_event(with_uid(ClusterEventType::Add, "ns", "a", "u2"));
+        s.watch_event(with_uid(ClusterEventType::Delete, "ns", "a", "u2"));
+        // The confirmation of u1's deletion does not forget u2's.
+        assert!(!s.cluster_status(&owner, "ns/a", DELETED_STATUS.into(), String::new()));
+        assert!(s.cluster_status(&owner, "ns/a", DELETED_STATUS.into(), String::new()));
+    }
+
+    #[test]
+    fn only_the_owner_reports_status() {
+        let mut s = with_clusters(12);
+        s.worker_joined("w1", "a".into(), 4);
+        s.worker_joined("w2", "b".into(), 4);
+        let moving = s
+            .clusters
+            .iter()
+            .find(|(_, e)| matches!(e.ownership, Ownership::Releasing { .. }))
+            .map(|(k, _)| k.clone())
+            .unwrap();
+        s.released("w1", &moving);
+        s.cluster_status("w2", &moving, "Running".into(), "acid".into());
+        // The old owner's late report changes nothing.
+        s.cluster_status("w1", &moving, "SyncFailed".into(), "other".into());
+        assert_eq!(
+            (
+                s.clusters[&moving].status.as_str(),
+                s.clusters[&moving].team.as_str()
+            ),
+            ("Running", "acid")
+        );
+        s.cluster_status("nobody", &moving, "Failed".into(), String::new());
+        assert_eq!(s.clusters[&moving].status, "Running");
+    }
+
+    #[test]
+    fn a_new_uid_under_a_known_key_is_a_delete_then_an_add() {
+        let (mut s, owner, other) = owned_by_one_of_two();
+        // The watcher restarted; the snapshot shows the object recreated meanwhile.
+        s.snapshot_started();
+        let out = s.watch_event(with_uid(ClusterEventType::Sync, "ns", "a", "u2"));
+        assert_eq!(
+            cluster_events(&out),
+            [triple(&owner, "DELETE", "u1"), triple(&owner, "ADD", "u2")]
+        );
+        // Same uid again: an ordinary event.
+        let out = s.watch_event(with_uid(ClusterEventType::Sync, "ns", "a", "u2"));
+        assert_eq!(cluster_events(&out), [triple(&owner, "SYNC", "u2")]);
+        // A live UPDATE with another uid as well; the owner dies before confirming.
+        let out = s.watch_event(with_uid(ClusterEventType::Update, "ns", "a", "u3"));
+        assert_eq!(
+            cluster_events(&out),
+            [triple(&owner, "DELETE", "u2"), triple(&owner, "ADD", "u3")]
+        );
+        let out = s.worker_left(&owner);
+        assert_eq!(
+            cluster_events(&out),
+            [
+                triple(&other, "ASSIGN:DELETE", "u2"),
+                triple(&other, "ADD", "u3")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_add_places_only_its_own_cluster() {
+        let mut s = with_clusters(3);
+        s.worker_joined("w1", "a".into(), 1);
+        // Left alone on purpose: an ADD must not walk the other clusters.
+        s.clusters.get_mut("ns0/c0").unwrap().ownership = Ownership::Unassigned;
+        let out = s.watch_event(cluster(ClusterEventType::Add, "ns1", "new"));
+        assert_eq!(
+            kinds(&out),
+            vec![("w1".to_string(), "assign", "ns1/new".to_string())]
+        );
+        assert_eq!(s.clusters["ns0/c0"].ownership, Ownership::Unassigned);
     }
 
     #[test]

@@ -240,6 +240,17 @@ pub async fn watch_config(
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     let mut seen_in_relist = false;
     let mut first = true;
+    let shown = format!("{namespace}/{name}");
+    let apply = |data| match store.apply_config(data) {
+        Ok(Some(changes)) => {
+            tracing::info!(configmap = %shown, %changes, "operator configuration changed")
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(
+            configmap = %shown,
+            "the operator configuration is invalid ({e}); keeping the last good one until it is fixed"
+        ),
+    };
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -249,15 +260,15 @@ pub async fn watch_config(
             Ok(Event::Init) => seen_in_relist = false,
             Ok(Event::InitApply(cm)) | Ok(Event::Apply(cm)) => {
                 seen_in_relist = true;
-                store.apply_config(Some(cm.data.unwrap_or_default()));
+                apply(Some(cm.data.unwrap_or_default()));
             }
             Ok(Event::InitDone) => {
                 if !seen_in_relist {
-                    store.apply_config(None);
+                    apply(None);
                 }
                 lists.done(&mut first);
             }
-            Ok(Event::Delete(_)) => store.apply_config(None),
+            Ok(Event::Delete(_)) => apply(None),
             Err(e) => tracing::warn!("configmap watch: {e}"),
         }
     }

@@ -4,10 +4,10 @@ use std::time::Duration;
 use anyhow::Context;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use pgop_common::config::{OperatorConfig, WatchedNamespaces};
+use pgop_common::config::WatchedNamespaces;
 use pgop_proto::v1::watcher_server::WatcherServer;
 use pgop_watcher::service::WatcherService;
-use pgop_watcher::store::{PodLabels, Store};
+use pgop_watcher::store::{startup_config, PodLabels, Store};
 use pgop_watcher::{kube_watch, Settings};
 
 #[tokio::main]
@@ -21,18 +21,28 @@ async fn main() -> anyhow::Result<()> {
     let config_map = Api::<ConfigMap>::namespaced(client.clone(), &settings.namespace)
         .get_opt(&settings.config_map_name)
         .await?;
-    let config = match &config_map {
-        Some(cm) => pgop_common::config::from_config_map(cm).unwrap_or_else(|e| {
-            tracing::error!(
-                "operator configuration {}/{} is invalid ({e}); using defaults",
-                settings.namespace,
-                settings.config_map_name
-            );
-            OperatorConfig::default()
-        }),
-        None => OperatorConfig::default(),
-    };
+    // An invalid ConfigMap stops the start (what to watch would be a guess), unless
+    // WATCHED_NAMESPACE decides that anyway.
     let env_namespaces = std::env::var("WATCHED_NAMESPACE").ok();
+    let shown_map = format!("{}/{}", settings.namespace, settings.config_map_name);
+    let (config, problem) = startup_config(config_map.as_ref(), env_namespaces.as_deref())
+        .with_context(|| {
+            format!(
+                "the operator ConfigMap {shown_map} is invalid; fix it, or set WATCHED_NAMESPACE \
+                 to start with the default configuration"
+            )
+        })?;
+    if let Some(e) = &problem {
+        tracing::error!(
+            configmap = %shown_map,
+            "the operator configuration is invalid ({e}); WATCHED_NAMESPACE decides what to \
+             watch, defaults serve for labels and the resync period; workers get no \
+             configuration until the ConfigMap is fixed"
+        );
+    }
+    if !config.unknown_keys.is_empty() {
+        tracing::warn!(configmap = %shown_map, keys = ?config.unknown_keys, "unknown operator configuration keys (ignored)");
+    }
     let namespaces = config.watched_namespaces(&settings.namespace, env_namespaces.as_deref());
     let shown = match &namespaces {
         WatchedNamespaces::All => vec!["*".to_string()],
@@ -48,6 +58,11 @@ async fn main() -> anyhow::Result<()> {
         cluster: config.cluster_name_label.clone(),
         role: config.pod_role_label.clone(),
     }));
+    // The configuration started with is the first good one: an invalid edit before the
+    // ConfigMap watch starts does not replace it.
+    if let (Some(cm), None) = (&config_map, &problem) {
+        store.apply_config(Some(cm.data.clone().unwrap_or_default()))?;
+    }
 
     // The ConfigMap watch, and one cluster and one pod watch per watched namespace.
     let streams = match &namespaces {

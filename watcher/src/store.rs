@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use pgop_common::config::{ConfigError, OperatorConfig};
 use pgop_common::crd::Postgresql;
 use pgop_proto::v1::{
     watch_event, ClusterEvent, ClusterEventType, ConfigEvent, PodState, SnapshotDone, WatchEvent,
@@ -34,6 +35,71 @@ const FORWARDED_ANNOTATION_PREFIXES: &[&str] = &[
     "pgop.io/",
     "zalando-postgres-operator-rolling-update-required",
 ];
+
+/// ConfigMap keys whose [`OperatorConfig`] fields are `SecretValue`s (credentials). Workers
+/// need them to build objects (the logical backup job's environment, the Scalyr sidecar), so
+/// `ConfigEvent`s carry them: never log a `ConfigEvent` or a `WatchEvent` (their `Debug`
+/// shows every value); log [`config_changes`] instead.
+pub const SECRET_CONFIG_KEYS: &[&str] = &[
+    "logical_backup_s3_access_key_id",
+    "logical_backup_s3_secret_access_key",
+    "logical_backup_azure_storage_account_key",
+    "scalyr_api_key",
+];
+
+/// What changed between two configurations, for logs: `key=value` for known keys, the
+/// values of secret keys and of keys the operator does not know (which may be anything)
+/// redacted.
+pub fn config_changes(old: Option<&ConfigEvent>, new: &ConfigEvent) -> String {
+    if new.deleted {
+        return "the ConfigMap is gone: defaults apply".into();
+    }
+    let empty = HashMap::new();
+    let before = old.filter(|o| !o.deleted).map_or(&empty, |o| &o.data);
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(new.data.keys()).collect();
+    let shown = |key: &str, value: &str| {
+        if SECRET_CONFIG_KEYS.contains(&key) {
+            format!("{key}=<redacted>")
+        } else if !pgop_common::config::KNOWN_KEYS.contains(&key) {
+            format!("{key}=<unknown key>")
+        } else {
+            format!("{key}={value:?}")
+        }
+    };
+    let changes: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| match (before.get(k), new.data.get(k)) {
+            (a, b) if a == b => None,
+            (_, Some(v)) => Some(shown(k, v)),
+            (Some(_), None) => Some(format!("{k} removed")),
+            (None, None) => None,
+        })
+        .collect();
+    if changes.is_empty() {
+        "no key changed".into()
+    } else {
+        changes.join(", ")
+    }
+}
+
+/// The configuration the watcher starts with; it decides what to watch, and applies until
+/// the watcher restarts. An absent ConfigMap means defaults. An invalid one is an error,
+/// since its `watched_namespace` cannot be trusted, unless `WATCHED_NAMESPACE`
+/// (`watched_namespace_env`) decides that anyway: then the defaults serve for the rest, and
+/// the error comes back beside them to be logged.
+pub fn startup_config(
+    config_map: Option<&ConfigMap>,
+    watched_namespace_env: Option<&str>,
+) -> Result<(OperatorConfig, Option<ConfigError>), ConfigError> {
+    let Some(cm) = config_map else {
+        return Ok((OperatorConfig::default(), None));
+    };
+    match pgop_common::config::from_config_map(cm) {
+        Ok(config) => Ok((config, None)),
+        Err(e) if watched_namespace_env.is_some() => Ok((OperatorConfig::default(), Some(e))),
+        Err(e) => Err(e),
+    }
+}
 
 struct Inner {
     /// key → (object, fingerprint of spec + labels + annotations)
@@ -224,17 +290,29 @@ impl Store {
         }
     }
 
-    pub fn apply_config(&self, data: Option<BTreeMap<String, String>>) {
+    /// Records the operator ConfigMap's data (None: the ConfigMap is gone, defaults apply).
+    /// Data that does not parse is refused and the last good configuration stays: workers
+    /// would otherwise each fall back to something of their own. Returns what changed, for
+    /// the log (None: nothing did).
+    pub fn apply_config(
+        &self,
+        data: Option<BTreeMap<String, String>>,
+    ) -> Result<Option<String>, ConfigError> {
+        if let Some(data) = &data {
+            pgop_common::config::from_config_map_data(data)?;
+        }
         let event = ConfigEvent {
             deleted: data.is_none(),
             data: data.unwrap_or_default().into_iter().collect(),
         };
         let mut inner = self.lock();
         if inner.config.as_ref() == Some(&event) {
-            return;
+            return Ok(None);
         }
+        let changes = config_changes(inner.config.as_ref(), &event);
         inner.config = Some(event.clone());
         self.publish(&mut inner, watch_event::Event::Config(event));
+        Ok(Some(changes))
     }
 
     /// The current state as events (configuration, clusters as SYNC, pods, SnapshotDone)
@@ -356,7 +434,9 @@ mod tests {
     #[test]
     fn snapshot_then_live_events_without_gaps() {
         let store = Store::new(PodLabels::default());
-        store.apply_config(Some([("workers".to_string(), "4".to_string())].into()));
+        store
+            .apply_config(Some([("workers".to_string(), "4".to_string())].into()))
+            .unwrap();
         store.apply_cluster(pg("a", "u1", 2, None));
         store.apply_cluster(pg("b", "u2", 2, None));
         let (snapshot, mut rx) = store.subscribe();
@@ -422,5 +502,125 @@ mod tests {
             (state.cluster.as_str(), state.pod_ip.as_str()),
             ("a", "127.1.0.1")
         );
+    }
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn secret_config_keys_are_the_configs_secret_fields() {
+        // Secret fields are the known keys the configuration never serializes.
+        let json = serde_json::to_value(OperatorConfig::default()).unwrap();
+        let serialized = json.as_object().unwrap();
+        let mut secret: Vec<&str> = pgop_common::config::KNOWN_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !serialized.contains_key(*k))
+            .collect();
+        secret.sort_unstable();
+        let mut listed = SECRET_CONFIG_KEYS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(listed, secret);
+        // ...and they are the ones its Debug redacts.
+        let pairs: Vec<(&str, &str)> = secret.iter().map(|k| (*k, "s3cr3t-value")).collect();
+        let config = pgop_common::config::from_config_map_data(&data(&pairs)).unwrap();
+        assert!(!format!("{config:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn config_changes_never_show_secret_or_unknown_values() {
+        let store = Store::new(PodLabels::default());
+        let first = store
+            .apply_config(Some(data(&[("workers", "4"), ("scalyr_api_key", "key-1")])))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, r#"scalyr_api_key=<redacted>, workers="4""#);
+        let second = store
+            .apply_config(Some(data(&[
+                ("logical_backup_s3_secret_access_key", "key-2"),
+                ("my_password", "key-3"),
+            ])))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            second,
+            "logical_backup_s3_secret_access_key=<redacted>, my_password=<unknown key>, \
+             scalyr_api_key removed, workers removed"
+        );
+        assert_eq!(
+            store.apply_config(None).unwrap().unwrap(),
+            "the ConfigMap is gone: defaults apply"
+        );
+    }
+
+    #[test]
+    fn an_invalid_config_map_keeps_the_last_good_configuration() {
+        let store = Store::new(PodLabels::default());
+        let (_, mut rx) = store.subscribe();
+        store
+            .apply_config(Some(data(&[("watched_namespace", "a,b")])))
+            .unwrap();
+        assert!(store
+            .apply_config(Some(data(&[
+                ("watched_namespace", "c"),
+                ("workers", "many")
+            ])))
+            .is_err());
+        assert_eq!(
+            drain(&mut rx),
+            ["CONFIG"],
+            "nothing sent for the invalid one"
+        );
+        let (snapshot, _) = store.subscribe();
+        let Some(watch_event::Event::Config(c)) = &snapshot[0].event else {
+            panic!("the snapshot starts with the configuration")
+        };
+        assert_eq!(c.data["watched_namespace"], "a,b");
+        // Fixed: sent again.
+        assert_eq!(
+            store
+                .apply_config(Some(data(&[("watched_namespace", "c")])))
+                .unwrap()
+                .unwrap(),
+            r#"watched_namespace="c""#
+        );
+    }
+
+    #[test]
+    fn an_invalid_config_map_at_start_is_refused_unless_watched_namespace_is_set() {
+        let cm = |pairs: &[(&str, &str)]| ConfigMap {
+            data: Some(data(pairs)),
+            ..Default::default()
+        };
+        let good = cm(&[("watched_namespace", "a,b"), ("workers", "2")]);
+        let bad = cm(&[("watched_namespace", "a,b"), ("workers", "many")]);
+        let namespaces = |c: &OperatorConfig, env: Option<&str>| c.watched_namespaces("own", env);
+        let some = |l: &[&str]| {
+            pgop_common::config::WatchedNamespaces::Some(l.iter().map(|s| s.to_string()).collect())
+        };
+
+        let (config, problem) = startup_config(Some(&good), None).unwrap();
+        assert!(problem.is_none());
+        assert_eq!(namespaces(&config, None), some(&["a", "b"]));
+
+        let (config, problem) = startup_config(None, None).unwrap();
+        assert!(problem.is_none());
+        assert_eq!(config, OperatorConfig::default());
+
+        let e = startup_config(Some(&bad), None).unwrap_err();
+        assert!(e.to_string().contains("workers"), "{e}");
+
+        for env in ["x", ""] {
+            let (config, problem) = startup_config(Some(&bad), Some(env)).unwrap();
+            assert!(problem.is_some());
+            assert_eq!(
+                namespaces(&config, Some(env)),
+                some(&[if env.is_empty() { "own" } else { env }])
+            );
+        }
     }
 }
