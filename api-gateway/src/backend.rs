@@ -1,0 +1,239 @@
+//! The gRPC client side: one lazily connected channel to the scheduler, and one per worker
+//! address (taken from the scheduler's `ListWorkers`), cached by address and pruned to the
+//! addresses the scheduler last listed. Every call is bounded by the request timeout.
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pgop_proto::v1::scheduler_client::SchedulerClient;
+use pgop_proto::v1::worker_client::WorkerClient;
+use pgop_proto::v1::{
+    ClusterAssignment, ClusterState, GetClusterRequest, GetQueueRequest, ListAssignmentsRequest,
+    ListWorkersRequest, QueueState, WorkerInfo,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::error::{ApiError, InvalidAddress};
+
+pub struct Backend {
+    scheduler: SchedulerClient<Channel>,
+    /// Worker channels by normalised address.
+    workers: Mutex<HashMap<String, Channel>>,
+    timeout: Duration,
+}
+
+/// `host:port` gets `http://`; an address with a scheme is kept as it is.
+pub fn normalize_address(address: &str) -> Result<String, InvalidAddress> {
+    let address = address.trim();
+    if address.is_empty() {
+        return Err(InvalidAddress {
+            address: address.into(),
+            reason: "empty".into(),
+        });
+    }
+    Ok(if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    })
+}
+
+fn endpoint(address: &str, timeout: Duration) -> Result<Endpoint, InvalidAddress> {
+    let uri = normalize_address(address)?;
+    Endpoint::from_shared(uri)
+        .map(|e| e.connect_timeout(timeout))
+        .map_err(|e| InvalidAddress {
+            address: address.into(),
+            reason: e.to_string(),
+        })
+}
+
+fn worker_label(id: &str) -> String {
+    format!("worker {id}")
+}
+
+impl Backend {
+    /// Connects lazily: nothing is dialled until the first request.
+    pub fn new(scheduler_addr: &str, timeout: Duration) -> Result<Self, InvalidAddress> {
+        let channel = endpoint(scheduler_addr, timeout)?.connect_lazy();
+        Ok(Self {
+            scheduler: SchedulerClient::new(channel),
+            workers: Mutex::new(HashMap::new()),
+            timeout,
+        })
+    }
+
+    /// The normalised addresses of the cached worker channels, sorted.
+    pub fn cached_worker_addresses(&self) -> Vec<String> {
+        let mut addresses: Vec<String> = self.cache().keys().cloned().collect();
+        addresses.sort();
+        addresses
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
+        // The map stays consistent even if a holder panicked.
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends `message` with the timeout and maps the outcome to the gateway's errors.
+    async fn call<M, T, F>(
+        &self,
+        backend: &str,
+        message: M,
+        send: impl FnOnce(tonic::Request<M>) -> F,
+    ) -> Result<T, ApiError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        // A late call is dropped, which resets its HTTP/2 stream.
+        // (No grpc-timeout header: tonic's own timeout would race this one and answer
+        // Cancelled instead.)
+        match tokio::time::timeout(self.timeout, send(tonic::Request::new(message))).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ApiError::from_status(backend, status)),
+            Err(_) => Err(ApiError::Timeout {
+                backend: backend.into(),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// Every cluster the scheduler knows, with its owner and state.
+    pub async fn assignments(&self) -> Result<Vec<ClusterAssignment>, ApiError> {
+        let mut client = self.scheduler.clone();
+        let response = self
+            .call("scheduler", ListAssignmentsRequest {}, |r| async move {
+                client.list_assignments(r).await
+            })
+            .await?;
+        Ok(response.clusters)
+    }
+
+    /// The scheduler's assignment of one cluster; 404 when it does not know it.
+    pub async fn assignment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ClusterAssignment, ApiError> {
+        let mut client = self.scheduler.clone();
+        let request = GetClusterRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.call("scheduler", request, |r| async move {
+            client.get_cluster(r).await
+        })
+        .await
+        .map_err(|e| match e {
+            ApiError::Backend { status, .. } if status.code() == Code::NotFound => {
+                ApiError::NotFound(format!("could not find cluster {namespace}/{name}"))
+            }
+            e => e,
+        })
+    }
+
+    /// The live workers, sorted by id. Forgets the channels of addresses no longer listed.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ApiError> {
+        let mut client = self.scheduler.clone();
+        let mut workers = self
+            .call("scheduler", ListWorkersRequest {}, |r| async move {
+                client.list_workers(r).await
+            })
+            .await?
+            .workers;
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        let listed: Vec<String> = workers
+            .iter()
+            .filter_map(|w| normalize_address(&w.address).ok())
+            .collect();
+        self.cache().retain(|address, _| listed.contains(address));
+        Ok(workers)
+    }
+
+    /// One live worker; 404 when the scheduler does not list it.
+    pub async fn worker(&self, id: &str) -> Result<WorkerInfo, ApiError> {
+        self.workers()
+            .await?
+            .into_iter()
+            .find(|w| w.worker_id == id)
+            .ok_or_else(|| ApiError::NotFound(format!("could not find worker {id}")))
+    }
+
+    fn worker_client(&self, worker: &WorkerInfo) -> Result<WorkerClient<Channel>, ApiError> {
+        let unusable = |e: InvalidAddress| ApiError::Unavailable {
+            backend: worker_label(&worker.worker_id),
+            message: e.to_string(),
+        };
+        let address = normalize_address(&worker.address).map_err(unusable)?;
+        let mut cache = self.cache();
+        let channel = match cache.get(&address) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = endpoint(&address, self.timeout)
+                    .map_err(unusable)?
+                    .connect_lazy();
+                cache.insert(address, channel.clone());
+                channel
+            }
+        };
+        Ok(WorkerClient::new(channel))
+    }
+
+    /// The worker's state of a cluster; `None` when the worker does not have it (yet).
+    pub async fn worker_cluster(
+        &self,
+        worker: &WorkerInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ClusterState>, ApiError> {
+        let mut client = self.worker_client(worker)?;
+        let request = GetClusterRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        match self
+            .call(&worker_label(&worker.worker_id), request, |r| async move {
+                client.get_cluster(r).await
+            })
+            .await
+        {
+            Ok(state) => Ok(Some(state)),
+            Err(ApiError::Backend { status, .. }) if status.code() == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The worker's event queue.
+    pub async fn worker_queue(&self, worker: &WorkerInfo) -> Result<QueueState, ApiError> {
+        let mut client = self.worker_client(worker)?;
+        self.call(
+            &worker_label(&worker.worker_id),
+            GetQueueRequest {},
+            |r| async move { client.get_queue(r).await },
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_with_and_without_scheme() {
+        assert_eq!(
+            normalize_address("127.0.0.1:50052").unwrap(),
+            "http://127.0.0.1:50052"
+        );
+        assert_eq!(
+            normalize_address("http://127.0.0.1:50052").unwrap(),
+            "http://127.0.0.1:50052"
+        );
+        assert!(normalize_address(" ").is_err());
+        assert!(endpoint("http://bad host:1", Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,330 @@
+//! Pure builders: desired Kubernetes objects as functions of (manifest, operator
+//! configuration). No I/O here; applying, waiting and status writing live elsewhere.
+//!
+//! The behaviour follows Zalando's operator (`pkg/cluster/k8sres.go`, `util.go`), so that
+//! a cluster moved from Zalando's operator to pgop keeps the same objects.
+pub mod labels;
+pub mod secrets;
+pub mod service_account;
+pub mod services;
+pub mod spilo_env;
+pub mod statefulset;
+pub mod validate;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use pgop_common::crd::Postgresql;
+
+/// A manifest the builders cannot turn into objects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid manifest: {0}")]
+    Invalid(String),
+    #[error("invalid operator configuration: {0}")]
+    Config(String),
+}
+
+/// The cluster's name: every object of the cluster is named after it.
+pub fn cluster_name(pg: &Postgresql) -> &str {
+    pg.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// Metadata shared by every object of the cluster: its name and the manifest's namespace.
+fn object_meta(pg: &Postgresql, name: impl Into<String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: pg.metadata.namespace.clone(),
+        ..ObjectMeta::default()
+    }
+}
+
+/// `None` for an empty map, so that empty label/annotation sets are not serialized.
+fn non_empty<K, V>(
+    map: std::collections::BTreeMap<K, V>,
+) -> Option<std::collections::BTreeMap<K, V>> {
+    (!map.is_empty()).then_some(map)
+}
+
+/// Kubernetes resource quantities (`500m`, `1.5Gi`, `1e3`), parsed exactly enough to
+/// validate and compare them. k8s-openapi keeps quantities as plain strings.
+pub mod quantity {
+    /// The value in nano-units (10⁻⁹): exact for every suffix, fractions below a nano-unit
+    /// are rounded up as Kubernetes does.
+    pub fn parse(raw: &str) -> Result<i128, String> {
+        let (negative, unsigned) = match raw.as_bytes().first() {
+            Some(b'-') => (true, &raw[1..]),
+            Some(b'+') => (false, &raw[1..]),
+            _ => (false, raw),
+        };
+        let number_len = unsigned
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(unsigned.len());
+        let (number, suffix) = unsigned.split_at(number_len);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && fraction.is_empty() {
+            return Err("a quantity starts with a number".into());
+        }
+        if fraction.contains('.') {
+            return Err("more than one decimal point".into());
+        }
+        let (binary_power, decimal_exponent) = suffix_scale(suffix)?;
+
+        let digits = format!("{whole}{fraction}");
+        let digits = digits.trim_start_matches('0');
+        if digits.len() > 30 {
+            return Err("too many digits".into());
+        }
+        let mantissa: i128 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().map_err(|_| "not a number".to_string())?
+        };
+        let too_large = || "too large".to_string();
+        let mut value = mantissa
+            .checked_mul(1024i128.checked_pow(binary_power).ok_or_else(too_large)?)
+            .ok_or_else(too_large)?;
+        let scale = 9 + decimal_exponent - fraction.len() as i64;
+        if value != 0 && scale > 0 {
+            let factor = 10i128
+                .checked_pow(u32::try_from(scale).map_err(|_| too_large())?)
+                .ok_or_else(too_large)?;
+            value = value.checked_mul(factor).ok_or_else(too_large)?;
+        } else if value != 0 && scale < 0 {
+            value = match 10i128.checked_pow(u32::try_from(-scale).unwrap_or(u32::MAX)) {
+                Some(divisor) => (value + divisor - 1) / divisor,
+                None => 1,
+            };
+        }
+        Ok(if negative { -value } else { value })
+    }
+
+    /// (power of 1024, power of 10) of a suffix.
+    fn suffix_scale(suffix: &str) -> Result<(u32, i64), String> {
+        Ok(match suffix {
+            "" => (0, 0),
+            "n" => (0, -9),
+            "u" => (0, -6),
+            "m" => (0, -3),
+            "k" => (0, 3),
+            "M" => (0, 6),
+            "G" => (0, 9),
+            "T" => (0, 12),
+            "P" => (0, 15),
+            "E" => (0, 18),
+            "Ki" => (1, 0),
+            "Mi" => (2, 0),
+            "Gi" => (3, 0),
+            "Ti" => (4, 0),
+            "Pi" => (5, 0),
+            "Ei" => (6, 0),
+            _ => {
+                let exponent = suffix
+                    .strip_prefix(['e', 'E'])
+                    .and_then(|e| e.parse::<i64>().ok())
+                    .filter(|e| e.abs() <= 100)
+                    .ok_or_else(|| format!("unknown suffix {suffix:?}"))?;
+                (0, exponent)
+            }
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::parse;
+
+        const NANO: i128 = 1_000_000_000;
+
+        #[test]
+        fn values() {
+            let cases: &[(&str, i128)] = &[
+                ("1", NANO),
+                ("100m", NANO / 10),
+                ("0.1", NANO / 10),
+                ("1.5Gi", 3 * 512 * 1024 * 1024 * NANO),
+                ("500Mi", 500 * 1024 * 1024 * NANO),
+                ("1Gi", 1024 * 1024 * 1024 * NANO),
+                ("1G", 1_000_000_000 * NANO),
+                ("1e3", 1000 * NANO),
+                ("1E3", 1000 * NANO),
+                ("2E", 2_000_000_000_000_000_000 * NANO),
+                ("1Ei", (1i128 << 60) * NANO),
+                ("+5k", 5000 * NANO),
+                ("-1", -NANO),
+                ("0", 0),
+                (".5", NANO / 2),
+                ("5.", 5 * NANO),
+                ("3n", 3),
+                ("2u", 2000),
+            ];
+            for (raw, want) in cases {
+                assert_eq!(parse(raw), Ok(*want), "{raw}");
+            }
+            assert_eq!(parse("1e-12"), Ok(1), "below a nano-unit rounds up");
+        }
+
+        #[test]
+        fn rejects() {
+            for raw in [
+                "", "Gi", "1 Gi", "1GB", "1.2.3", "abc", "1x", "1e", "--1", "1e999",
+            ] {
+                assert!(parse(raw).is_err(), "{raw:?} must be rejected");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use pgop_common::config::OperatorConfig;
+    use pgop_common::crd::Postgresql;
+
+    use super::*;
+
+    /// Zalando's example manifests (the compatibility corpus) and pgop's own.
+    fn corpus() -> Vec<PathBuf> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let pick = |dir: PathBuf, wanted: &dyn Fn(&str) -> bool| -> Vec<PathBuf> {
+            let entries =
+                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let mut files: Vec<PathBuf> = entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| wanted(p.file_name().unwrap().to_str().unwrap()))
+                .collect();
+            files.sort();
+            files
+        };
+        let mut files = pick(root.join("../../shared/zalando-manifests"), &|name| {
+            name.contains("postgres") && name.contains("manifest") && name.ends_with(".yaml")
+        });
+        files.extend(pick(root.join("../manifests"), &|name| {
+            name.ends_with("-manifest.yaml")
+        }));
+        files
+    }
+
+    #[test]
+    fn every_corpus_manifest_builds() {
+        let files = corpus();
+        assert!(files.len() >= 7, "corpus not found: {files:?}");
+        for config in [
+            OperatorConfig::default(),
+            OperatorConfig {
+                kubernetes_use_configmaps: true,
+                enable_readiness_probe: true,
+                ..OperatorConfig::default()
+            },
+        ] {
+            for file in &files {
+                let text = std::fs::read_to_string(file).unwrap();
+                let mut pg: Postgresql = serde_yaml::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                pg.metadata.namespace = Some("default".into());
+                check_manifest(&pg, &config, file);
+            }
+        }
+    }
+
+    fn check_manifest(pg: &Postgresql, config: &OperatorConfig, file: &Path) {
+        let what = file.display();
+        let name = pg.metadata.name.clone().unwrap();
+        validate::validate(pg, config).unwrap_or_else(|e| panic!("{what}: {e}"));
+
+        let sts =
+            statefulset::desired_statefulset(pg, config).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(sts.metadata.name.as_deref(), Some(name.as_str()), "{what}");
+        let spec = sts.spec.as_ref().unwrap();
+        let container = &spec.template.spec.as_ref().unwrap().containers[0];
+        let image = pg
+            .spec
+            .docker_image
+            .clone()
+            .unwrap_or(config.docker_image.clone());
+        assert_eq!(container.image.as_deref(), Some(image.as_str()), "{what}");
+        let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
+        let size = &claim
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["storage"];
+        assert_eq!(size.0, pg.spec.volume.size, "{what}");
+        assert_eq!(
+            spec.replicas,
+            Some(pg.spec.number_of_instances),
+            "{what}: no limits configured"
+        );
+
+        // What the local kubelet reads from the environment.
+        let env = container.env.as_ref().unwrap();
+        let value = |n: &str| {
+            env.iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+                .unwrap_or_else(|| panic!("{what}: {n} missing"))
+        };
+        assert_eq!(value("SCOPE"), name, "{what}");
+        let spilo: serde_json::Value = serde_json::from_str(&value("SPILO_CONFIGURATION")).unwrap();
+        assert!(spilo["bootstrap"]["dcs"].is_object(), "{what}");
+        assert_eq!(
+            spilo["bootstrap"]["users"]["zalandos"]["options"],
+            serde_json::json!(["CREATEDB", "NOLOGIN"]),
+            "{what}"
+        );
+        if let Some(shared_buffers) = pg.spec.postgresql.parameters.get("shared_buffers") {
+            assert_eq!(
+                spilo["postgresql"]["parameters"]["shared_buffers"],
+                shared_buffers.as_str(),
+                "{what}"
+            );
+        }
+        let secret_refs: Vec<String> = env
+            .iter()
+            .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .map(|s| s.name.clone())
+            .collect();
+        let users = secrets::credential_users(pg, config);
+        for user in ["postgres", "standby"] {
+            let secret = secrets::secret_name(config, user, &name);
+            assert!(secret_refs.contains(&secret), "{what}: {secret}");
+            assert!(users.contains(&user.to_string()), "{what}: {user}");
+        }
+
+        let services = services::desired_services(pg, config);
+        let names: Vec<_> = services
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, [name.clone(), format!("{name}-repl")], "{what}");
+        let endpoints = services::desired_endpoints(pg, config);
+        assert_eq!(
+            endpoints.is_none(),
+            config.kubernetes_use_configmaps,
+            "{what}"
+        );
+
+        let namespaces = [
+            sts.metadata.namespace.clone(),
+            services[0].metadata.namespace.clone(),
+            services[1].metadata.namespace.clone(),
+            secrets::desired_secret(pg, config, &users[0], "x")
+                .metadata
+                .namespace,
+            service_account::desired_service_account(pg, config)
+                .unwrap()
+                .metadata
+                .namespace,
+            service_account::desired_role_binding(pg, config)
+                .unwrap()
+                .metadata
+                .namespace,
+        ];
+        for namespace in namespaces {
+            assert_eq!(namespace.as_deref(), Some("default"), "{what}");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Credentials Secrets: one per Postgres role that logs in with a password, named by
+//! `secret_name_template` as Zalando names them, so that applications keep finding them.
+//!
+//! Not covered yet (Zalando creates these too): roles of `preparedDatabases`, the
+//! connection pooler's role, infrastructure roles, cross-namespace secrets of
+//! `namespace.role` users and password rotation.
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use pgop_common::config::OperatorConfig;
+use pgop_common::crd::Postgresql;
+
+use super::labels::{inherited_annotations, object_labels};
+use super::{cluster_name, non_empty, object_meta};
+
+/// `{tprkind}` of the secret name template.
+const CRD_KIND: &str = "postgresql";
+/// `{tprgroup}` of the secret name template.
+const CRD_GROUP: &str = "acid.zalan.do";
+
+/// The roles that get a credentials Secret: the superuser, the replication user, then the
+/// manifest's users in name order. Like Zalando, manifest users that redefine a system or
+/// protected role, or cannot log in (`NOLOGIN`), get none.
+pub fn credential_users(pg: &Postgresql, config: &OperatorConfig) -> Vec<String> {
+    let system = [&config.super_username, &config.replication_username];
+    let mut users: Vec<String> = Vec::new();
+    for user in system {
+        if !users.contains(user) {
+            users.push(user.clone());
+        }
+    }
+    for (user, flags) in &pg.spec.users {
+        let reserved = system.contains(&user) || config.protected_role_names.contains(user);
+        let no_login = flags.iter().any(|f| f.eq_ignore_ascii_case("nologin"));
+        if !reserved && !no_login && !users.contains(user) {
+            users.push(user.clone());
+        }
+    }
+    users
+}
+
+/// The name of `username`'s credentials Secret in `cluster`. Underscores become dashes, as
+/// Secret names do not allow them.
+pub fn secret_name(config: &OperatorConfig, username: &str, cluster: &str) -> String {
+    config
+        .secret_name_template
+        .replace("{username}", &username.replace('_', "-"))
+        .replace("{cluster}", cluster)
+        .replace("{tprkind}", CRD_KIND)
+        .replace("{tprgroup}", CRD_GROUP)
+}
+
+/// The credentials Secret of `username`: type Opaque, keys `username` and `password` in
+/// `data` (what the API server returns, so a read-back compares equal; `stringData` is
+/// write-only). The caller creates it only when absent and never overwrites a password.
+pub fn desired_secret(
+    pg: &Postgresql,
+    config: &OperatorConfig,
+    username: &str,
+    password: &str,
+) -> Secret {
+    let mut metadata = object_meta(pg, secret_name(config, username, cluster_name(pg)));
+    metadata.labels = Some(object_labels(pg, config));
+    metadata.annotations = non_empty(inherited_annotations(pg, config));
+    let data = BTreeMap::from([
+        (
+            "username".to_string(),
+            ByteString(username.as_bytes().to_vec()),
+        ),
+        (
+            "password".to_string(),
+            ByteString(password.as_bytes().to_vec()),
+        ),
+    ]);
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::labels::tests::{manifest, minimal};
+
+    #[test]
+    fn secret_names() {
+        let default = OperatorConfig::default();
+        let custom = OperatorConfig {
+            secret_name_template: "{cluster}-{username}-secret".into(),
+            ..OperatorConfig::default()
+        };
+        let cases = [
+            (
+                &default,
+                "postgres",
+                "postgres.acid-minimal-cluster.credentials.postgresql.acid.zalan.do",
+            ),
+            (
+                &default,
+                "foo_user",
+                "foo-user.acid-minimal-cluster.credentials.postgresql.acid.zalan.do",
+            ),
+            (
+                &default,
+                "a_b_c",
+                "a-b-c.acid-minimal-cluster.credentials.postgresql.acid.zalan.do",
+            ),
+            (&custom, "foo_user", "acid-minimal-cluster-foo-user-secret"),
+        ];
+        for (config, user, want) in cases {
+            assert_eq!(
+                secret_name(config, user, "acid-minimal-cluster"),
+                want,
+                "{user}"
+            );
+        }
+    }
+
+    #[test]
+    fn users_with_credentials() {
+        let pg = manifest(
+            "acid-users",
+            "  teamId: acid\n  numberOfInstances: 1\n  volume: {size: 1Gi}\n  postgresql: {version: \"15\"}\n  users:\n    zalando: [superuser, createdb]\n    foo_user: []\n    app_reader: [NOLOGIN]\n    admin: []\n    standby: [replication]\n",
+        );
+        let cases: &[(OperatorConfig, &[&str])] = &[
+            (
+                OperatorConfig::default(),
+                &["postgres", "standby", "foo_user", "zalando"],
+            ),
+            (
+                OperatorConfig {
+                    super_username: "root".into(),
+                    protected_role_names: vec![],
+                    ..OperatorConfig::default()
+                },
+                &["root", "standby", "admin", "foo_user", "zalando"],
+            ),
+        ];
+        for (config, want) in cases {
+            assert_eq!(credential_users(&pg, config), *want);
+        }
+        assert_eq!(
+            credential_users(&minimal(), &OperatorConfig::default()),
+            ["postgres", "standby"]
+        );
+    }
+
+    #[test]
+    fn secret_object() {
+        let config = OperatorConfig::default();
+        let secret = desired_secret(&minimal(), &config, "foo_user", "s3cr3t");
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("foo-user.acid-minimal-cluster.credentials.postgresql.acid.zalan.do")
+        );
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+        assert_eq!(
+            secret.metadata.labels.as_ref().unwrap().get("team"),
+            Some(&"ACID".to_string())
+        );
+        let data = secret.data.unwrap();
+        assert_eq!(data["username"].0, b"foo_user");
+        assert_eq!(data["password"].0, b"s3cr3t");
+        assert!(secret.string_data.is_none());
+    }
+}

@@ -1,0 +1,427 @@
+//! One task per owned cluster: it keeps the latest manifest and pods, coalesces whatever
+//! arrives while it waits for a reconcile slot, and reconciles one pass at a time. Tasks of
+//! different clusters never wait on each other except for the bounded slots.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Api;
+use pgop_common::config::OperatorConfig;
+use pgop_common::crd::Postgresql;
+use pgop_proto::v1::{
+    worker_message, ClusterEvent, ClusterEventType, ClusterStatus, PodState, WorkerMessage,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::builders::{statefulset::desired_instances, BuildError};
+use crate::context::{cluster_reference, Context};
+use crate::deletion::{delete_cluster, Progress};
+use crate::reconcile::{sync_objects, write_status, SyncError};
+use crate::status::{next_status, pods_ready, SyncResult};
+use crate::view::now_rfc3339;
+
+/// What the scheduler sends about one cluster.
+#[derive(Debug)]
+pub enum Input {
+    Object(ClusterEvent),
+    Pod(PodState),
+}
+
+/// The status a worker reports once a deleted cluster's objects are gone; the scheduler
+/// forgets the cluster only then.
+pub const DELETED: &str = "Deleted";
+/// What inspection shows while a deleted cluster's pods stop.
+const DELETING: &str = "Deleting";
+
+/// How a task ended by itself (a deleted cluster, fully cleaned up).
+pub struct Finished {
+    pub key: String,
+    pub task_id: u64,
+    /// Inputs that arrived after the task decided to finish; the registry replays them.
+    pub rx: mpsc::UnboundedReceiver<Input>,
+}
+
+enum Next {
+    Idle,
+    RetryIn(Duration),
+    Finished,
+}
+
+pub struct ClusterTask {
+    pub key: String,
+    pub task_id: u64,
+    namespace: String,
+    name: String,
+    object: Option<ClusterEvent>,
+    /// A DELETE not yet carried out when a newer object arrived: it runs first, so the new
+    /// object starts from nothing instead of adopting the old one's children.
+    pending_delete: Option<ClusterEvent>,
+    pods: BTreeMap<String, PodState>,
+    /// The status as last read or written; None until read from the live object.
+    status: Option<String>,
+    reported: Option<ClusterStatus>,
+    failures: u32,
+    pending: u32,
+    pending_event: String,
+    ctx: Arc<Context>,
+    config: watch::Receiver<Arc<OperatorConfig>>,
+    outbound: mpsc::UnboundedSender<WorkerMessage>,
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60))
+}
+
+fn event_name(kind: i32) -> &'static str {
+    ClusterEventType::try_from(kind)
+        .map(|t| t.as_str_name().trim_start_matches("CLUSTER_EVENT_TYPE_"))
+        .unwrap_or("UNKNOWN")
+}
+
+impl ClusterTask {
+    pub fn new(
+        key: String,
+        task_id: u64,
+        ctx: Arc<Context>,
+        config: watch::Receiver<Arc<OperatorConfig>>,
+        outbound: mpsc::UnboundedSender<WorkerMessage>,
+    ) -> Self {
+        let (namespace, name) = key.split_once('/').unwrap_or(("", &key));
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            key,
+            task_id,
+            object: None,
+            pending_delete: None,
+            pods: BTreeMap::new(),
+            status: None,
+            reported: None,
+            failures: 0,
+            pending: 0,
+            pending_event: String::new(),
+            ctx,
+            config,
+            outbound,
+        }
+    }
+
+    pub fn take(&mut self, input: Input) {
+        self.pending += 1;
+        match input {
+            Input::Object(event) => {
+                self.pending_event = event_name(event.r#type).to_string();
+                let recreated = self
+                    .object
+                    .as_ref()
+                    .is_some_and(|o| !o.uid.is_empty() && o.uid != event.uid);
+                if recreated {
+                    // Another object under the same name: what we knew of the old one is void.
+                    self.status = None;
+                }
+                let is_delete = event.r#type == ClusterEventType::Delete as i32;
+                if let Some(previous) = self.object.take() {
+                    if !is_delete && previous.r#type == ClusterEventType::Delete as i32 {
+                        self.pending_delete = Some(previous);
+                    }
+                }
+                self.object = Some(event);
+            }
+            Input::Pod(pod) => {
+                if self.pending_event.is_empty() {
+                    self.pending_event = "POD".into();
+                }
+                if pod.deleted {
+                    self.pods.remove(&pod.name);
+                } else {
+                    self.pods.insert(pod.name.clone(), pod);
+                }
+            }
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        cancel: CancellationToken,
+        finished: mpsc::UnboundedSender<Finished>,
+    ) {
+        // A new task reconciles at once; after that, only when something happened.
+        let mut dirty = true;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            if !dirty {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    input = rx.recv() => match input {
+                        Some(input) => self.take(input),
+                        None => return,
+                    },
+                    changed = self.config.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+                }
+            }
+            while let Ok(input) = rx.try_recv() {
+                self.take(input);
+            }
+            self.mark_queued();
+            let permit = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                permit = self.ctx.slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            // Whatever arrived while waiting for the slot is handled by this same pass.
+            while let Ok(input) = rx.try_recv() {
+                self.take(input);
+            }
+            dirty = false;
+            retry_at = None;
+            self.mark_running();
+            let next = tokio::select! {
+                biased;
+                // Dropping the pass mid-way is safe: every write is idempotent.
+                _ = cancel.cancelled() => return,
+                next = self.reconcile_once() => next,
+            };
+            drop(permit);
+            match next {
+                Next::Idle => {}
+                Next::RetryIn(delay) => retry_at = Some(Instant::now() + delay),
+                Next::Finished => {
+                    let _ = finished.send(Finished {
+                        key: self.key.clone(),
+                        task_id: self.task_id,
+                        rx,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn mark_queued(&self) {
+        let (pending, event) = (self.pending, self.pending_event.clone());
+        self.ctx.view.update(&self.key, |v| {
+            v.pending = pending;
+            v.pending_event = event;
+            v.queued_since.get_or_insert_with(std::time::Instant::now);
+        });
+    }
+
+    fn mark_running(&mut self) {
+        self.pending = 0;
+        self.pending_event.clear();
+        self.ctx.view.update(&self.key, |v| {
+            v.running = true;
+            v.pending = 0;
+        });
+    }
+
+    fn finish_view(&self, message: &str, instances: u32) {
+        let pods: Vec<PodState> = self.pods.values().cloned().collect();
+        let status = self.status.clone().unwrap_or_default();
+        let uid = self
+            .object
+            .as_ref()
+            .map(|o| o.uid.clone())
+            .unwrap_or_default();
+        let team = self
+            .reported
+            .as_ref()
+            .map(|r| r.team.clone())
+            .unwrap_or_default();
+        self.ctx.view.update(&self.key, |v| {
+            v.running = false;
+            v.queued_since = None;
+            v.status = status;
+            v.message = message.to_string();
+            v.uid = uid;
+            v.instances = instances;
+            v.pods = pods;
+            v.team = team;
+            v.last_reconcile = now_rfc3339();
+            v.reconciles += 1;
+        });
+    }
+
+    fn report(&mut self, status: &str, team: &str, message: &str) {
+        let report = ClusterStatus {
+            cluster: self.key.clone(),
+            status: status.to_string(),
+            team: team.to_string(),
+            message: message.to_string(),
+        };
+        // Every "Deleted" counts: the scheduler waits for one per DELETE it sent.
+        if status == DELETED || self.reported.as_ref() != Some(&report) {
+            let _ = self.outbound.send(WorkerMessage {
+                message: Some(worker_message::Message::Status(report.clone())),
+            });
+            self.reported = Some(report);
+        }
+    }
+
+    async fn reconcile_once(&mut self) -> Next {
+        let Some(object) = self.object.clone() else {
+            return Next::Idle;
+        };
+        let config = self.config.borrow().clone();
+        if let Some(old) = self.pending_delete.clone() {
+            return match self.delete(&old, &config).await {
+                Next::Finished => {
+                    self.pending_delete = None;
+                    Next::RetryIn(Duration::ZERO)
+                }
+                other => other,
+            };
+        }
+        if object.r#type == ClusterEventType::Delete as i32 {
+            return self.delete(&object, &config).await;
+        }
+        let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
+        let parsed: Result<Postgresql, _> = serde_json::from_slice(&object.manifest_json);
+        let (result, team, instances) = match parsed {
+            Err(e) => (
+                SyncResult::Invalid(format!("the manifest does not parse: {e}")),
+                String::new(),
+                0,
+            ),
+            Ok(pg) => {
+                if self.status.is_none() {
+                    self.status = self.live_status(&pg).await;
+                }
+                let instances = desired_instances(&pg, &config).max(0) as u32;
+                let team = pg.spec.team_id.clone();
+                let result = match sync_objects(&self.ctx.client, &self.namespace, &pg, &config)
+                    .await
+                {
+                    Ok(written) => {
+                        if !written.0.is_empty() {
+                            tracing::info!(cluster = %self.key, written = ?written.0, "objects written");
+                            self.ctx
+                                .view
+                                .record(&self.key, "written", written.0.join(", "));
+                        }
+                        let pods: Vec<&PodState> = self.pods.values().collect();
+                        SyncResult::Synced {
+                            pods_ready: pods_ready(&pods, instances),
+                        }
+                    }
+                    Err(SyncError::Build(BuildError::Invalid(m))) => SyncResult::Invalid(m),
+                    Err(e) => SyncResult::Failed(e.to_string()),
+                };
+                (result, team, instances)
+            }
+        };
+        let previous = self.status.clone().unwrap_or_default();
+        let status = next_status(&previous, &result);
+        let message = match &result {
+            SyncResult::Invalid(m) | SyncResult::Failed(m) => m.clone(),
+            SyncResult::Synced { pods_ready: false } => "waiting for the pods' roles".into(),
+            SyncResult::Synced { pods_ready: true } => String::new(),
+        };
+        let mut next = match &result {
+            SyncResult::Failed(m) => {
+                self.failures += 1;
+                tracing::warn!(cluster = %self.key, failures = self.failures, "sync failed: {m}");
+                Next::RetryIn(backoff(self.failures))
+            }
+            _ => {
+                self.failures = 0;
+                Next::Idle
+            }
+        };
+        if status != previous {
+            match write_status(&self.ctx.client, &self.namespace, &self.name, status).await {
+                Ok(()) => {
+                    tracing::info!(cluster = %self.key, from = %previous, to = status, "status");
+                    self.status = Some(status.to_string());
+                    self.ctx.view.record(&self.key, "status", status);
+                    if matches!(result, SyncResult::Synced { .. }) {
+                        self.ctx
+                            .event(&reference, false, status, format!("cluster is {status}"))
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %self.key, "{e}");
+                    self.failures += 1;
+                    next = Next::RetryIn(backoff(self.failures));
+                }
+            }
+        }
+        match &result {
+            SyncResult::Invalid(m) | SyncResult::Failed(m) => {
+                self.ctx.event(&reference, true, status, m.clone()).await;
+            }
+            SyncResult::Synced { .. } => {}
+        }
+        let current = self.status.clone().unwrap_or_default();
+        self.report(&current, &team, &message);
+        self.finish_view(&message, instances);
+        next
+    }
+
+    /// The status the object carries now: the manifest in hand may predate the previous
+    /// owner's last status write.
+    async fn live_status(&self, pg: &Postgresql) -> Option<String> {
+        let api: Api<Postgresql> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let carried = || {
+            pg.status
+                .as_ref()
+                .map(|s| s.postgres_cluster_status.clone())
+        };
+        match api.get_opt(&self.name).await {
+            Ok(Some(live)) => Some(
+                live.status
+                    .map(|s| s.postgres_cluster_status)
+                    .unwrap_or_default(),
+            ),
+            Ok(None) => carried(),
+            Err(e) => {
+                tracing::warn!(cluster = %self.key, "reading the live status: {e}");
+                carried()
+            }
+        }
+    }
+
+    async fn delete(&mut self, object: &ClusterEvent, config: &OperatorConfig) -> Next {
+        match delete_cluster(&self.ctx.client, &self.namespace, &self.name, config).await {
+            Ok(Progress::Done) => {
+                tracing::info!(cluster = %self.key, "deleted");
+                self.ctx
+                    .view
+                    .record(&self.key, "deleted", "every object removed");
+                let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
+                self.ctx
+                    .event(
+                        &reference,
+                        false,
+                        "Delete",
+                        "the cluster's objects were removed".into(),
+                    )
+                    .await;
+                self.report(DELETED, "", "");
+                Next::Finished
+            }
+            Ok(Progress::PodsStopping(n)) => {
+                self.finish_view(&format!("deleting: {n} pods still stopping"), 0);
+                self.ctx
+                    .view
+                    .update(&self.key, |v| v.status = DELETING.into());
+                Next::RetryIn(Duration::from_secs(2))
+            }
+            Err(e) => {
+                self.failures += 1;
+                tracing::warn!(cluster = %self.key, "{e}");
+                self.finish_view(&e.to_string(), 0);
+                Next::RetryIn(backoff(self.failures))
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Removing a deleted cluster's objects. The manifest is gone by then, so everything is
+//! found by name or by the cluster's selector labels.
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client};
+use pgop_common::config::OperatorConfig;
+
+#[derive(Debug, thiserror::Error)]
+#[error("deleting {what}: {source}")]
+pub struct DeleteError {
+    what: String,
+    #[source]
+    source: kube::Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The StatefulSet is gone but these many pods still stop; Patroni would recreate its
+    /// objects if they were removed now.
+    PodsStopping(usize),
+    Done,
+}
+
+/// `application=spilo,cluster-name=<name>`: what selects every object of the cluster.
+pub fn cluster_selector(config: &OperatorConfig, name: &str) -> String {
+    config
+        .cluster_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(std::iter::once(format!(
+            "{}={name}",
+            config.cluster_name_label
+        )))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ignore_missing<T>(what: &str, result: Result<T, kube::Error>) -> Result<(), DeleteError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(DeleteError {
+            what: what.to_string(),
+            source,
+        }),
+    }
+}
+
+/// One step of the deletion: the StatefulSet first, then (once its pods are gone) the
+/// Services, Patroni's objects, the Secrets and the volume claims as configured.
+pub async fn delete_cluster(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    config: &OperatorConfig,
+) -> Result<Progress, DeleteError> {
+    let selector = ListParams::default().labels(&cluster_selector(config, name));
+    let background = DeleteParams::background();
+
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    ignore_missing("StatefulSet", sts.delete(name, &background).await)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let stopping = pods
+        .list_metadata(&selector)
+        .await
+        .map_err(|source| DeleteError {
+            what: "pods (listing)".into(),
+            source,
+        })?
+        .items
+        .len();
+    if stopping > 0 {
+        return Ok(Progress::PodsStopping(stopping));
+    }
+
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    // `<cluster>-config` is Patroni's, made in Endpoints mode to keep its DCS object alive.
+    for service in [
+        name.to_string(),
+        format!("{name}-repl"),
+        format!("{name}-config"),
+    ] {
+        ignore_missing("Service", services.delete(&service, &background).await)?;
+    }
+    // Patroni's DCS objects (Endpoints or ConfigMaps, depending on the configuration).
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
+    ignore_missing(
+        "Endpoints",
+        endpoints.delete_collection(&background, &selector).await,
+    )?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    ignore_missing(
+        "ConfigMaps",
+        config_maps.delete_collection(&background, &selector).await,
+    )?;
+    if config.enable_secrets_deletion {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        ignore_missing(
+            "Secrets",
+            secrets.delete_collection(&background, &selector).await,
+        )?;
+    }
+    if config.enable_persistent_volume_claim_deletion {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+        ignore_missing(
+            "PersistentVolumeClaims",
+            claims.delete_collection(&background, &selector).await,
+        )?;
+    }
+    Ok(Progress::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_selector_follows_the_configuration() {
+        let mut config = OperatorConfig::default();
+        assert_eq!(
+            cluster_selector(&config, "acid-a"),
+            "application=spilo,cluster-name=acid-a"
+        );
+        config.cluster_name_label = "cluster".into();
+        config.cluster_labels = [("app".to_string(), "db".to_string())].into();
+        assert_eq!(cluster_selector(&config, "x"), "app=db,cluster=x");
+    }
+}

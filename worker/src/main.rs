@@ -1,0 +1,62 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pgop_proto::v1::worker_server::WorkerServer;
+use pgop_worker::context::Context;
+use pgop_worker::registry::Registry;
+use pgop_worker::service::WorkerService;
+use pgop_worker::session::{self, SessionSettings};
+use pgop_worker::view::View;
+use pgop_worker::Settings;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (settings, shutdown) = pgop_common::settings::start::<Settings>()?;
+    let worker_id = settings.worker_id();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+
+    let view = View::new(worker_id.clone());
+    let ctx = Arc::new(Context::new(
+        client,
+        view.clone(),
+        settings.concurrency as usize,
+    ));
+    let registry = Registry::start(ctx, shutdown.clone());
+    let session = tokio::spawn(session::run(
+        SessionSettings {
+            scheduler_addr: settings.scheduler_addr.clone(),
+            worker_id: worker_id.clone(),
+            advertise_addr: settings.advertise_addr(),
+            capacity: settings.concurrency,
+            heartbeat_interval: Duration::from_secs(settings.heartbeat_interval_seconds.max(1)),
+        },
+        registry,
+        view.clone(),
+        shutdown.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<WorkerServer<WorkerService>>().await;
+    let (reflection_v1, reflection_v1alpha) = pgop_proto::reflection_services()?;
+    let addr = settings
+        .grpc_addr
+        .parse()
+        .with_context(|| format!("grpc_addr {:?}", settings.grpc_addr))?;
+    tracing::info!(%addr, worker = %worker_id, scheduler = %settings.scheduler_addr, "worker serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(WorkerServer::new(WorkerService {
+            view,
+            shutdown: shutdown.clone(),
+        }))
+        .serve_with_shutdown(addr, shutdown.clone().cancelled_owned())
+        .await?;
+    // The session fences (stops every cluster task) before it returns.
+    session.await?;
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The worker's owned clusters: a single task that starts, feeds, releases and fences the
+//! per-cluster tasks, so ownership changes happen in the order the scheduler sent them.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use pgop_common::config::{from_config_map_data, OperatorConfig};
+use pgop_proto::v1::{watch_event, worker_message, Assign, Released, WatchEvent, WorkerMessage};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{ClusterTask, Finished, Input};
+use crate::context::Context;
+
+pub enum Command {
+    /// A new scheduler session: reports and releases go to `outbound` from now on.
+    SessionStarted(mpsc::UnboundedSender<WorkerMessage>),
+    Assign(Assign),
+    Event(WatchEvent),
+    Release(String),
+    /// Stop every cluster task (the session is gone: the scheduler may give the clusters
+    /// to another worker) and answer once they have all stopped.
+    Fence(oneshot::Sender<()>),
+}
+
+struct Running {
+    task_id: u64,
+    tx: mpsc::UnboundedSender<Input>,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+pub struct Registry {
+    ctx: Arc<Context>,
+    tasks: HashMap<String, Running>,
+    next_task_id: u64,
+    outbound: Option<mpsc::UnboundedSender<WorkerMessage>>,
+    config: watch::Sender<Arc<OperatorConfig>>,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished_rx: mpsc::UnboundedReceiver<Finished>,
+}
+
+#[derive(Clone)]
+pub struct RegistryHandle(mpsc::UnboundedSender<Command>);
+
+impl RegistryHandle {
+    pub fn send(&self, command: Command) {
+        // The registry only ends at shutdown, when nothing needs its answers any more.
+        let _ = self.0.send(command);
+    }
+
+    pub async fn fence(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Fence(tx));
+        let _ = rx.await;
+    }
+}
+
+impl Registry {
+    pub fn start(ctx: Arc<Context>, shutdown: CancellationToken) -> RegistryHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let registry = Self {
+            ctx,
+            tasks: HashMap::new(),
+            next_task_id: 0,
+            outbound: None,
+            config: watch::Sender::new(Arc::new(OperatorConfig::default())),
+            finished_tx,
+            finished_rx,
+        };
+        tokio::spawn(registry.run(rx, shutdown));
+        RegistryHandle(tx)
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.fence().await;
+                    return;
+                }
+                finished = self.finished_rx.recv() => {
+                    if let Some(f) = finished { self.finished(f) }
+                }
+                command = commands.recv() => match command {
+                    Some(c) => self.handle(c).await,
+                    None => { self.fence().await; return; }
+                },
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::SessionStarted(outbound) => self.outbound = Some(outbound),
+            Command::Assign(assign) => {
+                let key = assign.cluster.clone();
+                tracing::info!(cluster = %key, pods = assign.pods.len(), "assigned");
+                self.ctx.view.record(&key, "assigned", "");
+                if let Some(current) = assign.current {
+                    self.deliver(&key, Input::Object(current));
+                }
+                for pod in assign.pods {
+                    self.deliver(&key, Input::Pod(pod));
+                }
+                // An assignment without state still makes the cluster ours.
+                self.task(&key);
+            }
+            Command::Event(event) => match event.event {
+                Some(watch_event::Event::Cluster(c)) => {
+                    let key = format!("{}/{}", c.namespace, c.name);
+                    self.deliver(&key, Input::Object(c));
+                }
+                Some(watch_event::Event::Pod(p)) => {
+                    let key = format!("{}/{}", p.namespace, p.cluster);
+                    self.deliver(&key, Input::Pod(p));
+                }
+                Some(watch_event::Event::Config(c)) => self.configure(c),
+                Some(watch_event::Event::SnapshotDone(_)) | None => {}
+            },
+            Command::Release(key) => self.release(key),
+            Command::Fence(done) => {
+                self.fence().await;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn configure(&mut self, event: pgop_proto::v1::ConfigEvent) {
+        if event.deleted {
+            tracing::info!("operator configuration deleted: defaults apply");
+            self.config
+                .send_replace(Arc::new(OperatorConfig::default()));
+            return;
+        }
+        let data: BTreeMap<String, String> = event.data.into_iter().collect();
+        match from_config_map_data(&data) {
+            Ok(config) => {
+                if **self.config.borrow() != config {
+                    tracing::info!("operator configuration changed");
+                    self.config.send_replace(Arc::new(config));
+                }
+            }
+            // Keep working with the last good configuration rather than with defaults.
+            Err(e) => {
+                tracing::error!("operator configuration rejected, keeping the previous one: {e}")
+            }
+        }
+    }
+
+    /// The running task of `key`, started if there is none: the scheduler sends events
+    /// only for clusters this worker owns.
+    fn task(&mut self, key: &str) -> &Running {
+        if !self.tasks.contains_key(key) {
+            let running = self.spawn(key, mpsc::unbounded_channel());
+            self.tasks.insert(key.to_string(), running);
+        }
+        &self.tasks[key]
+    }
+
+    fn spawn(
+        &mut self,
+        key: &str,
+        (tx, rx): (mpsc::UnboundedSender<Input>, mpsc::UnboundedReceiver<Input>),
+    ) -> Running {
+        self.next_task_id += 1;
+        let task_id = self.next_task_id;
+        let cancel = CancellationToken::new();
+        let outbound = self
+            .outbound
+            .clone()
+            .unwrap_or_else(|| mpsc::unbounded_channel().0);
+        let task = ClusterTask::new(
+            key.to_string(),
+            task_id,
+            self.ctx.clone(),
+            self.config.subscribe(),
+            outbound,
+        );
+        let handle = tokio::spawn(task.run(rx, cancel.clone(), self.finished_tx.clone()));
+        Running {
+            task_id,
+            tx,
+            cancel,
+            handle,
+        }
+    }
+
+    fn deliver(&mut self, key: &str, input: Input) {
+        // A task only ends on cancel or through `finished`, so its queue is open here.
+        let _ = self.task(key).tx.send(input);
+    }
+
+    /// A deleted cluster's task ended. Anything sent to it meanwhile starts a new one.
+    fn finished(&mut self, f: Finished) {
+        let Some(running) = self.tasks.get(&f.key) else {
+            return;
+        };
+        if running.task_id != f.task_id {
+            return;
+        }
+        let mut rx = f.rx;
+        let mut leftover = Vec::new();
+        while let Ok(input) = rx.try_recv() {
+            leftover.push(input);
+        }
+        self.tasks.remove(&f.key);
+        if leftover.is_empty() {
+            self.ctx.view.remove(&f.key);
+            return;
+        }
+        tracing::debug!(cluster = %f.key, inputs = leftover.len(), "restarting the cluster's task");
+        let (tx, rx) = mpsc::unbounded_channel();
+        for input in leftover {
+            let _ = tx.send(input);
+        }
+        let running = self.spawn(&f.key, (tx, rx));
+        self.tasks.insert(f.key, running);
+    }
+
+    fn release(&mut self, key: String) {
+        let outbound = self.outbound.clone();
+        let running = self.tasks.remove(&key);
+        self.ctx.view.remove(&key);
+        self.ctx.view.record(&key, "released", "");
+        tokio::spawn(async move {
+            if let Some(running) = running {
+                running.cancel.cancel();
+                let _ = running.handle.await;
+            }
+            tracing::info!(cluster = %key, "released");
+            if let Some(outbound) = outbound {
+                let _ = outbound.send(WorkerMessage {
+                    message: Some(worker_message::Message::Released(Released { cluster: key })),
+                });
+            }
+        });
+    }
+
+    async fn fence(&mut self) {
+        let tasks: Vec<Running> = self.tasks.drain().map(|(_, r)| r).collect();
+        if !tasks.is_empty() {
+            tracing::warn!(
+                clusters = tasks.len(),
+                "fencing: stopping every cluster task"
+            );
+        }
+        for running in &tasks {
+            running.cancel.cancel();
+        }
+        for running in tasks {
+            let _ = running.handle.await;
+        }
+        self.outbound = None;
+        self.ctx.view.clear();
+    }
+}

@@ -1,0 +1,111 @@
+//! The worker's one long-lived session with the scheduler: Hello, heartbeats, and the
+//! scheduler's assignments, events and release requests handed to the registry. When the
+//! session ends for any reason the worker fences itself (stops every cluster task) before
+//! it reconnects, so two workers never act on one cluster.
+use std::time::Duration;
+
+use pgop_proto::v1::scheduler_client::SchedulerClient;
+use pgop_proto::v1::{scheduler_message, worker_message, Heartbeat, Hello, WorkerMessage};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{Command, RegistryHandle};
+use crate::view::View;
+
+pub struct SessionSettings {
+    pub scheduler_addr: String,
+    pub worker_id: String,
+    pub advertise_addr: String,
+    pub capacity: u32,
+    pub heartbeat_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connecting to the scheduler at {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("scheduler: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("the scheduler closed the session")]
+    Closed,
+}
+
+pub async fn run(
+    settings: SessionSettings,
+    registry: RegistryHandle,
+    view: View,
+    shutdown: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => Ok(()),
+            r = session(&settings, &registry, &view) => r,
+        };
+        registry.fence().await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok(()) => delay = Duration::from_millis(200),
+            Err(e) => tracing::warn!("session ended: {e}; reconnecting in {delay:?}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(
+    settings: &SessionSettings,
+    registry: &RegistryHandle,
+    view: &View,
+) -> Result<(), SessionError> {
+    let mut client = SchedulerClient::connect(settings.scheduler_addr.clone())
+        .await
+        .map_err(|source| SessionError::Connect {
+            addr: settings.scheduler_addr.clone(),
+            source,
+        })?;
+    let (outbound, rx) = mpsc::unbounded_channel();
+    let _ = outbound.send(WorkerMessage {
+        message: Some(worker_message::Message::Hello(Hello {
+            worker_id: settings.worker_id.clone(),
+            capacity: settings.capacity,
+            address: settings.advertise_addr.clone(),
+        })),
+    });
+    let mut inbound = client
+        .session(UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tracing::info!(scheduler = %settings.scheduler_addr, worker = %settings.worker_id, "session open");
+    registry.send(Command::SessionStarted(outbound.clone()));
+    let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                let (clusters, queued) = view.counts();
+                let _ = outbound.send(WorkerMessage {
+                    message: Some(worker_message::Message::Heartbeat(Heartbeat { clusters, queued })),
+                });
+            }
+            message = inbound.message() => match message? {
+                None => return Err(SessionError::Closed),
+                Some(m) => match m.message {
+                    Some(scheduler_message::Message::Assign(a)) => registry.send(Command::Assign(a)),
+                    Some(scheduler_message::Message::Event(e)) => registry.send(Command::Event(e)),
+                    Some(scheduler_message::Message::Release(r)) => registry.send(Command::Release(r.cluster)),
+                    None => {}
+                },
+            },
+        }
+    }
+}
