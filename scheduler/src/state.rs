@@ -297,14 +297,15 @@ impl SchedulerState {
             seen.insert(key.clone());
         }
         let Some(entry) = self.clusters.get_mut(&key) else {
-            if is_delete(&c) {
-                return Vec::new();
-            }
+            // A DELETE of a cluster this scheduler never knew: it was deleted while nobody
+            // listened (the watcher reports such leftovers in its snapshot). A worker still
+            // has to remove its objects, so it is placed like any other cluster.
+            let pending_delete = is_delete(&c).then(|| c.clone());
             self.clusters.insert(
                 key.clone(),
                 ClusterEntry {
                     current: c,
-                    pending_delete: None,
+                    pending_delete,
                     unconfirmed_deletes: 0,
                     pods: BTreeMap::new(),
                     ownership: Ownership::Unassigned,
@@ -576,6 +577,24 @@ mod tests {
         assert_eq!(s.clusters.len(), 1, "kept until the owner confirms");
         assert!(s.cluster_status("w1", "ns0/c0", DELETED_STATUS.into(), String::new()));
         assert!(s.clusters.is_empty(), "forgotten once confirmed");
+    }
+
+    #[test]
+    fn a_delete_of_a_cluster_never_seen_is_still_carried_out() {
+        // Deleted while the scheduler was down: the watcher's snapshot reports the leftover.
+        let mut s = SchedulerState::default();
+        s.worker_joined("w1", "a".into(), 1);
+        let out = s.watch_event(cluster(ClusterEventType::Delete, "ns0", "gone"));
+        let Some(scheduler_message::Message::Assign(a)) = &out[0].1.message else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            a.current.as_ref().unwrap().r#type,
+            ClusterEventType::Delete as i32
+        );
+        assert!(s.clusters["ns0/gone"].deleting());
+        assert!(s.cluster_status("w1", "ns0/gone", DELETED_STATUS.into(), String::new()));
+        assert!(s.clusters.is_empty());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! operator configuration. Changes become events with increasing sequence numbers; a
 //! subscriber gets a snapshot and the live stream under one lock, so it misses nothing and
 //! sees nothing twice.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -337,6 +337,27 @@ impl Store {
                 pg,
             )));
         }
+        // Pods without their postgresql object: the cluster was deleted while nobody
+        // listened (a scheduler that was down never saw the DELETE). Reporting the deletion
+        // again lets a worker remove what is left; removing nothing twice is harmless.
+        let orphaned: BTreeSet<(&str, &str)> = inner
+            .pods
+            .values()
+            .filter(|p| {
+                !inner
+                    .clusters
+                    .contains_key(&format!("{}/{}", p.namespace, p.cluster))
+            })
+            .map(|p| (p.namespace.as_str(), p.cluster.as_str()))
+            .collect();
+        for (namespace, name) in orphaned {
+            push(watch_event::Event::Cluster(ClusterEvent {
+                r#type: ClusterEventType::Delete as i32,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                ..Default::default()
+            }));
+        }
         for p in inner.pods.values() {
             push(watch_event::Event::Pod(p.clone()));
         }
@@ -466,6 +487,34 @@ mod tests {
         assert_eq!(drain(&mut rx), ["CLUSTER_EVENT_TYPE_ADD:c"]);
         assert_eq!(store.resync(), 3);
         assert_eq!(drain(&mut rx).len(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_reports_pods_without_their_cluster_as_a_deleted_cluster() {
+        let store = Store::new(PodLabels::default());
+        store.apply_cluster(pg("a", "u1", 1, None));
+        let pod = |name: &str, cluster: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns", "labels": {"cluster-name": cluster}}
+            }))
+            .unwrap()
+        };
+        store.apply_pod(&pod("a-0", "a"), false);
+        store.apply_pod(&pod("gone-0", "gone"), false);
+        store.apply_pod(&pod("gone-1", "gone"), false);
+        let (snapshot, _) = store.subscribe();
+        let deletes: Vec<String> = snapshot
+            .iter()
+            .filter_map(|e| match &e.event {
+                Some(watch_event::Event::Cluster(c))
+                    if c.r#type == ClusterEventType::Delete as i32 =>
+                {
+                    Some(format!("{}/{}", c.namespace, c.name))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deletes, ["ns/gone"], "one DELETE per orphaned cluster");
     }
 
     #[test]
