@@ -980,10 +980,14 @@ fn kustomization_lists_existing_files_and_all_of_them() {
             let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kustomization YAML");
             for inner in doc["resources"].as_sequence().into_iter().flatten() {
                 let inner = inner.as_str().expect("a resource is a path");
-                let file = path.join(inner).canonicalize().unwrap_or_else(|e| {
-                    panic!("{}: resource {inner:?}: {e}", rel(&nested))
-                });
-                assert!(listed.insert(rel(&file)), "resource {inner:?} is listed twice");
+                let file = path
+                    .join(inner)
+                    .canonicalize()
+                    .unwrap_or_else(|e| panic!("{}: resource {inner:?}: {e}", rel(&nested)));
+                assert!(
+                    listed.insert(rel(&file)),
+                    "resource {inner:?} is listed twice"
+                );
             }
             continue;
         }

@@ -84,6 +84,19 @@ impl PgopProcess {
         wait_or_kill(&mut child, Duration::from_secs(10));
     }
 
+    /// SIGKILL: the process dies without any clean-up, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again after [`stop`](Self::stop) or [`kill`](Self::kill).
+    pub fn start_again(&mut self) -> Result<()> {
+        self.spawn()
+    }
+
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         self.spawn()
@@ -118,4 +131,95 @@ pub fn grpcurl(addr: &str, args: &[&str]) -> Result<String> {
             args.join(" ")
         ),
     )
+}
+
+/// A whole pgop control plane (watcher, scheduler, workers, gateway) on free ports. The
+/// watcher lives in `namespace`, where it reads the ConfigMap `postgres-operator`.
+pub struct Pgop {
+    pub watcher: PgopProcess,
+    pub scheduler: PgopProcess,
+    pub workers: Vec<PgopProcess>,
+    pub gateway: PgopProcess,
+    pub watcher_addr: String,
+    pub scheduler_addr: String,
+    pub worker_addrs: Vec<String>,
+    pub worker_ids: Vec<String>,
+    pub gateway_addr: String,
+}
+
+impl Pgop {
+    pub fn start(
+        name: &str,
+        namespace: &str,
+        workers: usize,
+        state_dir: &Path,
+        kubeconfig: &Path,
+    ) -> Result<Self> {
+        let addr = || -> Result<String> { Ok(format!("127.0.0.1:{}", free_port()?)) };
+        let (watcher_addr, scheduler_addr, gateway_addr) = (addr()?, addr()?, addr()?);
+        let watcher = PgopProcess::start(
+            &format!("{name}-watcher"),
+            "pgop-watcher",
+            &[
+                ("PGOP_GRPC_ADDR", watcher_addr.clone()),
+                ("PGOP_NAMESPACE", namespace.into()),
+            ],
+            state_dir,
+            kubeconfig,
+        )?;
+        let scheduler = PgopProcess::start(
+            &format!("{name}-scheduler"),
+            "pgop-scheduler",
+            &[
+                ("PGOP_GRPC_ADDR", scheduler_addr.clone()),
+                ("PGOP_WATCHER_ADDR", format!("http://{watcher_addr}")),
+                // A killed worker's TCP session ends at once; this only catches hung ones.
+                ("PGOP_HEARTBEAT_TIMEOUT_SECONDS", "6".into()),
+            ],
+            state_dir,
+            kubeconfig,
+        )?;
+        let mut worker_processes = Vec::new();
+        let mut worker_addrs = Vec::new();
+        let mut worker_ids = Vec::new();
+        for i in 0..workers {
+            let id = format!("{name}-worker-{i}");
+            let grpc = addr()?;
+            worker_processes.push(PgopProcess::start(
+                &id,
+                "pgop-worker",
+                &[
+                    ("PGOP_GRPC_ADDR", grpc.clone()),
+                    ("PGOP_WORKER_ID", id.clone()),
+                    ("PGOP_SCHEDULER_ADDR", format!("http://{scheduler_addr}")),
+                    ("PGOP_HEARTBEAT_INTERVAL_SECONDS", "1".into()),
+                ],
+                state_dir,
+                kubeconfig,
+            )?);
+            worker_addrs.push(grpc);
+            worker_ids.push(id);
+        }
+        let gateway = PgopProcess::start(
+            &format!("{name}-gateway"),
+            "pgop-api-gateway",
+            &[
+                ("PGOP_HTTP_ADDR", gateway_addr.clone()),
+                ("PGOP_SCHEDULER_ADDR", format!("http://{scheduler_addr}")),
+            ],
+            state_dir,
+            kubeconfig,
+        )?;
+        Ok(Self {
+            watcher,
+            scheduler,
+            workers: worker_processes,
+            gateway,
+            watcher_addr,
+            scheduler_addr,
+            worker_addrs,
+            worker_ids,
+            gateway_addr,
+        })
+    }
 }

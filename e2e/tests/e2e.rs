@@ -15,6 +15,9 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use pgop_e2e::pgop::{free_port, grpcurl, PgopProcess};
 use pgop_e2e::{wait, Environment, EnvironmentOptions};
 
+#[path = "e2e/operator.rs"]
+mod operator;
+
 static ENV: OnceLock<Environment> = OnceLock::new();
 
 fn env() -> &'static Environment {
@@ -41,6 +44,13 @@ fn main() {
         (
             "crd_watcher_and_scheduler_lose_no_cluster_across_restarts",
             || block_on(control_plane_streams()),
+        ),
+        ("pgop_runs_the_minimal_manifest_end_to_end", || {
+            block_on(operator::minimal_manifest_end_to_end())
+        }),
+        (
+            "pgop_moves_clusters_between_workers_and_loses_no_event",
+            || block_on(operator::clusters_move_between_workers()),
         ),
     ];
     let trials: Vec<Trial> = tests
