@@ -1,6 +1,8 @@
 //! Watches feeding the store: postgresql objects and pods of managed clusters in the watched
 //! namespaces, and the operator ConfigMap. A relist (after a watch expired) is diffed
-//! against the store, so deletions that happened meanwhile are not lost.
+//! against the store, so deletions that happened meanwhile are not lost. `postgresql`
+//! objects are watched untyped (see the `Tracked` impl for `DynamicObject`): bad input in
+//! one must not stop the watch of the others.
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -8,27 +10,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use pgop_common::config::WatchedNamespaces;
 use pgop_common::crd::Postgresql;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
 
 /// One API per watched namespace (or one for all), with the namespace it covers.
-fn apis<K>(client: &Client, namespaces: &WatchedNamespaces) -> Vec<(Option<String>, Api<K>)>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
+fn apis<K: Tracked>(
+    client: &Client,
+    namespaces: &WatchedNamespaces,
+) -> Vec<(Option<String>, Api<K>)> {
     match namespaces {
-        WatchedNamespaces::All => vec![(None, Api::all(client.clone()))],
+        WatchedNamespaces::All => vec![(None, K::api(client.clone(), None))],
         WatchedNamespaces::Some(list) => list
             .iter()
-            .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
+            .map(|ns| (Some(ns.clone()), K::api(client.clone(), Some(ns))))
             .collect(),
     }
 }
@@ -90,29 +93,70 @@ impl Relist {
 }
 
 /// How a watched kind enters the store.
-trait Tracked:
-    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-    + Clone
-    + DeserializeOwned
-    + std::fmt::Debug
-    + Send
-    + 'static
-{
+trait Tracked: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
     const WHAT: &'static str;
-    fn key(&self) -> String;
+    /// The API that lists and watches this kind in `namespace` (None: in all).
+    fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
+    fn key(&self) -> String {
+        let meta = self.meta();
+        format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        )
+    }
     fn apply(store: &Store, object: Self);
     fn delete(store: &Store, object: &Self);
     fn known(store: &Store) -> Vec<String>;
     fn forget(store: &Store, key: &str);
 }
 
-impl Tracked for Postgresql {
+/// The `postgresql` resource (acid.zalan.do/v1, plural postgresqls), as the CRD declares it.
+pub fn postgresql_resource() -> ApiResource {
+    ApiResource::erase::<Postgresql>(&())
+}
+
+/// A watched `postgresql` object as JSON, exactly as the API server sent it (with its
+/// `apiVersion` and `kind`, filled in when the API server left them out).
+fn manifest(object: DynamicObject) -> Value {
+    let DynamicObject {
+        types,
+        metadata,
+        data,
+    } = object;
+    let mut json = match data {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    let resource = postgresql_resource();
+    let (api_version, kind) = types.map_or((resource.api_version, resource.kind), |t| {
+        (t.api_version, t.kind)
+    });
+    json.insert("apiVersion".into(), Value::String(api_version));
+    json.insert("kind".into(), Value::String(kind));
+    json.insert(
+        "metadata".into(),
+        serde_json::to_value(metadata).unwrap_or_default(),
+    );
+    Value::Object(json)
+}
+
+/// `postgresql` objects are watched untyped: the CRD keeps embedded Kubernetes types
+/// schemaless, so the API server accepts objects that do not deserialize into
+/// [`Postgresql`], and one such object would make its namespace's typed list fail again and
+/// again, stopping every cluster there. Only `metadata` (which the API server validates) is
+/// read typed; whether the rest parses is for the cluster's worker to find out and report.
+impl Tracked for DynamicObject {
     const WHAT: &'static str = "postgresql";
-    fn key(&self) -> String {
-        Postgresql::key(self)
+    fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
+        let resource = postgresql_resource();
+        match namespace {
+            Some(ns) => Api::namespaced_with(client, ns, &resource),
+            None => Api::all_with(client, &resource),
+        }
     }
     fn apply(store: &Store, object: Self) {
-        store.apply_cluster(object);
+        store.apply_cluster(manifest(object));
     }
     fn delete(store: &Store, object: &Self) {
         store.delete_cluster(&object.key());
@@ -127,12 +171,11 @@ impl Tracked for Postgresql {
 
 impl Tracked for Pod {
     const WHAT: &'static str = "pod";
-    fn key(&self) -> String {
-        format!(
-            "{}/{}",
-            self.metadata.namespace.as_deref().unwrap_or_default(),
-            self.metadata.name.as_deref().unwrap_or_default()
-        )
+    fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
+        match namespace {
+            Some(ns) => Api::namespaced(client, ns),
+            None => Api::all(client),
+        }
     }
     fn apply(store: &Store, object: Self) {
         store.apply_pod(&object, false);
@@ -204,7 +247,7 @@ pub async fn watch_clusters(
     lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
-    watch_each_namespace::<Postgresql>(
+    watch_each_namespace::<DynamicObject>(
         client,
         namespaces,
         watcher::Config::default(),
@@ -277,6 +320,200 @@ pub async fn watch_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::core::ObjectList;
+    use pgop_proto::v1::{watch_event, ClusterEventType};
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn object(name: &str, uid: &str) -> Value {
+        json!({
+            "apiVersion": "acid.zalan.do/v1", "kind": "postgresql",
+            "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": "1"},
+            "spec": {"teamId": "acid", "numberOfInstances": 1, "volume": {"size": "1Gi"}, "postgresql": {"version": "15"}}
+        })
+    }
+
+    /// Accepted by the API server (the CRD keeps embedded Kubernetes types schemaless), but
+    /// not a `Postgresql`.
+    fn malformed(name: &str, uid: &str) -> Value {
+        let mut v = object(name, uid);
+        v["spec"]["tolerations"] = json!([{"key": "a", "tolerationSeconds": "soon"}]);
+        v["spec"]["sidecars"] = json!([{"name": 1}]);
+        v
+    }
+
+    fn list(items: &[Value]) -> Value {
+        json!({
+            "apiVersion": "acid.zalan.do/v1", "kind": "postgresqlList",
+            "metadata": {"resourceVersion": "1"}, "items": items
+        })
+    }
+
+    #[test]
+    fn the_watched_resource_is_the_crds() {
+        let r = postgresql_resource();
+        assert_eq!(
+            (r.group.as_str(), r.version.as_str(), r.api_version.as_str()),
+            ("acid.zalan.do", "v1", "acid.zalan.do/v1")
+        );
+        assert_eq!(
+            (r.kind.as_str(), r.plural.as_str()),
+            ("postgresql", "postgresqls")
+        );
+    }
+
+    #[test]
+    fn a_malformed_object_does_not_spoil_its_list_and_is_stored_verbatim() {
+        let body = list(&[object("good", "u1"), malformed("bad", "u2")]);
+        assert!(
+            serde_json::from_value::<ObjectList<Postgresql>>(body.clone()).is_err(),
+            "typed, one bad object fails the whole list"
+        );
+        let listed: ObjectList<DynamicObject> = serde_json::from_value(body).unwrap();
+        let store = Store::new(Default::default());
+        let (_, mut rx) = store.subscribe();
+        for o in listed.items {
+            assert_eq!(
+                o.key(),
+                format!("ns/{}", o.metadata.name.as_deref().unwrap())
+            );
+            DynamicObject::apply(&store, o);
+        }
+        let mut sent = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            let Some(watch_event::Event::Cluster(c)) = e.event else {
+                panic!("only clusters")
+            };
+            assert_eq!(c.r#type, ClusterEventType::Add as i32);
+            sent.push(serde_json::from_slice::<Value>(&c.manifest_json).unwrap());
+        }
+        assert_eq!(sent, [object("good", "u1"), malformed("bad", "u2")]);
+    }
+
+    #[test]
+    fn a_manifest_without_api_version_and_kind_gets_them() {
+        let mut v = malformed("bad", "u2");
+        let map = v.as_object_mut().unwrap();
+        map.remove("apiVersion");
+        map.remove("kind");
+        let o: DynamicObject = serde_json::from_value(v).unwrap();
+        assert_eq!(manifest(o), malformed("bad", "u2"));
+    }
+
+    /// A minimal API server on loopback: lists of namespace `ns` answer `items`; watches
+    /// send `events` and then stay open.
+    async fn fake_api_server(items: Vec<Value>, events: Vec<Value>) -> Client {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (items, events) = (items.clone(), events.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let path = head.split_whitespace().nth(1).unwrap_or_default();
+                    if !path.starts_with("/apis/acid.zalan.do/v1/namespaces/ns/postgresqls") {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    if !path.contains("watch=true") {
+                        let body = list(&items).to_string();
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = socket.write_all(response.as_bytes()).await;
+                        return;
+                    }
+                    let mut response = String::from(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    );
+                    for e in events {
+                        let line = format!("{e}\n");
+                        response.push_str(&format!("{:x}\r\n{line}\r\n", line.len()));
+                    }
+                    if socket.write_all(response.as_bytes()).await.is_ok() {
+                        // Open until the client goes away.
+                        let _ = socket.read(&mut buf).await;
+                    }
+                });
+            }
+        });
+        Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_namespace_with_a_malformed_object_keeps_streaming_its_clusters() {
+        let mut invalid = malformed("bad", "u2");
+        invalid["status"] = json!({"PostgresClusterStatus": "Invalid"});
+        invalid["metadata"]["resourceVersion"] = json!("2");
+        let mut scaled = object("good", "u1");
+        scaled["spec"]["numberOfInstances"] = json!(2);
+        scaled["metadata"]["resourceVersion"] = json!("3");
+        let client = fake_api_server(
+            vec![object("good", "u1"), malformed("bad", "u2")],
+            vec![
+                json!({"type": "MODIFIED", "object": invalid}),
+                json!({"type": "ADDED", "object": malformed("worse", "u3")}),
+                json!({"type": "MODIFIED", "object": scaled}),
+            ],
+        )
+        .await;
+        let store = Arc::new(Store::new(Default::default()));
+        let lists = Arc::new(InitialLists::new(1));
+        let shutdown = CancellationToken::new();
+        let (_, mut rx) = store.subscribe();
+        let watch = tokio::spawn(watch_clusters(
+            client,
+            WatchedNamespaces::Some(vec!["ns".into()]),
+            store.clone(),
+            lists.clone(),
+            shutdown.clone(),
+        ));
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while seen.len() < 4 {
+            let e = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {seen:?} arrived"))
+                .unwrap();
+            let Some(watch_event::Event::Cluster(c)) = e.event else {
+                continue;
+            };
+            let kind = ClusterEventType::try_from(c.r#type).unwrap();
+            seen.push(format!("{}:{}", kind.as_str_name(), c.name));
+            if c.name == "bad" {
+                let sent: Value = serde_json::from_slice(&c.manifest_json).unwrap();
+                assert_eq!(sent, malformed("bad", "u2"));
+            }
+        }
+        assert!(lists.complete());
+        // The status-only change of "bad" made no UPDATE.
+        assert_eq!(
+            seen,
+            [
+                "CLUSTER_EVENT_TYPE_ADD:good",
+                "CLUSTER_EVENT_TYPE_ADD:bad",
+                "CLUSTER_EVENT_TYPE_ADD:worse",
+                "CLUSTER_EVENT_TYPE_UPDATE:good"
+            ]
+        );
+        assert_eq!(store.cluster_keys(), ["ns/bad", "ns/good", "ns/worse"]);
+        shutdown.cancel();
+        watch.await.unwrap();
+    }
 
     fn keys(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()

@@ -7,7 +7,6 @@ use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use pgop_common::config::{ConfigError, OperatorConfig};
-use pgop_common::crd::Postgresql;
 use pgop_proto::v1::{
     watch_event, ClusterEvent, ClusterEventType, ConfigEvent, PodState, SnapshotDone, WatchEvent,
 };
@@ -102,8 +101,8 @@ pub fn startup_config(
 }
 
 struct Inner {
-    /// key → (object, fingerprint of spec + labels + annotations)
-    clusters: BTreeMap<String, (Postgresql, Value)>,
+    /// key → (the object's JSON as the API server sent it, its fingerprint)
+    clusters: BTreeMap<String, (Value, Value)>,
     /// namespace/pod → state
     pods: BTreeMap<String, PodState>,
     config: Option<ConfigEvent>,
@@ -116,28 +115,41 @@ pub struct Store {
     pub pod_labels: PodLabels,
 }
 
-fn fingerprint(pg: &Postgresql) -> Value {
+/// A string field of a postgresql object's `metadata` ("" when absent).
+fn meta<'a>(object: &'a Value, field: &str) -> &'a str {
+    object["metadata"][field].as_str().unwrap_or_default()
+}
+
+/// `namespace/name` of a postgresql object given as JSON.
+pub fn cluster_key(object: &Value) -> String {
+    format!("{}/{}", meta(object, "namespace"), meta(object, "name"))
+}
+
+/// What a worker acts on: spec, labels and annotations, and a pending deletion. Status is
+/// left out, so status-only writes (the workers' own) cause no UPDATE.
+fn fingerprint(object: &Value) -> Value {
+    let metadata = &object["metadata"];
     serde_json::json!({
-        "spec": pg.spec,
-        "labels": pg.metadata.labels,
-        "annotations": pg.metadata.annotations,
+        "spec": object["spec"],
+        "labels": metadata["labels"],
+        "annotations": metadata["annotations"],
         // A deletion held up by finalizers shows only here.
-        "deletionTimestamp": pg.metadata.deletion_timestamp,
-        "finalizers": pg.metadata.finalizers,
+        "deletionTimestamp": metadata["deletionTimestamp"],
+        "finalizers": metadata["finalizers"],
     })
 }
 
-fn cluster_event(kind: ClusterEventType, pg: &Postgresql) -> ClusterEvent {
+fn cluster_event(kind: ClusterEventType, object: &Value) -> ClusterEvent {
     ClusterEvent {
         r#type: kind as i32,
-        namespace: pg.metadata.namespace.clone().unwrap_or_default(),
-        name: pg.metadata.name.clone().unwrap_or_default(),
-        uid: pg.metadata.uid.clone().unwrap_or_default(),
-        resource_version: pg.metadata.resource_version.clone().unwrap_or_default(),
+        namespace: meta(object, "namespace").to_string(),
+        name: meta(object, "name").to_string(),
+        uid: meta(object, "uid").to_string(),
+        resource_version: meta(object, "resourceVersion").to_string(),
         manifest_json: if kind == ClusterEventType::Delete {
             Vec::new()
         } else {
-            serde_json::to_vec(pg).unwrap_or_default()
+            serde_json::to_vec(object).unwrap_or_default()
         },
     }
 }
@@ -204,16 +216,17 @@ impl Store {
         });
     }
 
-    /// Records an added or changed object; ADD for a new one, UPDATE only when its spec,
-    /// labels or annotations changed.
-    pub fn apply_cluster(&self, pg: Postgresql) {
-        let key = pg.key();
+    /// Records an added or changed postgresql object, given as the API server's JSON (which
+    /// need not parse into a `Postgresql`: workers judge that); ADD for a new one, UPDATE
+    /// only when its spec, labels, annotations or pending deletion changed.
+    pub fn apply_cluster(&self, pg: Value) {
+        let key = cluster_key(&pg);
         let print = fingerprint(&pg);
         let mut inner = self.lock();
         let replaced = inner
             .clusters
             .get(&key)
-            .filter(|(old, _)| old.metadata.uid != pg.metadata.uid)
+            .filter(|(old, _)| meta(old, "uid") != meta(&pg, "uid"))
             .map(|(old, _)| cluster_event(ClusterEventType::Delete, old));
         let kind = match inner.clusters.get(&key) {
             None => Some(ClusterEventType::Add),
@@ -383,7 +396,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pg(name: &str, uid: &str, instances: i32, status: Option<&str>) -> Postgresql {
+    fn pg(name: &str, uid: &str, instances: i32, status: Option<&str>) -> Value {
         let mut v = json!({
             "apiVersion": "acid.zalan.do/v1", "kind": "postgresql",
             "metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"team": "acid"}},
@@ -392,7 +405,7 @@ mod tests {
         if let Some(s) = status {
             v["status"] = json!({"PostgresClusterStatus": s});
         }
-        serde_json::from_value(v).unwrap()
+        v
     }
 
     fn drain(rx: &mut broadcast::Receiver<WatchEvent>) -> Vec<String> {
@@ -420,12 +433,7 @@ mod tests {
         store.apply_cluster(pg("a", "u1", 2, Some("Running")));
         store.apply_cluster(pg("a", "u1", 3, Some("Running")));
         let mut relabelled = pg("a", "u1", 3, Some("Running"));
-        relabelled
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("x".into(), "y".into());
+        relabelled["metadata"]["labels"]["x"] = json!("y");
         store.apply_cluster(relabelled);
         store.delete_cluster("ns/a");
         store.delete_cluster("ns/a");
@@ -437,6 +445,79 @@ mod tests {
                 "CLUSTER_EVENT_TYPE_UPDATE:a",
                 "CLUSTER_EVENT_TYPE_DELETE:a"
             ]
+        );
+    }
+
+    /// Schema-valid (embedded Kubernetes types are schemaless in the CRD) but not a valid
+    /// `Postgresql`: `tolerationSeconds` must be an integer, a sidecar's name a string.
+    fn malformed(status: Option<&str>) -> Value {
+        let mut v = pg("bad", "u9", 1, status);
+        v["spec"]["tolerations"] = json!([{"key": "a", "tolerationSeconds": "soon"}]);
+        v["spec"]["sidecars"] = json!([{"name": 1}]);
+        v
+    }
+
+    #[test]
+    fn a_malformed_object_is_stored_and_streamed_like_any_other() {
+        let bad = malformed(None);
+        assert!(
+            serde_json::from_value::<pgop_common::crd::Postgresql>(bad.clone()).is_err(),
+            "the fixture must not parse typed"
+        );
+        let store = Store::new(PodLabels::default());
+        let (_, mut rx) = store.subscribe();
+        store.apply_cluster(pg("a", "u1", 2, None));
+        store.apply_cluster(bad.clone());
+        let added = std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|e| match e.event {
+                Some(watch_event::Event::Cluster(c)) => Some(c),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(added.len(), 2);
+        let c = &added[1];
+        assert_eq!(c.r#type, ClusterEventType::Add as i32);
+        assert_eq!(
+            (c.namespace.as_str(), c.name.as_str(), c.uid.as_str()),
+            ("ns", "bad", "u9")
+        );
+        let sent: Value = serde_json::from_slice(&c.manifest_json).unwrap();
+        assert_eq!(sent, bad, "the object's JSON, unchanged");
+
+        // Status-only writes (a worker marking it Invalid) cause no UPDATE; a spec change does.
+        store.apply_cluster(malformed(Some("Invalid")));
+        assert_eq!(drain(&mut rx), Vec::<String>::new());
+        let mut fixed = malformed(Some("Invalid"));
+        fixed["spec"]["tolerations"][0]["tolerationSeconds"] = json!(30);
+        store.apply_cluster(fixed);
+        assert_eq!(drain(&mut rx), ["CLUSTER_EVENT_TYPE_UPDATE:bad"]);
+
+        // It is in snapshots and resyncs like any other cluster.
+        let (snapshot, _) = store.subscribe();
+        let synced: Vec<&str> = snapshot
+            .iter()
+            .filter_map(|e| match &e.event {
+                Some(watch_event::Event::Cluster(c)) => Some(c.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(synced, ["a", "bad"]);
+        assert_eq!(store.resync(), 2);
+    }
+
+    #[test]
+    fn a_pending_deletion_is_an_update() {
+        let store = Store::new(PodLabels::default());
+        store.apply_cluster(pg("a", "u1", 2, None));
+        let (_, mut rx) = store.subscribe();
+        let mut deleting = pg("a", "u1", 2, None);
+        deleting["metadata"]["finalizers"] = json!(["pgop.io/finalizer"]);
+        store.apply_cluster(deleting.clone());
+        deleting["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
+        store.apply_cluster(deleting);
+        assert_eq!(
+            drain(&mut rx),
+            ["CLUSTER_EVENT_TYPE_UPDATE:a", "CLUSTER_EVENT_TYPE_UPDATE:a"]
         );
     }
 
