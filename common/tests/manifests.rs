@@ -812,7 +812,15 @@ fn worker_may_do_what_reconciling_a_cluster_takes() {
         verbs(
             "",
             "secrets",
-            &["get", "list", "create", "patch", "update", "delete"],
+            &[
+                "get",
+                "list",
+                "create",
+                "patch",
+                "update",
+                "delete",
+                "deletecollection",
+            ],
         ),
         verbs(
             "",

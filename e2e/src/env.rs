@@ -226,6 +226,54 @@ impl Environment {
         stdout_of(output, &format!("kubectl {}", args.join(" ")))
     }
 
+    /// A kubeconfig that acts as the service account `namespace/name` (its token Secret,
+    /// made by the controller-manager), to run a process with exactly its RBAC.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+        let client = self.client().await?;
+        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
+        let secrets: kube::Api<Secret> = kube::Api::namespaced(client, namespace);
+        let token = crate::wait::until(
+            &format!("the token of service account {namespace}/{name}"),
+            Duration::from_secs(30),
+            || async {
+                let Some(account) = accounts.get_opt(name).await? else {
+                    return Ok(None);
+                };
+                let Some(secret) = account
+                    .secrets
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|r| r.name)
+                else {
+                    return Ok(None);
+                };
+                let token = secrets
+                    .get_opt(&secret)
+                    .await?
+                    .and_then(|s| s.data?.remove("token"));
+                Ok(token.map(|t| String::from_utf8_lossy(&t.0).into_owned()))
+            },
+        )
+        .await?;
+        let path = self
+            .state_dir
+            .join(format!("kubeconfig-{namespace}-{name}"));
+        std::fs::copy(&self.kubeconfig, &path)?;
+        let user = self.kubectl(&[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.contexts[0].context.user}",
+        ])?;
+        let output = Command::new("kubectl")
+            .args(["config", "set-credentials", user.trim(), "--token", &token])
+            .env("KUBECONFIG", &path)
+            .output();
+        stdout_of(output, "kubectl config set-credentials")?;
+        Ok(path)
+    }
+
     /// `kubectl apply -n namespace -f -` with `manifest` on standard input.
     pub fn apply(&self, namespace: &str, manifest: &str) -> Result<String> {
         use std::io::Write;

@@ -147,13 +147,32 @@ pub struct Pgop {
     pub gateway_addr: String,
 }
 
+/// Who each process is towards Kubernetes: the admin, or the service accounts of
+/// `manifests/rbac/` to prove those grant enough. The scheduler and the gateway never talk
+/// to Kubernetes.
+pub struct Kubeconfigs {
+    pub watcher: std::path::PathBuf,
+    pub worker: std::path::PathBuf,
+    pub none: std::path::PathBuf,
+}
+
+impl Kubeconfigs {
+    pub fn admin(kubeconfig: &Path) -> Self {
+        Self {
+            watcher: kubeconfig.to_path_buf(),
+            worker: kubeconfig.to_path_buf(),
+            none: std::path::PathBuf::from("/dev/null"),
+        }
+    }
+}
+
 impl Pgop {
     pub fn start(
         name: &str,
         namespace: &str,
         workers: usize,
         state_dir: &Path,
-        kubeconfig: &Path,
+        kubeconfigs: &Kubeconfigs,
     ) -> Result<Self> {
         let addr = || -> Result<String> { Ok(format!("127.0.0.1:{}", free_port()?)) };
         let (watcher_addr, scheduler_addr, gateway_addr) = (addr()?, addr()?, addr()?);
@@ -165,7 +184,7 @@ impl Pgop {
                 ("PGOP_NAMESPACE", namespace.into()),
             ],
             state_dir,
-            kubeconfig,
+            &kubeconfigs.watcher,
         )?;
         let scheduler = PgopProcess::start(
             &format!("{name}-scheduler"),
@@ -177,7 +196,7 @@ impl Pgop {
                 ("PGOP_HEARTBEAT_TIMEOUT_SECONDS", "6".into()),
             ],
             state_dir,
-            kubeconfig,
+            &kubeconfigs.none,
         )?;
         let mut worker_processes = Vec::new();
         let mut worker_addrs = Vec::new();
@@ -195,7 +214,7 @@ impl Pgop {
                     ("PGOP_HEARTBEAT_INTERVAL_SECONDS", "1".into()),
                 ],
                 state_dir,
-                kubeconfig,
+                &kubeconfigs.worker,
             )?);
             worker_addrs.push(grpc);
             worker_ids.push(id);
@@ -208,7 +227,7 @@ impl Pgop {
                 ("PGOP_SCHEDULER_ADDR", format!("http://{scheduler_addr}")),
             ],
             state_dir,
-            kubeconfig,
+            &kubeconfigs.none,
         )?;
         Ok(Self {
             watcher,

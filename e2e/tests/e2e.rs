@@ -684,14 +684,7 @@ async fn control_plane_streams() -> Result<()> {
     let client = env().client().await?;
     namespace(&client, ns).await?;
     let root = pgop_e2e::env::workspace_root();
-    env().kubectl(&[
-        "apply",
-        "-f",
-        &root
-            .join("manifests/postgresql.crd.yaml")
-            .display()
-            .to_string(),
-    ])?;
+    operator::apply_cluster_wide("manifests/postgresql.crd.yaml").await?;
     wait::until("the CRD established", Duration::from_secs(30), || async {
         Ok(env()
             .kubectl(&[

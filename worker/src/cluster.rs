@@ -419,6 +419,10 @@ impl ClusterTask {
             Err(e) => {
                 self.failures += 1;
                 tracing::warn!(cluster = %self.key, "{e}");
+                let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
+                self.ctx
+                    .event(&reference, true, "DeleteFailed", e.to_string())
+                    .await;
                 self.finish_view(&e.to_string(), 0);
                 Next::RetryIn(backoff(self.failures))
             }

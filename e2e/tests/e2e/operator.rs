@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::ListParams;
 use kube::{Api, Client, Resource};
-use pgop_e2e::pgop::{grpcurl, Pgop};
+use pgop_e2e::pgop::{grpcurl, Kubeconfigs, Pgop};
 use pgop_e2e::wait;
 use serde_json::Value;
 
@@ -23,15 +23,31 @@ fn root_file(path: &str) -> String {
         .to_string()
 }
 
+/// `kubectl apply` of cluster-wide objects that tests running in parallel share: two
+/// first applies race (both try to create), so a conflict is retried.
+pub async fn apply_cluster_wide(file: &str) -> Result<()> {
+    let mut attempts = 0;
+    loop {
+        match env().kubectl(&["apply", "-f", &root_file(file)]) {
+            Ok(_) => return Ok(()),
+            Err(e) if attempts < 3 && format!("{e:#}").contains("AlreadyExists") => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The CRD, the pods' ClusterRole and the operator ConfigMap in `system_ns`.
 async fn prepare(client: &Client, system_ns: &str, config: &[(&str, &str)]) -> Result<()> {
     namespace(client, system_ns).await?;
-    env().kubectl(&["apply", "-f", &root_file("manifests/postgresql.crd.yaml")])?;
-    env().kubectl(&[
-        "apply",
-        "-f",
-        &root_file("manifests/postgres-pod-rbac.yaml"),
-    ])?;
+    for file in [
+        "manifests/postgresql.crd.yaml",
+        "manifests/postgres-pod-rbac.yaml",
+    ] {
+        apply_cluster_wide(file).await?;
+    }
     wait::until("the CRD established", Duration::from_secs(30), || async {
         Ok(env()
             .kubectl(&[
@@ -181,11 +197,29 @@ async fn wait_gone(client: &Client, ns: &str, cluster: &str) -> Result<()> {
 /// Done when 1 and 3: the minimal manifest becomes a running cluster one can log into,
 /// everything is inspectable with grpcurl and curl, and deleting the manifest removes it.
 pub async fn minimal_manifest_end_to_end() -> Result<()> {
-    let (system_ns, ns, cluster) = ("e2e-pgop-system", "e2e-pgop", "acid-minimal-cluster");
+    // The watcher and the workers run as the service accounts of manifests/rbac/, which
+    // live in pgop-system: this proves the RBAC files grant what the processes need.
+    let (system_ns, ns, cluster) = ("pgop-system", "e2e-pgop", "acid-minimal-cluster");
     let client = env().client().await?;
     prepare(&client, system_ns, &[("watched_namespace", ns)]).await?;
     namespace(&client, ns).await?;
-    let pgop = Pgop::start("minimal", system_ns, 2, &env().state_dir, &env().kubeconfig)?;
+    for process in ["watcher", "scheduler", "worker", "api-gateway"] {
+        env().kubectl(&[
+            "apply",
+            "-f",
+            &root_file(&format!("manifests/rbac/{process}.yaml")),
+        ])?;
+    }
+    let kubeconfigs = Kubeconfigs {
+        watcher: env()
+            .service_account_kubeconfig(system_ns, "pgop-watcher")
+            .await?,
+        worker: env()
+            .service_account_kubeconfig(system_ns, "pgop-worker")
+            .await?,
+        none: "/dev/null".into(),
+    };
+    let pgop = Pgop::start("minimal", system_ns, 2, &env().state_dir, &kubeconfigs)?;
 
     env().kubectl(&[
         "apply",
@@ -453,7 +487,8 @@ pub async fn clusters_move_between_workers() -> Result<()> {
     for ns in namespaces {
         namespace(&client, ns).await?;
     }
-    let mut pgop = Pgop::start("shard", system_ns, 2, &env().state_dir, &env().kubeconfig)?;
+    let kubeconfigs = Kubeconfigs::admin(&env().kubeconfig);
+    let mut pgop = Pgop::start("shard", system_ns, 2, &env().state_dir, &kubeconfigs)?;
     let clusters: Vec<(&str, String)> = (0..12)
         .map(|i| (namespaces[i % 3], format!("acid-sim-{i}")))
         .collect();
@@ -463,6 +498,50 @@ pub async fn clusters_move_between_workers() -> Result<()> {
     for (ns, name) in &clusters {
         wait_running(ns, name, Duration::from_secs(120)).await?;
     }
+    // A manifest the API server accepts but pgop cannot act on: status Invalid with the
+    // reason in a Warning Event; the others carry on.
+    let too_long = "acid-a-name-far-too-long-for-a-postgres-cluster-managed-by-pgop";
+    env().apply(namespaces[0], &simulated_cluster(too_long, 1))?;
+    wait::until(
+        "the too-long name Invalid",
+        Duration::from_secs(30),
+        || async { Ok((cluster_status(namespaces[0], too_long)? == "Invalid").then_some(())) },
+    )
+    .await?;
+    let events = env().kubectl(&[
+        "get",
+        "events",
+        "-n",
+        namespaces[0],
+        "--field-selector",
+        &format!("involvedObject.name={too_long}"),
+        "-o",
+        "jsonpath={range .items[*]}{.type} {.reason} {.message}{\"\\n\"}{end}",
+    ])?;
+    ensure!(
+        events
+            .lines()
+            .any(|l| l.starts_with("Warning Invalid") && l.contains("58")),
+        "events: {events}"
+    );
+    env().kubectl(&["delete", "pg", "-n", namespaces[0], too_long])?;
+    // Schemaless parts (Kubernetes types inside the spec) pass the API server's validation
+    // but not pgop's parsing: Invalid as well, and the namespace's watch keeps working.
+    let garbled = simulated_cluster("acid-garbled", 1).replace(
+        "effect: NoSchedule}]",
+        "effect: NoSchedule, tolerationSeconds: soon}]",
+    );
+    env().apply(namespaces[1], &garbled)?;
+    wait::until(
+        "the garbled manifest Invalid",
+        Duration::from_secs(30),
+        || async {
+            Ok((cluster_status(namespaces[1], "acid-garbled")? == "Invalid").then_some(()))
+        },
+    )
+    .await?;
+    env().kubectl(&["delete", "pg", "-n", namespaces[1], "acid-garbled"])?;
+
     let spread = assignments(&pgop)?;
     ensure!(spread.len() == 12, "{spread:?}");
     for id in &pgop.worker_ids {
