@@ -684,20 +684,7 @@ async fn control_plane_streams() -> Result<()> {
     let client = env().client().await?;
     namespace(&client, ns).await?;
     let root = pgop_e2e::env::workspace_root();
-    operator::apply_cluster_wide("manifests/postgresql.crd.yaml").await?;
-    wait::until("the CRD established", Duration::from_secs(30), || async {
-        Ok(env()
-            .kubectl(&[
-                "get",
-                "crd",
-                "postgresqls.acid.zalan.do",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-            ])?
-            .contains("True")
-            .then_some(()))
-    })
-    .await?;
+    operator::install_crd().await?;
     env().apply(ns, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: postgres-operator}\ndata: {watched_namespace: e2e-control, resync_period: 30m}\n")?;
 
     // Every example manifest is accepted and shows Zalando's printer columns.

@@ -31,3 +31,26 @@ pub fn reflection_services() -> Result<
         .build_v1alpha()?;
     Ok((v1, v1alpha))
 }
+
+/// An inspection stream of `EventRecord`s from a broadcast channel, only those of `cluster`
+/// when it is not empty. A reader too slow to keep up gets a `lagged` record saying how many
+/// it missed instead of a failed stream.
+pub fn event_records(
+    events: tokio::sync::broadcast::Receiver<v1::EventRecord>,
+    cluster: String,
+) -> impl futures::Stream<Item = Result<v1::EventRecord, tonic::Status>> + Send + 'static {
+    use futures::StreamExt;
+    use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+    BroadcastStream::new(events).filter_map(move |r| {
+        let keep = match r {
+            Ok(e) if cluster.is_empty() || e.cluster == cluster => Some(Ok(e)),
+            Ok(_) => None,
+            Err(BroadcastStreamRecvError::Lagged(n)) => Some(Ok(v1::EventRecord {
+                kind: "lagged".into(),
+                detail: format!("{n} events skipped"),
+                ..Default::default()
+            })),
+        };
+        futures::future::ready(keep)
+    })
+}

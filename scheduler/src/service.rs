@@ -10,7 +10,7 @@ use pgop_proto::v1::{
     WatchEventsRequest, WorkerMessage,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_stream::wrappers::{BroadcastStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -150,21 +150,7 @@ impl Scheduler for SchedulerService {
         request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let filter = request.into_inner().cluster;
-        let stream = BroadcastStream::new(self.events.subscribe()).filter_map(move |r| {
-            let keep = match r {
-                Ok(e) if filter.is_empty() || e.cluster == filter => Some(Ok(e)),
-                Ok(_) => None,
-                // A slow reader skipped events: say so instead of failing the stream.
-                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                    Some(Ok(EventRecord {
-                        kind: "lagged".into(),
-                        detail: format!("{n} events skipped"),
-                        ..Default::default()
-                    }))
-                }
-            };
-            futures::future::ready(keep)
-        });
+        let stream = pgop_proto::event_records(self.events.subscribe(), filter);
         let stream = stream.take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }

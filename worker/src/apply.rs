@@ -22,16 +22,16 @@ pub enum Applied {
 pub enum ApplyError {
     #[error("{kind} {name}: {source}")]
     Kube {
-        kind: &'static str,
+        kind: String,
         name: String,
         #[source]
         source: kube::Error,
     },
     #[error("{kind} without a name")]
-    Unnamed { kind: &'static str },
+    Unnamed { kind: String },
     #[error("{kind} {name} does not serialize: {source}")]
     Serialize {
-        kind: &'static str,
+        kind: String,
         name: String,
         #[source]
         source: serde_json::Error,
@@ -53,19 +53,36 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
     }
 }
 
-fn name_of<K: Resource>(object: &K) -> Result<String, ApplyError> {
-    object.meta().name.clone().ok_or(ApplyError::Unnamed {
-        kind: std::any::type_name::<K>()
-            .rsplit("::")
-            .next()
-            .unwrap_or("object"),
-    })
+/// The object a write is about, for error messages.
+struct Target {
+    kind: String,
+    name: String,
 }
 
-fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
-    // Leaked once per type and process: `kind` is a &'static str in error messages.
-    let kind = K::kind(&()).into_owned();
-    Box::leak(kind.into_boxed_str())
+impl Target {
+    fn of<K: Resource<DynamicType = ()>>(object: &K) -> Result<Self, ApplyError> {
+        let kind = K::kind(&()).into_owned();
+        match object.meta().name.clone() {
+            Some(name) => Ok(Self { kind, name }),
+            None => Err(ApplyError::Unnamed { kind }),
+        }
+    }
+
+    fn kube(&self, source: kube::Error) -> ApplyError {
+        ApplyError::Kube {
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    fn serialize(&self, source: serde_json::Error) -> ApplyError {
+        ApplyError::Serialize {
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            source,
+        }
+    }
 }
 
 /// Server-side apply of `desired` unless the live object already matches it.
@@ -77,32 +94,22 @@ where
         + Clone
         + Debug,
 {
-    let kind = kind_of::<K>();
-    let name = name_of(desired)?;
-    let kube_err = |source| ApplyError::Kube {
-        kind,
-        name: name.clone(),
-        source,
-    };
-    let ser_err = |source| ApplyError::Serialize {
-        kind,
-        name: name.clone(),
-        source,
-    };
-    if let Some(live) = api.get_opt(&name).await.map_err(kube_err)? {
-        let desired_json = serde_json::to_value(desired).map_err(ser_err)?;
-        let live_json = serde_json::to_value(&live).map_err(ser_err)?;
+    let target = Target::of(desired)?;
+    let name = &target.name;
+    if let Some(live) = api.get_opt(name).await.map_err(|e| target.kube(e))? {
+        let desired_json = serde_json::to_value(desired).map_err(|e| target.serialize(e))?;
+        let live_json = serde_json::to_value(&live).map_err(|e| target.serialize(e))?;
         if is_subset(&desired_json, &live_json) {
             return Ok(Applied::Unchanged);
         }
     }
     api.patch(
-        &name,
+        name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(desired),
     )
     .await
-    .map_err(kube_err)?;
+    .map_err(|e| target.kube(e))?;
     Ok(Applied::Written)
 }
 
@@ -116,17 +123,12 @@ where
         + Clone
         + Debug,
 {
-    let kind = kind_of::<K>();
-    let name = name_of(desired)?;
-    let kube_err = |source| ApplyError::Kube {
-        kind,
-        name: name.clone(),
-        source,
-    };
+    let target = Target::of(desired)?;
+    let name = &target.name;
     if api
-        .get_metadata_opt(&name)
+        .get_metadata_opt(name)
         .await
-        .map_err(kube_err)?
+        .map_err(|e| target.kube(e))?
         .is_some()
     {
         return Ok(Applied::Unchanged);
@@ -135,7 +137,7 @@ where
         Ok(_) => Ok(Applied::Written),
         // Created meanwhile by someone else (a previous owner's last write): keep theirs.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Applied::Unchanged),
-        Err(e) => Err(kube_err(e)),
+        Err(e) => Err(target.kube(e)),
     }
 }
 

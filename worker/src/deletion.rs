@@ -26,14 +26,9 @@ pub enum Progress {
 
 /// `application=spilo,cluster-name=<name>`: what selects every object of the cluster.
 pub fn cluster_selector(config: &OperatorConfig, name: &str) -> String {
-    config
-        .cluster_labels
+    crate::builders::labels::cluster_selector(config, name)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
-        .chain(std::iter::once(format!(
-            "{}={name}",
-            config.cluster_name_label
-        )))
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -7,7 +7,6 @@ use pgop_proto::v1::{
     ClusterState, EventRecord, GetClusterRequest, GetQueueRequest, ListClustersRequest,
     ListClustersResponse, QueueState, WatchEventsRequest,
 };
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -65,21 +64,7 @@ impl Worker for WorkerService {
         request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let filter = request.into_inner().cluster;
-        let stream = BroadcastStream::new(self.view.subscribe()).filter_map(move |r| {
-            let keep = match r {
-                Ok(e) if filter.is_empty() || e.cluster == filter => Some(Ok(e)),
-                Ok(_) => None,
-                // A slow reader missed events: say so in the stream instead of failing it.
-                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                    Some(Ok(EventRecord {
-                        kind: "lagged".into(),
-                        detail: format!("{n} events skipped"),
-                        ..Default::default()
-                    }))
-                }
-            };
-            futures::future::ready(keep)
-        });
+        let stream = pgop_proto::event_records(self.view.subscribe(), filter);
         Ok(Response::new(Box::pin(
             stream.take_until(self.shutdown.clone().cancelled_owned()),
         )))

@@ -39,15 +39,9 @@ pub async fn apply_cluster_wide(file: &str) -> Result<()> {
     }
 }
 
-/// The CRD, the pods' ClusterRole and the operator ConfigMap in `system_ns`.
-async fn prepare(client: &Client, system_ns: &str, config: &[(&str, &str)]) -> Result<()> {
-    namespace(client, system_ns).await?;
-    for file in [
-        "manifests/postgresql.crd.yaml",
-        "manifests/postgres-pod-rbac.yaml",
-    ] {
-        apply_cluster_wide(file).await?;
-    }
+/// The `postgresql` CRD, applied and established.
+pub async fn install_crd() -> Result<()> {
+    apply_cluster_wide("manifests/postgresql.crd.yaml").await?;
     wait::until("the CRD established", Duration::from_secs(30), || async {
         Ok(env()
             .kubectl(&[
@@ -60,7 +54,14 @@ async fn prepare(client: &Client, system_ns: &str, config: &[(&str, &str)]) -> R
             .contains("True")
             .then_some(()))
     })
-    .await?;
+    .await
+}
+
+/// The CRD, the pods' ClusterRole and the operator ConfigMap in `system_ns`.
+async fn prepare(client: &Client, system_ns: &str, config: &[(&str, &str)]) -> Result<()> {
+    namespace(client, system_ns).await?;
+    install_crd().await?;
+    apply_cluster_wide("manifests/postgres-pod-rbac.yaml").await?;
     let data: BTreeMap<String, String> = config
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -20,11 +20,13 @@ pub const TEAM_LABEL: &str = "team";
 /// `cluster_labels` + `cluster_name_label: <cluster>`: what StatefulSet selectors, PVC and
 /// pod lookups match on.
 pub fn selector_labels(pg: &Postgresql, config: &OperatorConfig) -> BTreeMap<String, String> {
+    cluster_selector(config, cluster_name(pg))
+}
+
+/// [`selector_labels`] from the cluster's name alone (a deleted cluster has no manifest).
+pub fn cluster_selector(config: &OperatorConfig, cluster: &str) -> BTreeMap<String, String> {
     let mut labels = config.cluster_labels.clone();
-    labels.insert(
-        config.cluster_name_label.clone(),
-        cluster_name(pg).to_string(),
-    );
+    labels.insert(config.cluster_name_label.clone(), cluster.to_string());
     labels
 }
 
