@@ -38,19 +38,51 @@ pub enum ApplyError {
     },
 }
 
+/// Annotation with a hash of the desired object as pgop last applied it: when the desired
+/// object changes, even by losing a field (which a comparison with the live object cannot
+/// see), it is applied again, and server-side apply removes what pgop no longer sets.
+pub const APPLIED_HASH: &str = "pgop/applied-hash";
+
 /// True when every field set in `desired` has the same value in `live`. Lists must match
 /// element for element: the server keeps their order. Fields the server fills in (defaults,
-/// status, metadata) are ignored because `desired` does not set them.
+/// status, metadata) are ignored because `desired` does not set them; empty strings, lists
+/// and maps, which the server drops, match a missing field; quantities match by value
+/// (the server writes `1000m` as `1`).
 pub fn is_subset(desired: &Value, live: &Value) -> bool {
     match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d
-            .iter()
-            .all(|(k, dv)| dv.is_null() || l.get(k).is_some_and(|lv| is_subset(dv, lv))),
+        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
+            Some(lv) => is_subset(dv, lv),
+            None => is_empty(dv),
+        }),
         (Value::Array(d), Value::Array(l)) => {
             d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv))
         }
-        (d, l) => d == l,
+        (Value::String(d), Value::String(l)) => d == l || same_quantity(d, l),
+        (d, l) => d == l || (is_empty(d) && l.is_null()),
     }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+fn same_quantity(a: &str, b: &str) -> bool {
+    use crate::builders::quantity::parse;
+    matches!((parse(a), parse(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// FNV-1a of the object's JSON: stable across processes and versions of pgop.
+fn content_hash(json: &str) -> String {
+    let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 /// The object a write is about, for error messages.
@@ -94,10 +126,38 @@ where
         + Clone
         + Debug,
 {
+    apply_adjusted(api, desired, |_, _| {}).await
+}
+
+/// [`apply`], with `adjust` fitting the desired object to the live one first (e.g. keeping
+/// fields Kubernetes does not let change).
+pub async fn apply_adjusted<K>(
+    api: &Api<K>,
+    desired: &K,
+    adjust: impl FnOnce(&mut K, &K),
+) -> Result<Applied, ApplyError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
     let target = Target::of(desired)?;
     let name = &target.name;
-    if let Some(live) = api.get_opt(name).await.map_err(|e| target.kube(e))? {
-        let desired_json = serde_json::to_value(desired).map_err(|e| target.serialize(e))?;
+    let live = api.get_opt(name).await.map_err(|e| target.kube(e))?;
+    let mut desired = desired.clone();
+    if let Some(live) = &live {
+        adjust(&mut desired, live);
+    }
+    let hash = content_hash(&serde_json::to_string(&desired).map_err(|e| target.serialize(e))?);
+    desired
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(APPLIED_HASH.to_string(), hash);
+    if let Some(live) = live {
+        let desired_json = serde_json::to_value(&desired).map_err(|e| target.serialize(e))?;
         let live_json = serde_json::to_value(&live).map_err(|e| target.serialize(e))?;
         if is_subset(&desired_json, &live_json) {
             return Ok(Applied::Unchanged);
@@ -106,7 +166,7 @@ where
     api.patch(
         name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(desired),
+        &Patch::Apply(&desired),
     )
     .await
     .map_err(|e| target.kube(e))?;
@@ -170,9 +230,39 @@ mod tests {
             ),
             (json!({"l": [1, 2]}), json!({"l": [2, 1]}), false),
             (json!({"s": "5432"}), json!({"s": 5432}), false),
+            // What the server drops or rewrites still matches.
+            (
+                json!({"env": [{"name": "A", "value": ""}]}),
+                json!({"env": [{"name": "A"}]}),
+                true,
+            ),
+            (json!({"a": [], "m": {}}), json!({}), true),
+            (
+                json!({"cpu": "1000m", "memory": "2048Mi"}),
+                json!({"cpu": "1", "memory": "2Gi"}),
+                true,
+            ),
+            (json!({"cpu": "500m"}), json!({"cpu": "1"}), false),
+            (
+                json!({"env": [{"name": "A", "value": "x"}]}),
+                json!({"env": [{"name": "A"}]}),
+                false,
+            ),
         ];
         for (desired, live, want) in table {
             assert_eq!(is_subset(&desired, &live), want, "{desired} ⊆ {live}");
         }
+    }
+
+    #[test]
+    fn the_hash_follows_the_content() {
+        let a = content_hash(r#"{"spec":{"replicas":2}}"#);
+        assert_eq!(a, content_hash(r#"{"spec":{"replicas":2}}"#));
+        assert_ne!(a, content_hash(r#"{"spec":{"replicas":3}}"#));
+        assert_ne!(
+            a,
+            content_hash(r#"{"spec":{}}"#),
+            "a removed field changes the hash"
+        );
     }
 }

@@ -58,6 +58,10 @@ pub struct ClusterTask {
     /// A DELETE not yet carried out when a newer object arrived: it runs first, so the new
     /// object starts from nothing instead of adopting the old one's children.
     pending_delete: Option<ClusterEvent>,
+    /// DELETEs received and covered by `pending_delete`, and by `object`: the scheduler
+    /// waits for one "Deleted" per DELETE it sent.
+    pending_delete_count: u32,
+    object_delete_count: u32,
     pods: BTreeMap<String, PodState>,
     /// The status as last read or written; None until read from the live object.
     status: Option<String>,
@@ -96,6 +100,8 @@ impl ClusterTask {
             task_id,
             object: None,
             pending_delete: None,
+            pending_delete_count: 0,
+            object_delete_count: 0,
             pods: BTreeMap::new(),
             status: None,
             reported: None,
@@ -122,9 +128,14 @@ impl ClusterTask {
                     self.status = None;
                 }
                 let is_delete = event.r#type == ClusterEventType::Delete as i32;
+                if is_delete {
+                    self.object_delete_count += 1;
+                }
                 if let Some(previous) = self.object.take() {
                     if !is_delete && previous.r#type == ClusterEventType::Delete as i32 {
+                        // One deletion by name covers every DELETE received so far.
                         self.pending_delete = Some(previous);
+                        self.pending_delete_count += std::mem::take(&mut self.object_delete_count);
                     }
                 }
                 self.object = Some(event);
@@ -268,24 +279,36 @@ impl ClusterTask {
 
     async fn reconcile_once(&mut self) -> Next {
         let Some(object) = self.object.clone() else {
+            // Assigned without state yet: nothing to do until the object arrives.
+            self.ctx.view.update(&self.key, |v| {
+                v.running = false;
+                v.queued_since = None;
+            });
             return Next::Idle;
         };
         let config = self.config.borrow().clone();
         if let Some(old) = self.pending_delete.clone() {
-            return match self.delete(&old, &config).await {
+            return match self.delete(&old, &config, self.pending_delete_count).await {
                 Next::Finished => {
                     self.pending_delete = None;
+                    self.pending_delete_count = 0;
                     Next::RetryIn(Duration::ZERO)
                 }
                 other => other,
             };
         }
         if object.r#type == ClusterEventType::Delete as i32 {
-            return self.delete(&object, &config).await;
+            let next = self
+                .delete(&object, &config, self.object_delete_count)
+                .await;
+            if matches!(next, Next::Finished) {
+                self.object_delete_count = 0;
+            }
+            return next;
         }
         let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
-        let parsed: Result<Postgresql, _> = serde_json::from_slice(&object.manifest_json);
-        let (result, team, instances) = match parsed {
+        let mut permanent = false;
+        let (result, team, instances) = match crate::manifest::parse(&object.manifest_json) {
             Err(e) => (
                 SyncResult::Invalid(format!("the manifest does not parse: {e}")),
                 String::new(),
@@ -313,7 +336,10 @@ impl ClusterTask {
                         }
                     }
                     Err(SyncError::Build(BuildError::Invalid(m))) => SyncResult::Invalid(m),
-                    Err(e) => SyncResult::Failed(e.to_string()),
+                    Err(e) => {
+                        permanent = e.needs_a_change();
+                        SyncResult::Failed(e.to_string())
+                    }
                 };
                 (result, team, instances)
             }
@@ -329,13 +355,23 @@ impl ClusterTask {
             SyncResult::Failed(m) => {
                 self.failures += 1;
                 tracing::warn!(cluster = %self.key, failures = self.failures, "sync failed: {m}");
-                Next::RetryIn(backoff(self.failures))
+                if permanent {
+                    // Retrying cannot help: the next change of manifest or configuration will.
+                    Next::Idle
+                } else {
+                    Next::RetryIn(backoff(self.failures))
+                }
             }
             _ => {
                 self.failures = 0;
                 Next::Idle
             }
         };
+        // Events say what changed: a failure repeating on every retry or resync is not news.
+        let news = self
+            .reported
+            .as_ref()
+            .is_none_or(|r| r.status != status || r.message != message);
         if status != previous {
             match write_status(&self.ctx.client, &self.namespace, &self.name, status).await {
                 Ok(()) => {
@@ -356,10 +392,10 @@ impl ClusterTask {
             }
         }
         match &result {
-            SyncResult::Invalid(m) | SyncResult::Failed(m) => {
+            SyncResult::Invalid(m) | SyncResult::Failed(m) if news => {
                 self.ctx.event(&reference, true, status, m.clone()).await;
             }
-            SyncResult::Synced { .. } => {}
+            _ => {}
         }
         let current = self.status.clone().unwrap_or_default();
         self.report(&current, &team, &message);
@@ -390,8 +426,33 @@ impl ClusterTask {
         }
     }
 
-    async fn delete(&mut self, object: &ClusterEvent, config: &OperatorConfig) -> Next {
-        match delete_cluster(&self.ctx.client, &self.namespace, &self.name, config).await {
+    /// Whether a manifest other than the deleted object now has this name: a DELETE that
+    /// arrives late (coalesced, replayed after a move) must not remove a live cluster's
+    /// objects, which are the new object's now.
+    async fn superseded(&self, deleted_uid: &str) -> Result<bool, kube::Error> {
+        let api: Api<Postgresql> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        Ok(api.get_metadata_opt(&self.name).await?.is_some_and(|live| {
+            deleted_uid.is_empty() || live.metadata.uid.as_deref() != Some(deleted_uid)
+        }))
+    }
+
+    async fn delete(
+        &mut self,
+        object: &ClusterEvent,
+        config: &OperatorConfig,
+        confirmations: u32,
+    ) -> Next {
+        let progress = match self.superseded(&object.uid).await {
+            Ok(true) => {
+                tracing::info!(cluster = %self.key, "a newer manifest has the name: its objects stay");
+                Ok(Progress::Done)
+            }
+            Ok(false) => delete_cluster(&self.ctx.client, &self.namespace, &self.name, config)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("checking for a newer manifest: {e}")),
+        };
+        match progress {
             Ok(Progress::Done) => {
                 tracing::info!(cluster = %self.key, "deleted");
                 self.ctx
@@ -406,7 +467,9 @@ impl ClusterTask {
                         "the cluster's objects were removed".into(),
                     )
                     .await;
-                self.report(DELETED, "", "");
+                for _ in 0..confirmations {
+                    self.report(DELETED, "", "");
+                }
                 Next::Finished
             }
             Ok(Progress::PodsStopping(n)) => {
@@ -421,9 +484,9 @@ impl ClusterTask {
                 tracing::warn!(cluster = %self.key, "{e}");
                 let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
                 self.ctx
-                    .event(&reference, true, "DeleteFailed", e.to_string())
+                    .event(&reference, true, "DeleteFailed", e.clone())
                     .await;
-                self.finish_view(&e.to_string(), 0);
+                self.finish_view(&e, 0);
                 Next::RetryIn(backoff(self.failures))
             }
         }

@@ -4,6 +4,7 @@ pub mod builders;
 pub mod cluster;
 pub mod context;
 pub mod deletion;
+pub mod manifest;
 pub mod reconcile;
 pub mod registry;
 pub mod service;

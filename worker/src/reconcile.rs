@@ -10,7 +10,7 @@ use pgop_common::crd::{PostgresStatus, Postgresql};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
 
-use crate::apply::{apply, create_if_absent, Applied, ApplyError, FIELD_MANAGER};
+use crate::apply::{apply, apply_adjusted, create_if_absent, Applied, ApplyError, FIELD_MANAGER};
 use crate::builders::{
     secrets, service_account, services, statefulset, validate::validate, BuildError,
 };
@@ -23,6 +23,21 @@ pub enum SyncError {
     Apply(#[from] ApplyError),
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+}
+
+impl SyncError {
+    /// Errors no retry can fix: the operator configuration or what the manifest asks for is
+    /// refused (e.g. a malformed source range); only a change of either helps.
+    pub fn needs_a_change(&self) -> bool {
+        match self {
+            SyncError::Build(BuildError::Config(_)) => true,
+            SyncError::Apply(ApplyError::Kube {
+                source: kube::Error::Api(e),
+                ..
+            }) => matches!(e.code, 400 | 422),
+            _ => false,
+        }
+    }
 }
 
 /// Which objects a reconcile wrote (names like `StatefulSet/acid-minimal-cluster`).
@@ -87,7 +102,8 @@ pub async fn sync_objects(
     }
 
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    let applied = apply(&sts_api, &statefulset).await?;
+    let applied =
+        apply_adjusted(&sts_api, &statefulset, statefulset::keep_immutable_fields).await?;
     written.note(applied, "StatefulSet", statefulset.metadata.name.as_ref());
     tracing::debug!(%namespace, %cluster, written = ?written.0, "objects in sync");
     Ok(written)

@@ -35,6 +35,8 @@ pub struct Registry {
     tasks: HashMap<String, Running>,
     next_task_id: u64,
     outbound: Option<mpsc::UnboundedSender<WorkerMessage>>,
+    /// Releases whose tasks are still stopping.
+    releasing: Vec<JoinHandle<()>>,
     config: watch::Sender<Arc<OperatorConfig>>,
     finished_tx: mpsc::UnboundedSender<Finished>,
     finished_rx: mpsc::UnboundedReceiver<Finished>,
@@ -65,6 +67,7 @@ impl Registry {
             tasks: HashMap::new(),
             next_task_id: 0,
             outbound: None,
+            releasing: Vec::new(),
             config: watch::Sender::new(Arc::new(OperatorConfig::default())),
             finished_tx,
             finished_rx,
@@ -117,8 +120,12 @@ impl Registry {
                     self.deliver(&key, Input::Object(c));
                 }
                 Some(watch_event::Event::Pod(p)) => {
+                    // A pod of a cluster without a task is the last word of a finished
+                    // deletion: nothing to act on.
                     let key = format!("{}/{}", p.namespace, p.cluster);
-                    self.deliver(&key, Input::Pod(p));
+                    if let Some(running) = self.tasks.get(&key) {
+                        let _ = running.tx.send(Input::Pod(p));
+                    }
                 }
                 Some(watch_event::Event::Config(c)) => self.configure(c),
                 Some(watch_event::Event::SnapshotDone(_)) | None => {}
@@ -210,7 +217,8 @@ impl Registry {
             leftover.push(input);
         }
         self.tasks.remove(&f.key);
-        if leftover.is_empty() {
+        // Pod changes alone (the deleted cluster's pods going away) need no new task.
+        if !leftover.iter().any(|i| matches!(i, Input::Object(_))) {
             self.ctx.view.remove(&f.key);
             return;
         }
@@ -226,23 +234,31 @@ impl Registry {
     fn release(&mut self, key: String) {
         let outbound = self.outbound.clone();
         let running = self.tasks.remove(&key);
-        self.ctx.view.remove(&key);
-        self.ctx.view.record(&key, "released", "");
-        tokio::spawn(async move {
+        if let Some(running) = &running {
+            running.cancel.cancel();
+        }
+        let view = self.ctx.view.clone();
+        self.releasing.retain(|h| !h.is_finished());
+        // `Released` only once the task has stopped: the next owner starts after it.
+        self.releasing.push(tokio::spawn(async move {
             if let Some(running) = running {
-                running.cancel.cancel();
                 let _ = running.handle.await;
             }
+            view.remove(&key);
+            view.record(&key, "released", "");
             tracing::info!(cluster = %key, "released");
             if let Some(outbound) = outbound {
                 let _ = outbound.send(WorkerMessage {
                     message: Some(worker_message::Message::Released(Released { cluster: key })),
                 });
             }
-        });
+        }));
     }
 
     async fn fence(&mut self) {
+        for releasing in std::mem::take(&mut self.releasing) {
+            let _ = releasing.await;
+        }
         let tasks: Vec<Running> = self.tasks.drain().map(|(_, r)| r).collect();
         if !tasks.is_empty() {
             tracing::warn!(

@@ -9,6 +9,7 @@ use pgop_proto::v1::{scheduler_message, worker_message, Heartbeat, Hello, Worker
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
 
 use crate::registry::{Command, RegistryHandle};
 use crate::view::View;
@@ -43,10 +44,7 @@ pub async fn run(
 ) {
     let mut delay = Duration::from_millis(200);
     loop {
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => Ok(()),
-            r = session(&settings, &registry, &view) => r,
-        };
+        let result = session(&settings, &registry, &view, &shutdown).await;
         registry.fence().await;
         if shutdown.is_cancelled() {
             return;
@@ -67,13 +65,25 @@ async fn session(
     settings: &SessionSettings,
     registry: &RegistryHandle,
     view: &View,
+    shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let mut client = SchedulerClient::connect(settings.scheduler_addr.clone())
-        .await
-        .map_err(|source| SessionError::Connect {
-            addr: settings.scheduler_addr.clone(),
-            source,
-        })?;
+    let connect_error = |source| SessionError::Connect {
+        addr: settings.scheduler_addr.clone(),
+        source,
+    };
+    // HTTP/2 pings notice a vanished scheduler (or a partition) within seconds, well before
+    // the scheduler's heartbeat timeout hands this worker's clusters to another one.
+    let channel = Endpoint::from_shared(settings.scheduler_addr.clone())
+        .map_err(connect_error)?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true);
+    let connect = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        c = channel.connect() => c,
+    };
+    let mut client = SchedulerClient::new(connect.map_err(connect_error)?);
     let (outbound, rx) = mpsc::unbounded_channel();
     let _ = outbound.send(WorkerMessage {
         message: Some(worker_message::Message::Hello(Hello {
@@ -91,6 +101,15 @@ async fn session(
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
     loop {
         tokio::select! {
+            _ = shutdown.cancelled() => {
+                // Stop every cluster first, so their last messages (statuses, releases) reach
+                // the scheduler before it hands the clusters to another worker.
+                registry.fence().await;
+                drop(outbound);
+                let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
+                return Ok(());
+            }
             _ = heartbeat.tick() => {
                 let (clusters, queued) = view.counts();
                 let _ = outbound.send(WorkerMessage {

@@ -78,6 +78,20 @@ async fn prepare(client: &Client, system_ns: &str, config: &[(&str, &str)]) -> R
     Ok(())
 }
 
+/// The Events of an object, one "TYPE REASON MESSAGE" line each.
+fn events_of(ns: &str, name: &str) -> Result<String> {
+    env().kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "jsonpath={range .items[*]}{.type} {.reason} {.message}{\"\\n\"}{end}",
+    ])
+}
+
 fn cluster_status(ns: &str, name: &str) -> Result<String> {
     env().kubectl(&[
         "get",
@@ -509,16 +523,7 @@ pub async fn clusters_move_between_workers() -> Result<()> {
         || async { Ok((cluster_status(namespaces[0], too_long)? == "Invalid").then_some(())) },
     )
     .await?;
-    let events = env().kubectl(&[
-        "get",
-        "events",
-        "-n",
-        namespaces[0],
-        "--field-selector",
-        &format!("involvedObject.name={too_long}"),
-        "-o",
-        "jsonpath={range .items[*]}{.type} {.reason} {.message}{\"\\n\"}{end}",
-    ])?;
+    let events = events_of(namespaces[0], too_long)?;
     ensure!(
         events
             .lines()
@@ -541,6 +546,13 @@ pub async fn clusters_move_between_workers() -> Result<()> {
         },
     )
     .await?;
+    let events = events_of(namespaces[1], "acid-garbled")?;
+    ensure!(
+        events.lines().any(|l| l.starts_with("Warning Invalid")
+            && l.contains("spec.tolerations[0].tolerationSeconds"))
+            && !events.contains("soon"),
+        "the field is named, its value not repeated: {events}"
+    );
     env().kubectl(&["delete", "pg", "-n", namespaces[1], "acid-garbled"])?;
 
     let spread = assignments(&pgop)?;

@@ -280,6 +280,19 @@ pub fn desired_statefulset(
     })
 }
 
+/// Fields of a StatefulSet Kubernetes refuses to change (selector, service name, pod
+/// management policy, claim templates) taken from the live object, so the rest of the
+/// desired state still applies. Changing them (e.g. a volume resize) is a separate step.
+pub fn keep_immutable_fields(desired: &mut StatefulSet, live: &StatefulSet) {
+    let (Some(desired), Some(live)) = (desired.spec.as_mut(), live.spec.as_ref()) else {
+        return;
+    };
+    desired.selector = live.selector.clone();
+    desired.service_name = live.service_name.clone();
+    desired.pod_management_policy = live.pod_management_policy.clone();
+    desired.volume_claim_templates = live.volume_claim_templates.clone();
+}
+
 /// Zalando always writes the policy; pgop writes it only when it differs from the
 /// Kubernetes default (retain/retain), so that API servers older than 1.23, which drop
 /// the field, do not see a difference on every comparison.
@@ -1202,5 +1215,33 @@ mod tests {
             }])
         );
         assert_eq!(tolerations(&pg, &OperatorConfig::default()), None);
+    }
+
+    #[test]
+    fn immutable_fields_come_from_the_live_object() {
+        let config = OperatorConfig::default();
+        let mut pg = minimal_for_immutability();
+        let live = desired_statefulset(&pg, &config).expect("builds");
+        pg.spec.volume.size = "5Gi".into();
+        pg.spec.number_of_instances = 3;
+        let mut desired = desired_statefulset(&pg, &config).expect("builds");
+        keep_immutable_fields(&mut desired, &live);
+        let (d, l) = (desired.spec.unwrap(), live.spec.unwrap());
+        assert_eq!(
+            d.volume_claim_templates, l.volume_claim_templates,
+            "claims kept"
+        );
+        assert_eq!(d.selector, l.selector);
+        assert_eq!(d.replicas, Some(3), "everything else follows the manifest");
+    }
+
+    fn minimal_for_immutability() -> Postgresql {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "acid.zalan.do/v1", "kind": "postgresql",
+            "metadata": {"name": "acid-a", "namespace": "ns"},
+            "spec": {"teamId": "acid", "numberOfInstances": 2, "volume": {"size": "1Gi"},
+                     "postgresql": {"version": "15"}}
+        }))
+        .expect("manifest")
     }
 }
