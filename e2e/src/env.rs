@@ -8,16 +8,19 @@ use anyhow::{bail, Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Waits up to `grace` for a signalled child to exit, then kills it.
-pub fn wait_or_kill(child: &mut Child, grace: Duration) {
+/// Waits up to `grace` for `child` to exit, then kills it. Its exit status when it exited
+/// by itself, None when it had to be killed.
+pub fn wait_or_kill(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
+    None
 }
 
 /// The standard output of a finished command, or an error naming it with its stderr.

@@ -74,14 +74,24 @@ impl PgopProcess {
 
     /// SIGTERM, then SIGKILL after 10 s.
     pub fn stop(&mut self) {
+        let _ = self.terminate(Duration::from_secs(10));
+    }
+
+    /// SIGTERM; fails unless the process exits by itself, successfully, within `grace`
+    /// (it is killed then).
+    pub fn terminate(&mut self, grace: Duration) -> Result<()> {
         let Some(mut child) = self.child.take() else {
-            return;
+            return Ok(());
         };
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        wait_or_kill(&mut child, Duration::from_secs(10));
+        match wait_or_kill(&mut child, grace) {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!("{} exited with {status} on SIGTERM", self.name),
+            None => bail!("{} did not stop within {grace:?} of SIGTERM", self.name),
+        }
     }
 
     /// SIGKILL: the process dies without any clean-up, as in a crash.

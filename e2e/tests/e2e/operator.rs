@@ -404,7 +404,16 @@ pub async fn minimal_manifest_end_to_end() -> Result<()> {
     // Deleting the manifest removes everything.
     env().kubectl(&["delete", "pg", "-n", ns, cluster])?;
     wait_gone(&client, ns, cluster).await?;
-    drop(pgop);
+
+    // Every process stops cleanly and promptly on SIGTERM.
+    let mut pgop = pgop;
+    for process in
+        pgop.workers
+            .iter_mut()
+            .chain([&mut pgop.gateway, &mut pgop.scheduler, &mut pgop.watcher])
+    {
+        process.terminate(Duration::from_secs(5))?;
+    }
     Ok(())
 }
 
