@@ -85,6 +85,25 @@ fn content_hash(json: &str) -> String {
     format!("{hash:016x}")
 }
 
+/// A namespaced Kubernetes object pgop writes.
+pub trait Object:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + Debug
+{
+}
+
+impl<K> Object for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug
+{
+}
+
 /// The object a write is about, for error messages.
 struct Target {
     kind: String,
@@ -118,31 +137,17 @@ impl Target {
 }
 
 /// Server-side apply of `desired` unless the live object already matches it.
-pub async fn apply<K>(api: &Api<K>, desired: &K) -> Result<Applied, ApplyError>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
-{
+pub async fn apply<K: Object>(api: &Api<K>, desired: &K) -> Result<Applied, ApplyError> {
     apply_adjusted(api, desired, |_, _| {}).await
 }
 
 /// [`apply`], with `adjust` fitting the desired object to the live one first (e.g. keeping
 /// fields Kubernetes does not let change).
-pub async fn apply_adjusted<K>(
+pub async fn apply_adjusted<K: Object>(
     api: &Api<K>,
     desired: &K,
     adjust: impl FnOnce(&mut K, &K),
-) -> Result<Applied, ApplyError>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
-{
+) -> Result<Applied, ApplyError> {
     let target = Target::of(desired)?;
     let name = &target.name;
     let live = api.get_opt(name).await.map_err(|e| target.kube(e))?;
@@ -175,14 +180,7 @@ where
 
 /// Creates `desired` when no object of its name exists; an existing one is left as it is
 /// (credentials are never overwritten, the pod service account is not synced).
-pub async fn create_if_absent<K>(api: &Api<K>, desired: &K) -> Result<Applied, ApplyError>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
-{
+pub async fn create_if_absent<K: Object>(api: &Api<K>, desired: &K) -> Result<Applied, ApplyError> {
     let target = Target::of(desired)?;
     let name = &target.name;
     if api
