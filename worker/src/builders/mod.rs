@@ -4,6 +4,9 @@
 //! The behaviour follows Zalando's operator (`pkg/cluster/k8sres.go`, `util.go`), so that
 //! a cluster moved from Zalando's operator to pgop keeps the same objects.
 pub mod labels;
+pub mod logical_backup;
+pub mod pdb;
+pub mod pooler;
 pub mod secrets;
 pub mod service_account;
 pub mod services;
