@@ -9,8 +9,8 @@ use std::time::Duration;
 use pgop_proto::v1::scheduler_client::SchedulerClient;
 use pgop_proto::v1::worker_client::WorkerClient;
 use pgop_proto::v1::{
-    ClusterAssignment, ClusterState, GetClusterRequest, GetQueueRequest, ListAssignmentsRequest,
-    ListWorkersRequest, QueueState, WorkerInfo,
+    ClusterAssignment, ClusterState, EffectiveConfig, GetClusterRequest, GetConfigRequest,
+    GetQueueRequest, ListAssignmentsRequest, ListWorkersRequest, QueueState, WorkerInfo,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -100,6 +100,15 @@ impl Backend {
                 after: self.timeout,
             }),
         }
+    }
+
+    /// The operator configuration in force, as the scheduler has it (credentials redacted).
+    pub async fn config(&self) -> Result<EffectiveConfig, ApiError> {
+        let mut client = self.scheduler.clone();
+        self.call("scheduler", GetConfigRequest {}, |r| async move {
+            client.get_config(r).await
+        })
+        .await
     }
 
     /// Every cluster the scheduler knows, with its owner and state.

@@ -66,8 +66,9 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// The router, with and without a trailing slash on every path.
 pub fn router(backend: Shared) -> Router {
-    let routes: [(&str, MethodRouter<Shared>); 10] = [
+    let routes: [(&str, MethodRouter<Shared>); 11] = [
         ("/status", get(status)),
+        ("/config", get(config)),
         ("/clusters", get(clusters)),
         ("/clusters/{team}", get(team_clusters)),
         ("/clusters/{namespace}/{cluster}", get(cluster_status)),
@@ -392,6 +393,28 @@ async fn status(State(backend): State<Shared>) -> ApiResult<ControllerStatus> {
             .iter()
             .map(|w| (w.worker_id.clone(), w.clusters))
             .collect(),
+    }))
+}
+
+/// `GET /config/`: the operator configuration in force, Zalando's `operator` part (pgop
+/// has no separate controller configuration), every credential as `"<redacted>"`.
+#[derive(Debug, Serialize)]
+struct OperatorConfigView {
+    operator: serde_json::Value,
+    unknown_keys: Vec<String>,
+    source: String,
+}
+
+async fn config(State(backend): State<Shared>) -> ApiResult<OperatorConfigView> {
+    let config = backend.config().await?;
+    let operator = serde_json::from_str(&config.json).map_err(|e| ApiError::Backend {
+        backend: "scheduler".into(),
+        status: tonic::Status::internal(format!("configuration that is not JSON: {e}")),
+    })?;
+    Ok(Json(OperatorConfigView {
+        operator,
+        unknown_keys: config.unknown_keys,
+        source: config.source,
     }))
 }
 

@@ -10,10 +10,10 @@ use pgop_api_gateway::routes;
 use pgop_proto::v1::scheduler_server::{Scheduler, SchedulerServer};
 use pgop_proto::v1::worker_server::{Worker, WorkerServer};
 use pgop_proto::v1::{
-    ClusterAssignment, ClusterState, EventRecord, GetClusterRequest, GetQueueRequest,
-    ListAssignmentsRequest, ListAssignmentsResponse, ListClustersRequest, ListClustersResponse,
-    ListWorkersRequest, ListWorkersResponse, PodState, QueueEntry, QueueState, SchedulerMessage,
-    WatchEventsRequest, WorkerInfo, WorkerMessage,
+    ClusterAssignment, ClusterState, EffectiveConfig, EventRecord, GetClusterRequest,
+    GetConfigRequest, GetQueueRequest, ListAssignmentsRequest, ListAssignmentsResponse,
+    ListClustersRequest, ListClustersResponse, ListWorkersRequest, ListWorkersResponse, PodState,
+    QueueEntry, QueueState, SchedulerMessage, WatchEventsRequest, WorkerInfo, WorkerMessage,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -30,6 +30,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 struct SchedulerData {
     assignments: Vec<ClusterAssignment>,
     workers: Vec<WorkerInfo>,
+    config: Option<EffectiveConfig>,
 }
 
 #[derive(Clone, Default)]
@@ -92,6 +93,16 @@ impl Scheduler for FakeScheduler {
         _: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_config(
+        &self,
+        _: Request<GetConfigRequest>,
+    ) -> Result<Response<EffectiveConfig>, Status> {
+        let config = self.data.lock().unwrap().config.clone();
+        config
+            .map(Response::new)
+            .ok_or_else(|| Status::unavailable("no configuration yet"))
     }
 }
 
@@ -384,6 +395,32 @@ fn unowned(team: &str, namespace: &str, cluster: &str, status: &str) -> Value {
         "Message": null, "UID": null, "Instances": null, "Pods": null,
         "LastReconcile": null, "Reconciles": null,
     })
+}
+
+#[tokio::test]
+async fn config_is_the_schedulers_with_its_unknown_keys() {
+    let (gw, scheduler) = fixture().await;
+    let (status, _) = gw.get("/config/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "none yet");
+    scheduler.data.lock().unwrap().config = Some(EffectiveConfig {
+        json: r#"{"workers":8,"logical_backup_s3_secret_access_key":"<redacted>"}"#.into(),
+        unknown_keys: vec!["some_future_key".into()],
+        source: "configmap".into(),
+    });
+    assert_eq!(
+        gw.ok("/config/").await,
+        json!({
+            "operator": {"workers": 8, "logical_backup_s3_secret_access_key": "<redacted>"},
+            "unknown_keys": ["some_future_key"],
+            "source": "configmap",
+        })
+    );
+    scheduler.data.lock().unwrap().config = Some(EffectiveConfig {
+        json: "{not json".into(),
+        ..Default::default()
+    });
+    let (status, body) = gw.get("/config").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
 }
 
 #[tokio::test]

@@ -28,12 +28,25 @@
 //!
 //! Keys this module does not know never make parsing fail: they are collected
 //! in [`OperatorConfig::unknown_keys`] so the caller can warn about them.
+//!
+//! Zalando's other configuration form, the `OperatorConfiguration` custom
+//! resource (grouped keys, real YAML types), is read by
+//! [`from_operator_configuration`]; [`flatten_operator_configuration`] turns it
+//! into the flat data above (see `operator_configuration.rs` for the mapping).
+//!
+//! [`effective_config_json`] is the configuration as JSON for display, with
+//! every credential ([`SECRET_KEYS`]) shown as `"<redacted>"`.
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::{Serialize, Serializer};
+
+pub use crate::operator_configuration::{
+    flatten_operator_configuration, from_operator_configuration, operator_configuration_path,
+    operator_configuration_unknown_keys,
+};
 
 /// Why a ConfigMap could not be turned into an [`OperatorConfig`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +65,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: &str, value: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &str, value: &str, reason: impl Into<String>) -> Self {
         ConfigError::InvalidValue {
             key: key.to_string(),
             value: value.to_string(),
@@ -712,6 +725,37 @@ pub fn from_config_map(cm: &ConfigMap) -> Result<OperatorConfig, ConfigError> {
     }
 }
 
+/// The keys whose fields are [`SecretValue`]s (credentials). `OperatorConfig`'s
+/// `Serialize` leaves them out; [`effective_config_json`] shows them redacted.
+pub const SECRET_KEYS: &[&str] = &[
+    "logical_backup_s3_access_key_id",
+    "logical_backup_s3_secret_access_key",
+    "logical_backup_azure_storage_account_key",
+    "scalyr_api_key",
+];
+
+/// What [`effective_config_json`] shows instead of a credential that is set.
+pub const REDACTED: &str = "<redacted>";
+
+/// The configuration as JSON for display (the gateway's `/config/`): every
+/// field under its ConfigMap key (durations as `"30m"`), `unknown_keys`, and
+/// each credential of [`SECRET_KEYS`] as `"<redacted>"` when set, `null` when
+/// not. No credential's value is ever part of the result.
+pub fn effective_config_json(config: &OperatorConfig) -> serde_json::Value {
+    let mut json = serde_json::to_value(config)
+        .expect("OperatorConfig has string keys and infallible fields: it always serializes");
+    if let Some(fields) = json.as_object_mut() {
+        for (key, secret) in config.secrets() {
+            let shown = match secret {
+                Some(_) => serde_json::Value::String(REDACTED.to_string()),
+                None => serde_json::Value::Null,
+            };
+            fields.insert(key.to_string(), shown);
+        }
+    }
+    json
+}
+
 impl OperatorConfig {
     /// The namespaces to watch. `env_override` (the `WATCHED_NAMESPACE`
     /// environment variable) wins over `watched_namespace` whenever it is set,
@@ -738,6 +782,25 @@ impl OperatorConfig {
             names.push(own_namespace.to_string());
         }
         WatchedNamespaces::Some(names)
+    }
+
+    /// Each credential field under its key, in the order of [`SECRET_KEYS`].
+    fn secrets(&self) -> [(&'static str, Option<&SecretValue>); 4] {
+        [
+            (
+                "logical_backup_s3_access_key_id",
+                self.logical_backup_s3_access_key_id.as_ref(),
+            ),
+            (
+                "logical_backup_s3_secret_access_key",
+                self.logical_backup_s3_secret_access_key.as_ref(),
+            ),
+            (
+                "logical_backup_azure_storage_account_key",
+                self.logical_backup_azure_storage_account_key.as_ref(),
+            ),
+            ("scalyr_api_key", self.scalyr_api_key.as_ref()),
+        ]
     }
 
     /// The cross-key checks Zalando's operator refuses to start without.
@@ -881,7 +944,7 @@ fn parse_bool(raw: &str) -> Result<bool, String> {
 }
 
 /// `a, b,,c` → `[a, b, c]`.
-fn parse_list(raw: &str) -> Vec<String> {
+pub(crate) fn parse_list(raw: &str) -> Vec<String> {
     raw.split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
@@ -890,7 +953,7 @@ fn parse_list(raw: &str) -> Vec<String> {
 }
 
 /// `k1:v1,k2:'v,2'` → `{k1: v1, k2: 'v,2'}`; see the module docs.
-fn parse_map(raw: &str) -> Result<BTreeMap<String, String>, String> {
+pub(crate) fn parse_map(raw: &str) -> Result<BTreeMap<String, String>, String> {
     let mut map = BTreeMap::new();
     for item in split_outside_quotes(raw)? {
         let item = item.trim();
@@ -1042,14 +1105,6 @@ mod tests {
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/zalando-manifests/configmap.yaml"
     );
-
-    /// Keys whose fields are never serialized.
-    const SECRET_KEYS: &[&str] = &[
-        "logical_backup_s3_access_key_id",
-        "logical_backup_s3_secret_access_key",
-        "logical_backup_azure_storage_account_key",
-        "scalyr_api_key",
-    ];
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -1518,6 +1573,26 @@ mod tests {
                 "file {file:?}, env {env:?}"
             );
         }
+    }
+
+    #[test]
+    fn secret_keys_are_the_secret_fields() {
+        let listed: Vec<&str> = OperatorConfig::default()
+            .secrets()
+            .iter()
+            .map(|(key, _)| *key)
+            .collect();
+        assert_eq!(listed, SECRET_KEYS);
+        let json = serde_json::to_value(OperatorConfig::default()).unwrap();
+        let not_serialized: Vec<&str> = KNOWN_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !json.as_object().unwrap().contains_key(*k))
+            .collect();
+        assert_eq!(
+            not_serialized, SECRET_KEYS,
+            "the fields Serialize skips are exactly the credentials"
+        );
     }
 
     #[test]

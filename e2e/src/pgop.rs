@@ -59,8 +59,9 @@ impl PgopProcess {
             .append(true)
             .open(&self.log)?;
         let child = Command::new(&path)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // Only what the test sets, not the caller's environment.
             .env_remove("WATCHED_NAMESPACE")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("KUBECONFIG", &self.kubeconfig)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -183,16 +184,21 @@ impl Pgop {
         workers: usize,
         state_dir: &Path,
         kubeconfigs: &Kubeconfigs,
+        watched_namespace: Option<&str>,
     ) -> Result<Self> {
         let addr = || -> Result<String> { Ok(format!("127.0.0.1:{}", free_port()?)) };
         let (watcher_addr, scheduler_addr, gateway_addr) = (addr()?, addr()?, addr()?);
+        let mut watcher_env = vec![
+            ("PGOP_GRPC_ADDR", watcher_addr.clone()),
+            ("PGOP_NAMESPACE", namespace.into()),
+        ];
+        if let Some(watched) = watched_namespace {
+            watcher_env.push(("WATCHED_NAMESPACE", watched.into()));
+        }
         let watcher = PgopProcess::start(
             &format!("{name}-watcher"),
             "pgop-watcher",
-            &[
-                ("PGOP_GRPC_ADDR", watcher_addr.clone()),
-                ("PGOP_NAMESPACE", namespace.into()),
-            ],
+            &watcher_env,
             state_dir,
             &kubeconfigs.watcher,
         )?;

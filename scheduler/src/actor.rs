@@ -36,6 +36,7 @@ pub enum Input {
     },
     Assignments(oneshot::Sender<Vec<ClusterAssignment>>),
     Workers(oneshot::Sender<Vec<WorkerInfo>>),
+    Config(oneshot::Sender<Option<pgop_proto::v1::ConfigEvent>>),
 }
 
 struct Session {
@@ -241,6 +242,9 @@ impl Actor {
                     })
                     .collect();
                 let _ = reply.send(list);
+            }
+            Input::Config(reply) => {
+                let _ = reply.send(self.state.config().cloned());
             }
             Input::Workers(reply) => {
                 let list = self

@@ -3,11 +3,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{Stream, StreamExt};
+use std::collections::BTreeMap;
+
+use pgop_common::config;
 use pgop_proto::v1::scheduler_server::Scheduler;
 use pgop_proto::v1::{
-    worker_message, ClusterAssignment, EventRecord, GetClusterRequest, ListAssignmentsRequest,
-    ListAssignmentsResponse, ListWorkersRequest, ListWorkersResponse, SchedulerMessage,
-    WatchEventsRequest, WorkerMessage,
+    worker_message, ClusterAssignment, EffectiveConfig, EventRecord, GetClusterRequest,
+    GetConfigRequest, ListAssignmentsRequest, ListAssignmentsResponse, ListWorkersRequest,
+    ListWorkersResponse, SchedulerMessage, WatchEventsRequest, WorkerMessage,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -143,6 +146,25 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<ListWorkersResponse>, Status> {
         let workers = self.ask(Input::Workers).await?;
         Ok(Response::new(ListWorkersResponse { workers }))
+    }
+
+    async fn get_config(
+        &self,
+        _: Request<GetConfigRequest>,
+    ) -> Result<Response<EffectiveConfig>, Status> {
+        let event = self.ask(Input::Config).await?;
+        let (data, source) = match event {
+            Some(c) if !c.deleted => (c.data.into_iter().collect(), "configmap"),
+            _ => (BTreeMap::new(), "defaults"),
+        };
+        let config = config::from_config_map_data(&data)
+            // The watcher forwards only configurations that load.
+            .map_err(|e| Status::internal(format!("the configuration does not load: {e}")))?;
+        Ok(Response::new(EffectiveConfig {
+            json: config::effective_config_json(&config).to_string(),
+            unknown_keys: config.unknown_keys.clone(),
+            source: source.into(),
+        }))
     }
 
     async fn watch_events(

@@ -232,6 +232,11 @@ impl SchedulerState {
     /// (also from a releasing owner, which did receive it), and the cluster is forgotten
     /// once every DELETE sent is confirmed and no newer object took its place. Returns
     /// whether the cluster was forgotten.
+    /// The configuration the watcher last reported, if any.
+    pub fn config(&self) -> Option<&ConfigEvent> {
+        self.config.as_ref()
+    }
+
     pub fn cluster_status(
         &mut self,
         worker: &str,

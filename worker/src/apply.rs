@@ -3,7 +3,7 @@
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams, TypeMeta};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -75,6 +75,11 @@ fn is_empty(v: &Value) -> bool {
 fn same_quantity(a: &str, b: &str) -> bool {
     use crate::builders::quantity::parse;
     matches!((parse(a), parse(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+fn hash_of(target: &Target, object: &impl Serialize) -> Result<String, ApplyError> {
+    let json = serde_json::to_string(object).map_err(|e| target.serialize(e))?;
+    Ok(content_hash(&json))
 }
 
 /// FNV-1a of the object's JSON: stable across processes and versions of pgop.
@@ -149,13 +154,112 @@ pub async fn apply_adjusted<K: Object>(
     adjust: impl FnOnce(&mut K, &K),
 ) -> Result<Applied, ApplyError> {
     let target = Target::of(desired)?;
-    let name = &target.name;
-    let live = api.get_opt(name).await.map_err(|e| target.kube(e))?;
+    let live = api
+        .get_opt(&target.name)
+        .await
+        .map_err(|e| target.kube(e))?;
+    // Hashed before the adjustment: what was taken from the live object is no change.
+    let hash = hash_of(&target, desired)?;
     let mut desired = desired.clone();
     if let Some(live) = &live {
         adjust(&mut desired, live);
     }
-    let hash = content_hash(&serde_json::to_string(&desired).map_err(|e| target.serialize(e))?);
+    write_if_changed(api, &target, desired, hash, live).await
+}
+
+/// [`apply`] of `desired` under another version of its API group with the same schema, the
+/// one the cluster serves: e.g. a policy/v1 PodDisruptionBudget as policy/v1beta1 on
+/// Kubernetes 1.20.
+pub async fn apply_as<K: Object>(
+    client: &kube::Client,
+    namespace: &str,
+    desired: &K,
+    version: &str,
+) -> Result<Applied, ApplyError> {
+    let (api, target) = versioned_api::<K>(client, namespace, desired, version)?;
+    let mut object: DynamicObject = serde_json::to_value(desired)
+        .and_then(serde_json::from_value)
+        .map_err(|e| target.serialize(e))?;
+    object.types = Some(TypeMeta {
+        api_version: api_version::<K>(version),
+        kind: target.kind.clone(),
+    });
+    let live = api
+        .get_opt(&target.name)
+        .await
+        .map_err(|e| target.kube(e))?;
+    let hash = hash_of(&target, &object)?;
+    write_if_changed(&api, &target, object, hash, live).await
+}
+
+/// Deletes the object `name` of `K`'s kind under `version` if it exists: an absent one
+/// costs a read, never a write.
+pub async fn delete_as<K: Object>(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    version: &str,
+) -> Result<Applied, ApplyError> {
+    let resource = versioned_resource::<K>(version);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let error = |source| ApplyError::Kube {
+        kind: resource.kind.clone(),
+        name: name.to_string(),
+        source,
+    };
+    if api.get_metadata_opt(name).await.map_err(error)?.is_none() {
+        return Ok(Applied::Unchanged);
+    }
+    match api
+        .delete(name, &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(Applied::Written),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Applied::Unchanged),
+        Err(source) => Err(error(source)),
+    }
+}
+
+fn api_version<K: Object>(version: &str) -> String {
+    match K::group(&()).as_ref() {
+        "" => version.to_string(),
+        group => format!("{group}/{version}"),
+    }
+}
+
+fn versioned_resource<K: Object>(version: &str) -> ApiResource {
+    let mut resource = ApiResource::erase::<K>(&());
+    resource.version = version.to_string();
+    resource.api_version = api_version::<K>(version);
+    resource
+}
+
+fn versioned_api<K: Object>(
+    client: &kube::Client,
+    namespace: &str,
+    desired: &K,
+    version: &str,
+) -> Result<(Api<DynamicObject>, Target), ApplyError> {
+    let target = Target::of(desired)?;
+    let resource = versioned_resource::<K>(version);
+    Ok((
+        Api::namespaced_with(client.clone(), namespace, &resource),
+        target,
+    ))
+}
+
+/// The common end of every apply: stamp the content hash, compare with `live`, and
+/// server-side apply only when something differs.
+async fn write_if_changed<K>(
+    api: &Api<K>,
+    target: &Target,
+    mut desired: K,
+    hash: String,
+    live: Option<K>,
+) -> Result<Applied, ApplyError>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
     desired
         .meta_mut()
         .annotations
@@ -169,7 +273,7 @@ pub async fn apply_adjusted<K: Object>(
         }
     }
     api.patch(
-        name,
+        &target.name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&desired),
     )

@@ -314,14 +314,23 @@ impl ClusterTask {
                 String::new(),
                 0,
             ),
+            Ok(pg) if pg.metadata.deletion_timestamp.is_some() => {
+                return self.finalize(&object, &pg, &config).await;
+            }
             Ok(pg) => {
                 if self.status.is_none() {
                     self.status = self.live_status(&pg).await;
                 }
                 let instances = desired_instances(&pg, &config).max(0) as u32;
                 let team = pg.spec.team_id.clone();
-                let result = match sync_objects(&self.ctx.client, &self.namespace, &pg, &config)
-                    .await
+                let result = match sync_objects(
+                    &self.ctx.client,
+                    &self.ctx.served,
+                    &self.namespace,
+                    &pg,
+                    &config,
+                )
+                .await
                 {
                     Ok(written) => {
                         if !written.0.is_empty() {
@@ -426,6 +435,34 @@ impl ClusterTask {
         }
     }
 
+    /// The object is being deleted and waits for pgop's finalizer: remove the cluster's
+    /// objects, then the finalizer. Without the finalizer the DELETE event does the work.
+    async fn finalize(
+        &mut self,
+        object: &ClusterEvent,
+        pg: &Postgresql,
+        config: &OperatorConfig,
+    ) -> Next {
+        if !crate::finalizer::has_finalizer(pg) {
+            return Next::Idle;
+        }
+        match self.delete(object, config, 0).await {
+            Next::Finished => {
+                match crate::finalizer::set(&self.ctx.client, &self.namespace, &self.name, false)
+                    .await
+                {
+                    Ok(()) => Next::Idle,
+                    Err(e) => {
+                        self.failures += 1;
+                        tracing::warn!(cluster = %self.key, "removing the finalizer: {e}");
+                        Next::RetryIn(backoff(self.failures))
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Whether a manifest other than the deleted object now has this name: a DELETE that
     /// arrives late (coalesced, replayed after a move) must not remove a live cluster's
     /// objects, which are the new object's now.
@@ -447,9 +484,15 @@ impl ClusterTask {
                 tracing::info!(cluster = %self.key, "a newer manifest has the name: its objects stay");
                 Ok(Progress::Done)
             }
-            Ok(false) => delete_cluster(&self.ctx.client, &self.namespace, &self.name, config)
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(false) => delete_cluster(
+                &self.ctx.client,
+                &self.ctx.served,
+                &self.namespace,
+                &self.name,
+                config,
+            )
+            .await
+            .map_err(|e| e.to_string()),
             Err(e) => Err(format!("checking for a newer manifest: {e}")),
         };
         match progress {

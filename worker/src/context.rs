@@ -7,6 +7,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 use tokio::sync::Semaphore;
 
+use crate::discovery::ServedVersions;
 use crate::view::View;
 
 pub struct Context {
@@ -14,11 +15,13 @@ pub struct Context {
     pub view: View,
     /// One permit per concurrent reconcile.
     pub slots: Arc<Semaphore>,
+    /// API versions this cluster serves for version-dependent kinds.
+    pub served: ServedVersions,
     recorder: Recorder,
 }
 
 impl Context {
-    pub fn new(client: Client, view: View, concurrency: usize) -> Self {
+    pub fn new(client: Client, view: View, concurrency: usize, served: ServedVersions) -> Self {
         let reporter = Reporter {
             controller: "pgop-worker".into(),
             instance: Some(view.worker_id().to_string()),
@@ -28,6 +31,7 @@ impl Context {
             client,
             view,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            served,
         }
     }
 

@@ -1,19 +1,30 @@
 //! Removing a deleted cluster's objects. The manifest is gone by then, so everything is
 //! found by name or by the cluster's selector labels.
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, PersistentVolumeClaim, Pod, Secret, Service,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use pgop_common::config::OperatorConfig;
 
+use crate::apply::{delete_as, ApplyError};
+use crate::builders::logical_backup::logical_backup_job_name;
+use crate::builders::pdb::pdb_names;
+use crate::discovery::ServedVersions;
+
 #[derive(Debug, thiserror::Error)]
-#[error("deleting {what}: {source}")]
-pub struct DeleteError {
-    what: String,
-    #[source]
-    source: kube::Error,
+pub enum DeleteError {
+    #[error("deleting {what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting {0}")]
+    Apply(#[from] ApplyError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,17 +48,19 @@ fn ignore_missing<T>(what: &str, result: Result<T, kube::Error>) -> Result<(), D
     match result {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(DeleteError {
+        Err(source) => Err(DeleteError::Kube {
             what: what.to_string(),
             source,
         }),
     }
 }
 
-/// One step of the deletion: the StatefulSet first, then (once its pods are gone) the
-/// Services, Patroni's objects, the Secrets and the volume claims as configured.
+/// One step of the deletion: the StatefulSet, the poolers and the backup job first, then
+/// (once the database pods are gone) the Services, Patroni's objects, the disruption
+/// budgets, the Secrets and the volume claims as configured.
 pub async fn delete_cluster(
     client: &Client,
+    served: &ServedVersions,
     namespace: &str,
     name: &str,
     config: &OperatorConfig,
@@ -57,11 +70,17 @@ pub async fn delete_cluster(
 
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
     ignore_missing("StatefulSet", sts.delete(name, &background).await)?;
+    let poolers = [format!("{name}-pooler"), format!("{name}-pooler-repl")];
+    for pooler in &poolers {
+        delete_as::<Deployment>(client, namespace, pooler, "v1").await?;
+    }
+    let job = logical_backup_job_name(config, name);
+    delete_as::<CronJob>(client, namespace, &job, &served.cron_job).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let stopping = pods
         .list_metadata(&selector)
         .await
-        .map_err(|source| DeleteError {
+        .map_err(|source| DeleteError::Kube {
             what: "pods (listing)".into(),
             source,
         })?
@@ -71,14 +90,18 @@ pub async fn delete_cluster(
         return Ok(Progress::PodsStopping(stopping));
     }
 
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     // `<cluster>-config` is Patroni's, made in Endpoints mode to keep its DCS object alive.
-    for service in [
+    let services = [
         name.to_string(),
         format!("{name}-repl"),
         format!("{name}-config"),
-    ] {
-        ignore_missing("Service", services.delete(&service, &background).await)?;
+    ];
+    for service in services.iter().chain(&poolers) {
+        delete_as::<Service>(client, namespace, service, "v1").await?;
+    }
+    for budget in pdb_names(config, name) {
+        delete_as::<PodDisruptionBudget>(client, namespace, &budget, &served.pod_disruption_budget)
+            .await?;
     }
     // Patroni's DCS objects (Endpoints or ConfigMaps, depending on the configuration).
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace);

@@ -4,6 +4,8 @@ pub mod builders;
 pub mod cluster;
 pub mod context;
 pub mod deletion;
+pub mod discovery;
+pub mod finalizer;
 pub mod manifest;
 pub mod reconcile;
 pub mod registry;

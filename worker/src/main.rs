@@ -18,11 +18,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes")?;
 
+    let served = pgop_worker::discovery::discover(&client)
+        .await
+        .context("discovering the API versions the cluster serves")?;
+    tracing::info!(?served, "API versions");
     let view = View::new(worker_id.clone());
     let ctx = Arc::new(Context::new(
         client,
         view.clone(),
         settings.concurrency as usize,
+        served,
     ));
     let registry = Registry::start(ctx, shutdown.clone());
     let session = tokio::spawn(session::run(

@@ -1,7 +1,8 @@
 //! One reconcile of a live cluster: build the desired objects (pure builders), write the
 //! ones that differ, and report what the cluster's status should be.
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Endpoints, Secret, Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -10,10 +11,18 @@ use pgop_common::crd::{PostgresStatus, Postgresql};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
 
-use crate::apply::{apply, apply_adjusted, create_if_absent, Applied, ApplyError, FIELD_MANAGER};
-use crate::builders::{
-    secrets, service_account, services, statefulset, validate::validate, BuildError,
+use crate::apply::{
+    apply, apply_adjusted, apply_as, create_if_absent, delete_as, Applied, ApplyError,
+    FIELD_MANAGER,
 };
+use crate::builders::{
+    logical_backup, pdb, pooler, secrets, service_account, services,
+    spilo_env::{self, PodEnvironment},
+    statefulset,
+    validate::validate,
+    BuildError,
+};
+use crate::discovery::ServedVersions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -23,6 +32,10 @@ pub enum SyncError {
     Apply(#[from] ApplyError),
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+    #[error("setting the finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
+    #[error("{0}")]
+    PodEnvironment(String),
 }
 
 impl SyncError {
@@ -64,12 +77,14 @@ fn random_password() -> String {
 /// an invalid one touches nothing.
 pub async fn sync_objects(
     client: &Client,
+    served: &ServedVersions,
     namespace: &str,
     pg: &Postgresql,
     config: &OperatorConfig,
 ) -> Result<Written, SyncError> {
     validate(pg, config)?;
-    let statefulset = statefulset::desired_statefulset(pg, config)?;
+    let pod_env = pod_environment(client, namespace, config).await?;
+    let statefulset = statefulset::desired_statefulset_with(pg, config, &pod_env)?;
     let account = service_account::desired_service_account(pg, config)?;
     let binding = service_account::desired_role_binding(pg, config)?;
     let cluster = pg.metadata.name.as_deref().unwrap_or_default();
@@ -105,8 +120,96 @@ pub async fn sync_objects(
     let applied =
         apply_adjusted(&sts_api, &statefulset, statefulset::keep_immutable_fields).await?;
     written.note(applied, "StatefulSet", statefulset.metadata.name.as_ref());
+    if let Some(user) = pooler::pooler_user(pg, config) {
+        // The pooler's pods read its credentials: the Secret comes before the Deployment.
+        let secret = secrets::desired_secret(pg, config, &user, &random_password());
+        let applied = create_if_absent(&secret_api, &secret).await?;
+        written.note(applied, "Secret", secret.metadata.name.as_ref());
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    for role in pooler::PoolerRole::ALL {
+        let name = pooler::pooler_name(pg, role);
+        if pooler::pooler_enabled(pg, config, role) {
+            let deployment = pooler::desired_pooler_deployment(pg, config, role)?;
+            let applied = apply(&deployments, &deployment).await?;
+            written.note(applied, "Deployment", Some(&name));
+            let service = pooler::desired_pooler_service(pg, config, role);
+            let applied = apply(&service_api, &service).await?;
+            written.note(applied, "Service", Some(&name));
+        } else {
+            // Disabled (or never enabled): removed if present.
+            let applied = delete_as::<Deployment>(client, namespace, &name, "v1").await?;
+            written.note(applied, "Deployment (removed)", Some(&name));
+            let applied = delete_as::<Service>(client, namespace, &name, "v1").await?;
+            written.note(applied, "Service (removed)", Some(&name));
+        }
+    }
+
+    for budget in pdb::desired_pdbs(pg, config) {
+        let applied = apply_as(client, namespace, &budget, &served.pod_disruption_budget).await?;
+        written.note(
+            applied,
+            "PodDisruptionBudget",
+            budget.metadata.name.as_ref(),
+        );
+    }
+    let job_name = logical_backup::logical_backup_job_name(config, cluster);
+    let applied = match logical_backup::desired_logical_backup(pg, config)? {
+        Some(job) => apply_as(client, namespace, &job, &served.cron_job).await?,
+        None => delete_as::<CronJob>(client, namespace, &job_name, &served.cron_job).await?,
+    };
+    written.note(applied, "CronJob", Some(&job_name));
+
+    if let Some(present) = crate::finalizer::wanted_change(pg, config.enable_finalizers) {
+        crate::finalizer::set(client, namespace, cluster, present)
+            .await
+            .map_err(SyncError::Finalizer)?;
+        written.0.push(format!(
+            "finalizer {}",
+            if present { "added" } else { "removed" }
+        ));
+    }
     tracing::debug!(%namespace, %cluster, written = ?written.0, "objects in sync");
     Ok(written)
+}
+
+/// The extra pod environment the configuration names (`pod_environment_configmap`, read from
+/// the namespace it names or the cluster's; `pod_environment_secret`, the cluster's): the
+/// ConfigMap's values, and only the Secret's keys (its values stay in the Secret).
+async fn pod_environment(
+    client: &Client,
+    namespace: &str,
+    config: &OperatorConfig,
+) -> Result<PodEnvironment, SyncError> {
+    let (config_map, secret) = spilo_env::pod_environment_sources(config);
+    let mut env = PodEnvironment::default();
+    if let Some((ns, name)) = config_map {
+        let ns = ns.as_deref().unwrap_or(namespace);
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let found = api.get_opt(&name).await.map_err(|e| {
+            SyncError::PodEnvironment(format!("reading ConfigMap {ns}/{name}: {e}"))
+        })?;
+        let found = found.ok_or_else(|| {
+            SyncError::PodEnvironment(format!(
+                "ConfigMap {ns}/{name} (pod_environment_configmap) does not exist"
+            ))
+        })?;
+        env.config_map = found.data.unwrap_or_default();
+    }
+    if let Some((_, name)) = secret {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let found = api.get_opt(&name).await.map_err(|e| {
+            SyncError::PodEnvironment(format!("reading Secret {namespace}/{name}: {e}"))
+        })?;
+        let found = found.ok_or_else(|| {
+            SyncError::PodEnvironment(format!(
+                "Secret {namespace}/{name} (pod_environment_secret) does not exist"
+            ))
+        })?;
+        env.secret_keys = found.data.unwrap_or_default().into_keys().collect();
+        env.secret_name = Some(name);
+    }
+    Ok(env)
 }
 
 #[derive(Debug, Serialize)]

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::{connect, env, namespace, role, secret_value};
 
-fn root_file(path: &str) -> String {
+pub(crate) fn root_file(path: &str) -> String {
     pgop_e2e::env::workspace_root()
         .join(path)
         .display()
@@ -58,7 +58,7 @@ pub async fn install_crd() -> Result<()> {
 }
 
 /// The CRD, the pods' ClusterRole and the operator ConfigMap in `system_ns`.
-async fn prepare(client: &Client, system_ns: &str, config: &[(&str, &str)]) -> Result<()> {
+pub(crate) async fn prepare(client: &Client, system_ns: &str, config: &[(&str, &str)]) -> Result<()> {
     namespace(client, system_ns).await?;
     install_crd().await?;
     apply_cluster_wide("manifests/postgres-pod-rbac.yaml").await?;
@@ -79,7 +79,7 @@ async fn prepare(client: &Client, system_ns: &str, config: &[(&str, &str)]) -> R
 }
 
 /// The Events of an object, one "TYPE REASON MESSAGE" line each.
-fn events_of(ns: &str, name: &str) -> Result<String> {
+pub(crate) fn events_of(ns: &str, name: &str) -> Result<String> {
     env().kubectl(&[
         "get",
         "events",
@@ -92,7 +92,7 @@ fn events_of(ns: &str, name: &str) -> Result<String> {
     ])
 }
 
-fn cluster_status(ns: &str, name: &str) -> Result<String> {
+pub(crate) fn cluster_status(ns: &str, name: &str) -> Result<String> {
     env().kubectl(&[
         "get",
         "pg",
@@ -104,7 +104,7 @@ fn cluster_status(ns: &str, name: &str) -> Result<String> {
     ])
 }
 
-async fn wait_running(ns: &str, name: &str, timeout: Duration) -> Result<()> {
+pub(crate) async fn wait_running(ns: &str, name: &str, timeout: Duration) -> Result<()> {
     wait::until(&format!("{ns}/{name} Running"), timeout, || async move {
         let status = cluster_status(ns, name)?;
         if status == "Running" {
@@ -116,13 +116,13 @@ async fn wait_running(ns: &str, name: &str, timeout: Duration) -> Result<()> {
     .await
 }
 
-fn grpc_json(addr: &str, args: &[&str]) -> Result<Value> {
+pub(crate) fn grpc_json(addr: &str, args: &[&str]) -> Result<Value> {
     let out = grpcurl(addr, args)?;
     serde_json::from_str(&out).with_context(|| format!("grpcurl answer: {out}"))
 }
 
 /// cluster key → worker id, for clusters the scheduler has Assigned.
-fn assignments(pgop: &Pgop) -> Result<BTreeMap<String, String>> {
+pub(crate) fn assignments(pgop: &Pgop) -> Result<BTreeMap<String, String>> {
     let v = grpc_json(&pgop.scheduler_addr, &["pgop.v1.Scheduler/ListAssignments"])?;
     Ok(v["clusters"]
         .as_array()
@@ -138,7 +138,7 @@ fn assignments(pgop: &Pgop) -> Result<BTreeMap<String, String>> {
         .collect())
 }
 
-fn http_get(addr: &str, path: &str) -> Result<(u16, Value)> {
+pub(crate) fn http_get(addr: &str, path: &str) -> Result<(u16, Value)> {
     let out = std::process::Command::new("curl")
         .args([
             "-sS",
@@ -161,12 +161,12 @@ fn http_get(addr: &str, path: &str) -> Result<(u16, Value)> {
     Ok((code.trim().parse()?, value))
 }
 
-fn labelled(cluster: &str) -> ListParams {
+pub(crate) fn labelled(cluster: &str) -> ListParams {
     ListParams::default().labels(&format!("cluster-name={cluster}"))
 }
 
 /// Names of every object pgop or Patroni made for `cluster` that still exists.
-async fn leftovers(client: &Client, ns: &str, cluster: &str) -> Result<Vec<String>> {
+pub(crate) async fn leftovers(client: &Client, ns: &str, cluster: &str) -> Result<Vec<String>> {
     async fn names<K>(client: &Client, ns: &str, cluster: &str) -> Result<Vec<String>>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -190,10 +190,22 @@ async fn leftovers(client: &Client, ns: &str, cluster: &str) -> Result<Vec<Strin
     all.extend(names::<ConfigMap>(client, ns, cluster).await?);
     all.extend(names::<Secret>(client, ns, cluster).await?);
     all.extend(names::<PersistentVolumeClaim>(client, ns, cluster).await?);
+    // Kinds whose served version differs between Kubernetes releases: kubectl picks it.
+    let others = env().kubectl(&[
+        "get",
+        "deployments,poddisruptionbudgets,cronjobs",
+        "-n",
+        ns,
+        "-l",
+        &format!("cluster-name={cluster}"),
+        "-o",
+        "name",
+    ])?;
+    all.extend(others.lines().map(str::to_string));
     Ok(all)
 }
 
-async fn wait_gone(client: &Client, ns: &str, cluster: &str) -> Result<()> {
+pub(crate) async fn wait_gone(client: &Client, ns: &str, cluster: &str) -> Result<()> {
     wait::until(
         &format!("every object of {ns}/{cluster} removed"),
         Duration::from_secs(120),
@@ -234,7 +246,7 @@ pub async fn minimal_manifest_end_to_end() -> Result<()> {
             .await?,
         none: "/dev/null".into(),
     };
-    let pgop = Pgop::start("minimal", system_ns, 2, &env().state_dir, &kubeconfigs)?;
+    let pgop = Pgop::start("minimal", system_ns, 2, &env().state_dir, &kubeconfigs, None)?;
 
     env().kubectl(&[
         "apply",
@@ -417,7 +429,7 @@ pub async fn minimal_manifest_end_to_end() -> Result<()> {
     Ok(())
 }
 
-fn simulated_cluster(name: &str, instances: u32) -> String {
+pub(crate) fn simulated_cluster(name: &str, instances: u32) -> String {
     format!(
         r#"apiVersion: acid.zalan.do/v1
 kind: postgresql
@@ -436,14 +448,14 @@ spec:
     )
 }
 
-async fn replicas(client: &Client, ns: &str, name: &str) -> Result<Option<i32>> {
+pub(crate) async fn replicas(client: &Client, ns: &str, name: &str) -> Result<Option<i32>> {
     Ok(Api::<StatefulSet>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await?
         .and_then(|s| s.spec?.replicas))
 }
 
-async fn wait_replicas(client: &Client, ns: &str, name: &str, want: Option<i32>) -> Result<()> {
+pub(crate) async fn wait_replicas(client: &Client, ns: &str, name: &str, want: Option<i32>) -> Result<()> {
     wait::until(
         &format!("{ns}/{name} with replicas {want:?}"),
         Duration::from_secs(60),
@@ -460,7 +472,7 @@ async fn wait_replicas(client: &Client, ns: &str, name: &str, want: Option<i32>)
 }
 
 /// resourceVersions of a cluster's StatefulSet, Services and Secrets.
-async fn versions(client: &Client, ns: &str, cluster: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) async fn versions(client: &Client, ns: &str, cluster: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
         .get(cluster)
@@ -512,7 +524,7 @@ pub async fn clusters_move_between_workers() -> Result<()> {
         namespace(&client, ns).await?;
     }
     let kubeconfigs = Kubeconfigs::admin(&env().kubeconfig);
-    let mut pgop = Pgop::start("shard", system_ns, 2, &env().state_dir, &kubeconfigs)?;
+    let mut pgop = Pgop::start("shard", system_ns, 2, &env().state_dir, &kubeconfigs, None)?;
     let clusters: Vec<(&str, String)> = (0..12)
         .map(|i| (namespaces[i % 3], format!("acid-sim-{i}")))
         .collect();

@@ -6,7 +6,14 @@
 //! only creates empty. With ConfigMaps as DCS, the Service selects the master pod.
 //!
 //! Load balancers follow Zalando (type, source ranges, traffic policy, DNS and ELB
-//! annotations); node ports and the legacy `enable_load_balancer` switch are not covered.
+//! annotations), with the manifest's `enable{Master,Replica}LoadBalancer` over the
+//! configuration's `enable_{master,replica}_load_balancer`. The configuration's deprecated
+//! `enable_load_balancer` has no effect, as in Zalando.
+//!
+//! A role's Service is a NodePort instead when the manifest's
+//! `enable{Master,Replica}NodePort` is true (this overrides the load balancer, as Zalando's
+//! CRD documents it), on `{master,replica}NodePort` (0 or unset: Kubernetes picks one).
+//! pgop's configuration has no `enable_{master,replica}_node_port` keys yet.
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service, ServicePort, ServiceSpec};
@@ -14,7 +21,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
 
-use super::labels::{inherited_annotations, role_labels, role_selector, MASTER_ROLE, REPLICA_ROLE};
+use super::labels::{
+    inherited_annotations, owner_references, role_labels, role_selector, MASTER_ROLE, REPLICA_ROLE,
+};
 use super::spilo_env::{patroni_uses_configmaps, POSTGRES_PORT};
 use super::validate::team_prefixed_name;
 use super::{cluster_name, non_empty, object_meta};
@@ -47,7 +56,8 @@ pub fn desired_services(pg: &Postgresql, config: &OperatorConfig) -> Vec<Service
 /// The Service of one role (`master` or `replica`).
 pub fn desired_service(pg: &Postgresql, config: &OperatorConfig, role: &str) -> Service {
     let selects_pods = role == REPLICA_ROLE || patroni_uses_configmaps(config);
-    let load_balancer = load_balancer_enabled(pg, config, role);
+    let node_port = node_port(pg, role);
+    let load_balancer = node_port.is_none() && load_balancer_enabled(pg, config, role);
     let mut spec = ServiceSpec {
         type_: Some("ClusterIP".into()),
         ports: Some(vec![ServicePort {
@@ -55,11 +65,16 @@ pub fn desired_service(pg: &Postgresql, config: &OperatorConfig, role: &str) -> 
             port: POSTGRES_PORT,
             target_port: Some(IntOrString::Int(POSTGRES_PORT)),
             protocol: Some("TCP".into()),
+            node_port: node_port.flatten(),
             ..ServicePort::default()
         }]),
         selector: selects_pods.then(|| role_selector(pg, config, role)),
         ..ServiceSpec::default()
     };
+    if node_port.is_some() {
+        spec.type_ = Some("NodePort".into());
+        spec.external_traffic_policy = Some(config.external_traffic_policy.clone());
+    }
     if load_balancer {
         spec.type_ = Some("LoadBalancer".into());
         spec.load_balancer_source_ranges = Some(if pg.spec.allowed_source_ranges.is_empty() {
@@ -87,6 +102,7 @@ pub fn desired_service(pg: &Postgresql, config: &OperatorConfig, role: &str) -> 
     let mut metadata = object_meta(pg, service_name(pg, role));
     metadata.labels = Some(role_labels(pg, config, role));
     metadata.annotations = non_empty(annotations);
+    metadata.owner_references = owner_references(pg, config);
     Service {
         metadata,
         spec: Some(spec),
@@ -103,24 +119,81 @@ pub fn desired_endpoints(pg: &Postgresql, config: &OperatorConfig) -> Option<End
     let mut metadata = object_meta(pg, service_name(pg, MASTER_ROLE));
     metadata.labels = Some(role_labels(pg, config, MASTER_ROLE));
     metadata.annotations = non_empty(inherited_annotations(pg, config));
+    metadata.owner_references = owner_references(pg, config);
     Some(Endpoints {
         metadata,
         subsets: None,
     })
 }
 
-/// The manifest's `enable{Master,Replica}LoadBalancer`, else the operator's setting.
-fn load_balancer_enabled(pg: &Postgresql, config: &OperatorConfig, role: &str) -> bool {
+/// Whether a role's Service is a load balancer (Zalando's
+/// `shouldCreateLoadBalancerForService`): the manifest's `enable{Master,Replica}LoadBalancer`,
+/// else the configuration's `enable_{master,replica}_load_balancer`. The configuration's
+/// deprecated `enable_load_balancer` takes no effect.
+pub fn load_balancer_enabled(pg: &Postgresql, config: &OperatorConfig, role: &str) -> bool {
+    // crd.rs has no `useLoadBalancer`/`replicaLoadBalancer` (Zalando's deprecated flags):
+    // once it has, pass them here instead of `None`.
+    let (master, replica) = merge_deprecated_load_balancer_flags(
+        pg.spec.enable_master_load_balancer,
+        pg.spec.enable_replica_load_balancer,
+        None,
+        None,
+    );
     match role {
-        MASTER_ROLE => pg
-            .spec
-            .enable_master_load_balancer
-            .unwrap_or(config.enable_master_load_balancer),
-        _ => pg
-            .spec
-            .enable_replica_load_balancer
-            .unwrap_or(config.enable_replica_load_balancer),
+        MASTER_ROLE => master.unwrap_or(config.enable_master_load_balancer),
+        _ => replica.unwrap_or(config.enable_replica_load_balancer),
     }
+}
+
+/// The manifest's load balancer flags (master, replica) with Zalando's deprecated
+/// `useLoadBalancer` and `replicaLoadBalancer` merged in as its
+/// `mergeDeprecatedPostgreSQLSpecParameters` does: they count only when neither
+/// `enableMasterLoadBalancer` nor `enableReplicaLoadBalancer` is set.
+pub fn merge_deprecated_load_balancer_flags(
+    enable_master: Option<bool>,
+    enable_replica: Option<bool>,
+    use_load_balancer: Option<bool>,
+    replica_load_balancer: Option<bool>,
+) -> (Option<bool>, Option<bool>) {
+    if enable_master.is_none() && enable_replica.is_none() {
+        (use_load_balancer, replica_load_balancer)
+    } else {
+        (enable_master, enable_replica)
+    }
+}
+
+/// `Some(port)` when a role's Service is a NodePort (`enable{Master,Replica}NodePort`),
+/// with the manifest's `{master,replica}NodePort` (`None`: Kubernetes picks one).
+pub fn node_port(pg: &Postgresql, role: &str) -> Option<Option<i32>> {
+    let (enabled, port) = match role {
+        MASTER_ROLE => (pg.spec.enable_master_node_port, pg.spec.master_node_port),
+        _ => (pg.spec.enable_replica_node_port, pg.spec.replica_node_port),
+    };
+    enabled.unwrap_or(false).then_some(port.filter(|p| *p != 0))
+}
+
+/// Node ports Kubernetes would refuse: out of range, or one port for both Services.
+pub fn node_port_problems(pg: &Postgresql) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut ports = Vec::new();
+    for (role, field) in [
+        (MASTER_ROLE, "masterNodePort"),
+        (REPLICA_ROLE, "replicaNodePort"),
+    ] {
+        if let Some(Some(port)) = node_port(pg, role) {
+            if !(1..=65535).contains(&port) {
+                problems.push(format!(
+                    "{field} {port} is not a port (1-65535, or 0 to let Kubernetes choose)"
+                ));
+            } else if ports.contains(&port) {
+                problems.push(format!(
+                    "masterNodePort and replicaNodePort are both {port}; the Services need different ports"
+                ));
+            }
+            ports.push(port);
+        }
+    }
+    problems
 }
 
 /// The DNS name(s) of a role's load balancer, lowercased. A cluster named `<team>-<name>`
@@ -305,5 +378,191 @@ mod tests {
             service.spec.unwrap().load_balancer_source_ranges,
             Some(vec!["127.0.0.1/32".to_string()])
         );
+    }
+
+    #[test]
+    fn load_balancer_precedence() {
+        // Zalando's TestCreateLoadBalancerLogic and TestEnableLoadBalancers: (role,
+        // manifest flag, configuration flag, want). The deprecated enable_load_balancer
+        // takes no effect either way.
+        let cases = [
+            (REPLICA_ROLE, Some(true), false, true),
+            (REPLICA_ROLE, Some(false), true, false),
+            (REPLICA_ROLE, None, true, true),
+            (REPLICA_ROLE, None, false, false),
+            (MASTER_ROLE, Some(true), false, true),
+            (MASTER_ROLE, Some(false), true, false),
+            (MASTER_ROLE, None, true, true),
+            (MASTER_ROLE, None, false, false),
+        ];
+        for (role, manifest_flag, configured, want) in cases {
+            for deprecated in [None, Some(!want)] {
+                let mut pg = minimal();
+                pg.spec.enable_master_load_balancer = manifest_flag;
+                pg.spec.enable_replica_load_balancer = manifest_flag;
+                let config = OperatorConfig {
+                    enable_master_load_balancer: configured,
+                    enable_replica_load_balancer: configured,
+                    enable_load_balancer: deprecated,
+                    ..OperatorConfig::default()
+                };
+                let what = format!("{role} {manifest_flag:?} {configured} {deprecated:?}");
+                assert_eq!(load_balancer_enabled(&pg, &config, role), want, "{what}");
+                let spec = desired_service(&pg, &config, role).spec.unwrap();
+                let type_ = if want { "LoadBalancer" } else { "ClusterIP" };
+                assert_eq!(spec.type_.as_deref(), Some(type_), "{what}");
+                assert_eq!(
+                    spec.external_traffic_policy.is_some(),
+                    want,
+                    "{what}: traffic policy only for load balancers"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn deprecated_manifest_flags() {
+        // (enableMaster, enableReplica, useLoadBalancer, replicaLoadBalancer, want)
+        let cases = [
+            (
+                None,
+                None,
+                Some(true),
+                Some(false),
+                (Some(true), Some(false)),
+            ),
+            (None, None, None, Some(true), (None, Some(true))),
+            // Any new flag set: the old ones are ignored, for both roles.
+            (None, Some(false), Some(true), None, (None, Some(false))),
+            (Some(false), None, None, Some(true), (Some(false), None)),
+            (
+                Some(true),
+                Some(true),
+                Some(false),
+                Some(false),
+                (Some(true), Some(true)),
+            ),
+        ];
+        for (master, replica, old_master, old_replica, want) in cases {
+            assert_eq!(
+                merge_deprecated_load_balancer_flags(master, replica, old_master, old_replica),
+                want
+            );
+        }
+    }
+
+    #[test]
+    fn node_ports() {
+        let pg = |extra: &str| {
+            manifest(
+                "acid-np",
+                &format!("  teamId: acid\n  numberOfInstances: 1\n  volume: {{size: 1Gi}}\n  postgresql: {{version: \"15\"}}\n  allowedSourceRanges: [10.0.0.0/8]\n{extra}"),
+            )
+        };
+        // (manifest, role, want type, want node port)
+        let cases: &[(&str, &str, &str, Option<i32>)] = &[
+            ("", MASTER_ROLE, "LoadBalancer", None),
+            ("", REPLICA_ROLE, "ClusterIP", None),
+            ("  masterNodePort: 30432\n", MASTER_ROLE, "LoadBalancer", None),
+            (
+                "  enableMasterNodePort: true\n  masterNodePort: 30432\n",
+                MASTER_ROLE,
+                "NodePort",
+                Some(30432),
+            ),
+            ("  enableMasterNodePort: true\n", MASTER_ROLE, "NodePort", None),
+            (
+                "  enableMasterNodePort: true\n  masterNodePort: 0\n",
+                MASTER_ROLE,
+                "NodePort",
+                None,
+            ),
+            (
+                "  enableReplicaNodePort: true\n  enableReplicaLoadBalancer: true\n  replicaNodePort: 30433\n",
+                REPLICA_ROLE,
+                "NodePort",
+                Some(30433),
+            ),
+            (
+                "  enableReplicaNodePort: true\n  replicaNodePort: 30433\n",
+                MASTER_ROLE,
+                "LoadBalancer",
+                None,
+            ),
+            (
+                "  enableMasterNodePort: false\n  masterNodePort: 30432\n",
+                MASTER_ROLE,
+                "LoadBalancer",
+                None,
+            ),
+        ];
+        let config = OperatorConfig::default();
+        for (extra, role, want_type, want_port) in cases {
+            let service = desired_service(&pg(extra), &config, role);
+            let spec = service.spec.unwrap();
+            let what = format!("{extra:?} {role}");
+            assert_eq!(spec.type_.as_deref(), Some(*want_type), "{what}");
+            let port = &spec.ports.as_ref().unwrap()[0];
+            assert_eq!(port.node_port, *want_port, "{what}");
+            assert_eq!(port.port, 5432, "{what}");
+            let annotations = service.metadata.annotations.unwrap_or_default();
+            if *want_type == "NodePort" {
+                assert!(spec.load_balancer_source_ranges.is_none(), "{what}");
+                assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
+                assert!(
+                    !annotations.contains_key(DNS_NAME_ANNOTATION),
+                    "{what}: no load balancer DNS name"
+                );
+            }
+        }
+
+        let problems = |extra: &str| node_port_problems(&pg(extra));
+        assert!(problems("  enableMasterNodePort: true\n  masterNodePort: 30432\n  enableReplicaNodePort: true\n  replicaNodePort: 30433\n").is_empty());
+        assert!(
+            problems("  enableMasterNodePort: true\n  enableReplicaNodePort: true\n").is_empty()
+        );
+        assert!(problems("  enableMasterNodePort: true\n  masterNodePort: 30432\n  enableReplicaNodePort: true\n  replicaNodePort: 30432\n")[0].contains("both 30432"));
+        assert!(
+            problems("  enableReplicaNodePort: true\n  replicaNodePort: -1\n")[0]
+                .contains("replicaNodePort -1 is not a port")
+        );
+        assert!(
+            problems("  masterNodePort: -1\n").is_empty(),
+            "ignored when disabled"
+        );
+    }
+
+    #[test]
+    fn owner_references_when_enabled() {
+        let mut pg = minimal();
+        pg.metadata.uid = Some("uid-1".into());
+        for enabled in [false, true] {
+            let config = OperatorConfig {
+                enable_owner_references: enabled,
+                ..no_load_balancers()
+            };
+            let mut owners: Vec<_> = desired_services(&pg, &config)
+                .into_iter()
+                .map(|s| s.metadata.owner_references)
+                .collect();
+            owners.push(
+                desired_endpoints(&pg, &config)
+                    .unwrap()
+                    .metadata
+                    .owner_references,
+            );
+            for owner in owners {
+                match owner {
+                    None => assert!(!enabled),
+                    Some(refs) => {
+                        assert!(enabled);
+                        assert_eq!(
+                            (refs[0].kind.as_str(), refs[0].uid.as_str()),
+                            ("postgresql", "uid-1")
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,10 +1,10 @@
 //! The environment of the Spilo container: the contract through which Spilo configures
 //! Patroni and PostgreSQL, in the order of Zalando's `generateSpiloPodEnvVars`.
 //!
-//! Left out for now (Zalando has them): the variables read from `pod_environment_configmap`
-//! and `pod_environment_secret`, which need API reads (the caller may add them with
-//! [`append_missing`]). The TLS variables (`SSL_*`) come with their volumes from
-//! [`super::statefulset`].
+//! The variables of `pod_environment_configmap` and `pod_environment_secret` need API
+//! reads, which builders do not do: the caller reads the objects named by
+//! [`pod_environment_sources`] and passes their content as a [`PodEnvironment`]. The TLS
+//! variables (`SSL_*`) come with their volumes from [`super::statefulset`].
 //!
 //! One deliberate difference: Zalando's newest `SPILO_CONFIGURATION` no longer carries
 //! `bootstrap.users` (Spilo creates the PAM role itself); pgop keeps it, as older Zalando
@@ -48,11 +48,76 @@ pub fn desired_major_version(pg: &Postgresql, config: &OperatorConfig) -> String
     version.clone()
 }
 
-/// The Spilo container's environment: the operator's core variables, then the manifest's
-/// `env` (core variables win over manifest ones of the same name, compared
-/// case-insensitively as Zalando does), clone and standby settings, then WAL/log bucket
-/// settings from the operator configuration.
+/// What the pods' environment ConfigMap and Secret hold, read by the caller (builders do
+/// no I/O). The default is "nothing configured".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodEnvironment {
+    /// The `data` of the `pod_environment_configmap` ConfigMap: variables with values.
+    pub config_map: BTreeMap<String, String>,
+    /// The keys of the `pod_environment_secret` Secret: each becomes a variable of the same
+    /// name read from the Secret (`secretKeyRef`), so no secret value enters the pod spec.
+    pub secret_keys: Vec<String>,
+    /// The Secret's name, for the references; `None`: the name in `pod_environment_secret`.
+    pub secret_name: Option<String>,
+}
+
+/// An object named `[namespace/]name` in the configuration: (namespace if given, name).
+pub type ObjectName = (Option<String>, String);
+
+/// Which ConfigMap and Secret hold the pods' extra environment: `pod_environment_configmap`
+/// and `pod_environment_secret`, each `[namespace/]name` (`None` when unset).
+///
+/// Where the caller reads them, as Zalando does: the ConfigMap from the given namespace,
+/// else the operator's own, falling back to the cluster's namespace when it is not found
+/// there; the Secret from the cluster's namespace (a pod can only reference Secrets of its
+/// own namespace, so a namespace given for it must be the cluster's).
+pub fn pod_environment_sources(
+    config: &OperatorConfig,
+) -> (Option<ObjectName>, Option<ObjectName>) {
+    let parse = |setting: &Option<String>| -> Option<ObjectName> {
+        let text = setting
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())?;
+        match text.split_once('/') {
+            Some((namespace, name)) if !name.is_empty() => Some((
+                Some(namespace.to_string()).filter(|n| !n.is_empty()),
+                name.to_string(),
+            )),
+            Some(_) => None,
+            None => Some((None, text.to_string())),
+        }
+    };
+    (
+        parse(&config.pod_environment_configmap),
+        parse(&config.pod_environment_secret),
+    )
+}
+
+/// The Spilo container's environment without a pod environment ConfigMap or Secret; see
+/// [`spilo_env_with`].
 pub fn spilo_env(pg: &Postgresql, config: &OperatorConfig) -> Vec<EnvVar> {
+    spilo_env_with(pg, config, &PodEnvironment::default())
+}
+
+/// The Spilo container's environment, in Zalando's order and with its precedence (a name
+/// already defined wins, compared case-insensitively, except that clone and standby
+/// variables are always added):
+///
+/// 1. the operator's core variables, which nothing overrides;
+/// 2. the manifest's `env`;
+/// 3. clone and standby settings;
+/// 4. the keys of the pod environment Secret (sorted), as references to the Secret;
+/// 5. the pod environment ConfigMap's variables (sorted);
+/// 6. WAL/log bucket settings from the operator configuration.
+///
+/// So the manifest overrides the Secret, the Secret the ConfigMap, and all three the
+/// bucket settings (e.g. a ConfigMap `wal_s3_bucket` replaces `WAL_S3_BUCKET`).
+pub fn spilo_env_with(
+    pg: &Postgresql,
+    config: &OperatorConfig,
+    pod_env: &PodEnvironment,
+) -> Vec<EnvVar> {
     let cluster = cluster_name(pg);
     let mut env = vec![
         value("SCOPE", cluster),
@@ -113,8 +178,40 @@ pub fn spilo_env(pg: &Postgresql, config: &OperatorConfig) -> Vec<EnvVar> {
     if let Some(standby) = &pg.spec.standby {
         env.extend(standby_env(standby));
     }
+    let secret_name = pod_env
+        .secret_name
+        .clone()
+        .or_else(|| pod_environment_sources(config).1.map(|(_, name)| name));
+    if let Some(secret) = secret_name {
+        let mut keys: Vec<&String> = pod_env.secret_keys.iter().collect();
+        keys.sort();
+        keys.dedup();
+        append_missing(
+            &mut env,
+            keys.into_iter()
+                .map(|key| secret_key_ref(key, secret.clone(), key)),
+        );
+    }
+    append_missing(
+        &mut env,
+        pod_env.config_map.iter().map(|(name, v)| value(name, v)),
+    );
     append_missing(&mut env, bucket_env(pg, config));
     env
+}
+
+/// The variables Zalando gives every sidecar, before the sidecar's own: the pod's name and
+/// namespace and the superuser's credentials.
+pub fn sidecar_env(pg: &Postgresql, config: &OperatorConfig) -> Vec<EnvVar> {
+    vec![
+        field_ref("POD_NAME", "metadata.name"),
+        field_ref("POD_NAMESPACE", "metadata.namespace"),
+        value("POSTGRES_USER", &config.super_username),
+        secret_ref(
+            "POSTGRES_PASSWORD",
+            secret_name(config, &config.super_username, cluster_name(pg)),
+        ),
+    ]
 }
 
 /// Appends the variables whose name is not defined yet (case-insensitively): earlier
@@ -281,13 +378,18 @@ fn field_ref(name: &str, path: &str) -> EnvVar {
 
 /// A variable read from the `password` key of a credentials Secret.
 fn secret_ref(name: &str, secret: String) -> EnvVar {
+    secret_key_ref(name, secret, "password")
+}
+
+/// A variable read from `key` of the Secret `secret`.
+fn secret_key_ref(name: &str, secret: String, key: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: None,
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret,
-                key: "password".into(),
+                key: key.into(),
                 optional: None,
             }),
             ..EnvVarSource::default()
@@ -845,5 +947,272 @@ mod tests {
         for (config, want) in cases {
             assert_eq!(spilo_configuration(&minimal(), &config), want);
         }
+    }
+
+    /// Zalando's mock pod environment: the ConfigMap `pod_env_cm` and Secret `pod_env_sc`.
+    fn zalandos_pod_environment() -> PodEnvironment {
+        PodEnvironment {
+            config_map: [
+                ("clone_aws_endpoint", "s3.eu-west-1.amazonaws.com"),
+                ("custom_variable", "configmap-test"),
+                ("kubernetes_scope_label", "pgaas"),
+                ("wal_s3_bucket", "global-s3-bucket-configmap"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            secret_keys: vec![
+                "standby_google_application_credentials".into(),
+                "custom_variable".into(),
+                "clone_aws_access_key_id".into(),
+            ],
+            secret_name: Some("pod_env_sc".into()),
+        }
+    }
+
+    /// How a variable is defined: its value, or `secret:<name>/<key>`.
+    fn definition(env: &[EnvVar], name: &str) -> Option<String> {
+        let var = env.iter().find(|e| e.name == name)?;
+        Some(
+            match var
+                .value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+            {
+                Some(secret) => format!("secret:{}/{}", secret.name, secret.key),
+                None => var.value.clone().unwrap_or_default(),
+            },
+        )
+    }
+
+    #[test]
+    fn pod_environment_precedence() {
+        // Zalando's TestGenerateSpiloPodEnvVars cases: (what, manifest extra, config, pod
+        // environment, expected definitions; None: absent).
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            OperatorConfig,
+            PodEnvironment,
+            &'a [(&'a str, Option<&'a str>)],
+        );
+        let with_bucket = || OperatorConfig {
+            wal_s3_bucket: Some("global-s3-bucket".into()),
+            ..OperatorConfig::default()
+        };
+        let only_config_map = || PodEnvironment {
+            secret_keys: Vec::new(),
+            secret_name: None,
+            ..zalandos_pod_environment()
+        };
+        let only_secret = || PodEnvironment {
+            config_map: BTreeMap::new(),
+            ..zalandos_pod_environment()
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "core variables are never overridden",
+                "  env:\n  - {name: KUBERNETES_SCOPE_LABEL, value: my-scope-label}\n",
+                OperatorConfig::default(),
+                only_config_map(),
+                &[
+                    ("KUBERNETES_SCOPE_LABEL", Some("cluster-name")),
+                    ("kubernetes_scope_label", None),
+                ],
+            ),
+            (
+                "the ConfigMap overrides the global WAL bucket",
+                "",
+                with_bucket(),
+                only_config_map(),
+                &[
+                    ("wal_s3_bucket", Some("global-s3-bucket-configmap")),
+                    ("WAL_S3_BUCKET", None),
+                    ("WAL_BUCKET_SCOPE_PREFIX", Some("")),
+                ],
+            ),
+            (
+                "the manifest overrides the global WAL bucket",
+                "  env:\n  - {name: WAL_S3_BUCKET, value: custom-s3-bucket}\n",
+                with_bucket(),
+                PodEnvironment::default(),
+                &[("WAL_S3_BUCKET", Some("custom-s3-bucket"))],
+            ),
+            (
+                "the Secret wins over the ConfigMap",
+                "",
+                OperatorConfig::default(),
+                zalandos_pod_environment(),
+                &[("custom_variable", Some("secret:pod_env_sc/custom_variable"))],
+            ),
+            (
+                "the ConfigMap alone",
+                "",
+                OperatorConfig::default(),
+                only_config_map(),
+                &[("custom_variable", Some("configmap-test"))],
+            ),
+            (
+                "the manifest wins over Secret and ConfigMap",
+                "  env:\n  - {name: CUSTOM_VARIABLE, value: spec-env-test}\n",
+                OperatorConfig::default(),
+                zalandos_pod_environment(),
+                &[
+                    ("CUSTOM_VARIABLE", Some("spec-env-test")),
+                    ("custom_variable", None),
+                ],
+            ),
+            (
+                "clone settings of the manifest win over the ConfigMap",
+                "  clone: {cluster: test-cluster, timestamp: somewhen, uid: u-1, s3_wal_path: \"s3://another-bucket\", s3_endpoint: s3.eu-central-1.amazonaws.com}\n",
+                with_bucket(),
+                only_config_map(),
+                &[
+                    ("CLONE_WALE_S3_PREFIX", Some("s3://another-bucket")),
+                    ("CLONE_AWS_ENDPOINT", Some("s3.eu-central-1.amazonaws.com")),
+                    ("clone_aws_endpoint", None),
+                ],
+            ),
+            (
+                "clone endpoint from the ConfigMap",
+                "  clone: {cluster: test-cluster, timestamp: somewhen, uid: u-1}\n",
+                with_bucket(),
+                only_config_map(),
+                &[
+                    ("CLONE_WAL_S3_BUCKET", Some("global-s3-bucket")),
+                    ("CLONE_WAL_BUCKET_SCOPE_SUFFIX", Some("/u-1")),
+                    ("clone_aws_endpoint", Some("s3.eu-west-1.amazonaws.com")),
+                ],
+            ),
+            (
+                "clone key from the Secret",
+                "  clone: {cluster: test-cluster, timestamp: somewhen, uid: u-1}\n",
+                with_bucket(),
+                only_secret(),
+                &[(
+                    "clone_aws_access_key_id",
+                    Some("secret:pod_env_sc/clone_aws_access_key_id"),
+                )],
+            ),
+            (
+                "standby credentials from the Secret",
+                "  standby: {gs_wal_path: \"gs://some/path/\"}\n",
+                with_bucket(),
+                only_secret(),
+                &[
+                    ("STANDBY_WALE_GS_PREFIX", Some("gs://some/path/")),
+                    (
+                        "standby_google_application_credentials",
+                        Some("secret:pod_env_sc/standby_google_application_credentials"),
+                    ),
+                ],
+            ),
+        ];
+        for (what, extra, config, pod_env, expected) in cases {
+            let pg = manifest(
+                "acid-env",
+                &format!("  teamId: acid\n  numberOfInstances: 1\n  volume: {{size: 1Gi}}\n  postgresql: {{version: \"15\"}}\n{extra}"),
+            );
+            let env = spilo_env_with(&pg, &config, &pod_env);
+            for (name, want) in expected {
+                assert_eq!(definition(&env, name).as_deref(), *want, "{what}: {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn pod_environment_order() {
+        let config = OperatorConfig {
+            wal_s3_bucket: Some("global-s3-bucket".into()),
+            pod_environment_secret: Some("pod_env_sc".into()),
+            ..OperatorConfig::default()
+        };
+        let pod_env = PodEnvironment {
+            secret_name: None,
+            ..zalandos_pod_environment()
+        };
+        let env = spilo_env_with(&minimal(), &config, &pod_env);
+        let tail: Vec<(&str, String)> = env
+            .iter()
+            .skip_while(|e| e.name != "KUBERNETES_BOOTSTRAP_LABELS")
+            .skip(1)
+            .map(|e| (e.name.as_str(), definition(&env, &e.name).unwrap()))
+            .collect();
+        let s = String::from;
+        assert_eq!(
+            tail,
+            [
+                (
+                    "clone_aws_access_key_id",
+                    s("secret:pod_env_sc/clone_aws_access_key_id")
+                ),
+                ("custom_variable", s("secret:pod_env_sc/custom_variable")),
+                (
+                    "standby_google_application_credentials",
+                    s("secret:pod_env_sc/standby_google_application_credentials")
+                ),
+                ("clone_aws_endpoint", s("s3.eu-west-1.amazonaws.com")),
+                ("wal_s3_bucket", s("global-s3-bucket-configmap")),
+                ("WAL_BUCKET_SCOPE_SUFFIX", s("")),
+                ("WAL_BUCKET_SCOPE_PREFIX", s("")),
+            ],
+            "Secret keys, then ConfigMap values (each sorted), then bucket settings; \
+             the Secret name comes from pod_environment_secret"
+        );
+        assert_eq!(
+            spilo_env(&minimal(), &config),
+            spilo_env_with(&minimal(), &config, &PodEnvironment::default())
+        );
+    }
+
+    #[test]
+    fn pod_environment_source_names() {
+        type Name = Option<(Option<&'static str>, &'static str)>;
+        let cases: &[(Option<&str>, Name)] = &[
+            (None, None),
+            (Some(""), None),
+            (Some("my-custom-config"), Some((None, "my-custom-config"))),
+            (
+                Some("default/my-custom-config"),
+                Some((Some("default"), "my-custom-config")),
+            ),
+            (Some(" ops/env "), Some((Some("ops"), "env"))),
+            (Some("/env"), Some((None, "env"))),
+            (Some("ops/"), None),
+        ];
+        for (setting, want) in cases {
+            let config = OperatorConfig {
+                pod_environment_configmap: setting.map(String::from),
+                pod_environment_secret: setting.map(String::from),
+                ..OperatorConfig::default()
+            };
+            let want: Option<ObjectName> =
+                want.map(|(ns, name)| (ns.map(String::from), name.to_string()));
+            assert_eq!(
+                pod_environment_sources(&config),
+                (want.clone(), want),
+                "{setting:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sidecar_variables() {
+        let env = sidecar_env(&minimal(), &OperatorConfig::default());
+        let s = String::from;
+        assert_eq!(
+            describe(&env),
+            [
+                (s("POD_NAME"), s(""), s("metadata.name"), s("")),
+                (s("POD_NAMESPACE"), s(""), s("metadata.namespace"), s("")),
+                (s("POSTGRES_USER"), s("postgres"), s(""), s("")),
+                (
+                    s("POSTGRES_PASSWORD"),
+                    s(""),
+                    s(""),
+                    s("postgres.acid-minimal-cluster.credentials.postgresql.acid.zalan.do")
+                ),
+            ]
+        );
     }
 }

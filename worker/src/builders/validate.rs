@@ -2,10 +2,13 @@
 //! of Zalando's manifest decoding (`marshal.go`, `util.go`: cluster name, clone source,
 //! maintenance windows) and of its controller (`{team}-` prefix when
 //! `enable_team_id_clustername_prefix`), plus manifest errors Zalando only finds while
-//! creating objects (quantities, users and their flags, containers without image).
+//! creating objects (quantities, users and their flags, containers without image, sidecars
+//! and init containers the configuration disables, clashing additional volumes, node ports).
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
 
+use super::services::node_port_problems;
+use super::statefulset::pod_problems;
 use super::{cluster_name, quantity, BuildError};
 
 /// Longest name a Service may have (DNS-1035 label).
@@ -82,6 +85,8 @@ pub fn validate(pg: &Postgresql, config: &OperatorConfig) -> Result<(), BuildErr
             }
         }
     }
+    problems.extend(pod_problems(pg, config));
+    problems.extend(node_port_problems(pg));
     match problems.is_empty() {
         true => Ok(()),
         false => Err(BuildError::Invalid(problems.join("; "))),
@@ -307,6 +312,14 @@ mod tests {
             ..OperatorConfig::default()
         };
         let default = OperatorConfig::default();
+        let no_sidecars = OperatorConfig {
+            enable_sidecars: false,
+            ..OperatorConfig::default()
+        };
+        let no_init_containers = OperatorConfig {
+            enable_init_containers: false,
+            ..OperatorConfig::default()
+        };
         // (cluster name, spec, config, None if valid / Some(message fragment))
         let cases: Vec<(&str, String, &OperatorConfig, Option<&str>)> = vec![
             ("acid-minimal-cluster", spec_with(""), &default, None),
@@ -445,6 +458,36 @@ mod tests {
                 spec_with("  initContainers:\n  - {name: date}\n"),
                 &default,
                 Some("initContainers[0] (\"date\") has no image"),
+            ),
+            (
+                "acid-x",
+                spec_with("  sidecars:\n  - {name: exporter, image: exporter:1}\n"),
+                &no_sidecars,
+                Some("sidecar containers are disabled by the operator configuration (enable_sidecars)"),
+            ),
+            (
+                "acid-x",
+                spec_with("  initContainers:\n  - {name: date, image: busybox}\n"),
+                &no_init_containers,
+                Some("init containers are disabled by the operator configuration (enable_init_containers)"),
+            ),
+            (
+                "acid-x",
+                spec_with("  additionalVolumes:\n  - {name: data, mountPath: /home/postgres/pgdata, volumeSource: {emptyDir: {}}}\n"),
+                &default,
+                Some("cannot be mounted at /home/postgres/pgdata, the mount path of the data directory"),
+            ),
+            (
+                "acid-x",
+                spec_with("  enableMasterNodePort: true\n  masterNodePort: 70000\n"),
+                &default,
+                Some("masterNodePort 70000 is not a port"),
+            ),
+            (
+                "acid-x",
+                spec_with("  enableMasterNodePort: false\n  masterNodePort: 70000\n"),
+                &default,
+                None,
             ),
         ];
         for (name, spec, config, want) in cases {
