@@ -15,6 +15,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use pgop_e2e::pgop::{free_port, grpcurl, PgopProcess};
 use pgop_e2e::{wait, Environment, EnvironmentOptions};
 
+#[path = "e2e/compat.rs"]
+mod compat;
 #[path = "e2e/operator.rs"]
 mod operator;
 
@@ -51,6 +53,10 @@ fn main() {
         (
             "pgop_moves_clusters_between_workers_and_loses_no_event",
             || block_on(operator::clusters_move_between_workers()),
+        ),
+        (
+            "zalando_complete_manifest_and_configuration_unchanged",
+            || block_on(compat::zalando_complete_manifest()),
         ),
     ];
     let trials: Vec<Trial> = tests
@@ -184,12 +190,21 @@ async fn master_and_replica(pods: &Api<Pod>, timeout: Duration) -> Result<(Pod, 
 }
 
 async fn connect(ip: &str, password: &str) -> Result<tokio_postgres::Client> {
+    connect_as(ip, "postgres", password, "postgres").await
+}
+
+async fn connect_as(
+    ip: &str,
+    user: &str,
+    password: &str,
+    dbname: &str,
+) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::Config::new()
         .host(ip)
         .port(5432)
-        .user("postgres")
+        .user(user)
         .password(password)
-        .dbname("postgres")
+        .dbname(dbname)
         .connect_timeout(Duration::from_secs(5))
         .connect(tokio_postgres::NoTls)
         .await

@@ -58,7 +58,11 @@ pub async fn install_crd() -> Result<()> {
 }
 
 /// The CRD, the pods' ClusterRole and the operator ConfigMap in `system_ns`.
-pub(crate) async fn prepare(client: &Client, system_ns: &str, config: &[(&str, &str)]) -> Result<()> {
+pub(crate) async fn prepare(
+    client: &Client,
+    system_ns: &str,
+    config: &[(&str, &str)],
+) -> Result<()> {
     namespace(client, system_ns).await?;
     install_crd().await?;
     apply_cluster_wide("manifests/postgres-pod-rbac.yaml").await?;
@@ -246,7 +250,14 @@ pub async fn minimal_manifest_end_to_end() -> Result<()> {
             .await?,
         none: "/dev/null".into(),
     };
-    let pgop = Pgop::start("minimal", system_ns, 2, &env().state_dir, &kubeconfigs, None)?;
+    let pgop = Pgop::start(
+        "minimal",
+        system_ns,
+        2,
+        &env().state_dir,
+        &kubeconfigs,
+        None,
+    )?;
 
     env().kubectl(&[
         "apply",
@@ -455,7 +466,12 @@ pub(crate) async fn replicas(client: &Client, ns: &str, name: &str) -> Result<Op
         .and_then(|s| s.spec?.replicas))
 }
 
-pub(crate) async fn wait_replicas(client: &Client, ns: &str, name: &str, want: Option<i32>) -> Result<()> {
+pub(crate) async fn wait_replicas(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    want: Option<i32>,
+) -> Result<()> {
     wait::until(
         &format!("{ns}/{name} with replicas {want:?}"),
         Duration::from_secs(60),
@@ -472,7 +488,11 @@ pub(crate) async fn wait_replicas(client: &Client, ns: &str, name: &str, want: O
 }
 
 /// resourceVersions of a cluster's StatefulSet, Services and Secrets.
-pub(crate) async fn versions(client: &Client, ns: &str, cluster: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) async fn versions(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
         .get(cluster)

@@ -1,0 +1,263 @@
+//! Zalando's own manifests and configuration, unchanged, on the local environment: the
+//! objects a user migrating from Zalando's operator gets (the manifest-to-objects issue).
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::ListParams;
+use kube::Api;
+use pgop_e2e::pgop::{Kubeconfigs, Pgop};
+use pgop_e2e::wait;
+use serde_json::Value;
+
+use super::operator::{
+    apply_cluster_wide, cluster_status, events_of, install_crd, simulated_cluster, wait_gone,
+    wait_running,
+};
+use super::{connect_as, env, is_ready, namespace, pod_ip, secret_value};
+
+fn corpus(file: &str) -> String {
+    pgop_e2e::env::workspace_root()
+        .join("../shared/zalando-manifests")
+        .join(file)
+        .display()
+        .to_string()
+}
+
+fn kubectl_json(args: &[&str]) -> Result<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = env().kubectl(&all)?;
+    serde_json::from_str(&out).context("kubectl JSON")
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// `complete-postgres-manifest.yaml` with Zalando's `configmap.yaml`: the objects, then the
+/// pooler and the logical backup switched on and off, a manifest the configuration
+/// forbids, and the deletion.
+pub async fn zalando_complete_manifest() -> Result<()> {
+    let (system_ns, ns, cluster) = ("e2e-compat-system", "e2e-compat", "acid-test-cluster");
+    let client = env().client().await?;
+    namespace(&client, system_ns).await?;
+    namespace(&client, ns).await?;
+    install_crd().await?;
+    apply_cluster_wide("manifests/postgres-pod-rbac.yaml").await?;
+    env().kubectl(&["apply", "-n", system_ns, "-f", &corpus("configmap.yaml")])?;
+    // The corpus watches every namespace; the environment variable narrows it to ours.
+    let pgop = Pgop::start(
+        "compat",
+        system_ns,
+        1,
+        &env().state_dir,
+        &Kubeconfigs::admin(&env().kubeconfig),
+        Some(ns),
+    )?;
+    env().kubectl(&[
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        &corpus("complete-postgres-manifest.yaml"),
+    ])?;
+    wait_running(ns, cluster, Duration::from_secs(240)).await?;
+
+    // The StatefulSet as Zalando's operator builds it from these two files.
+    let sts = kubectl_json(&["get", "statefulset", "-n", ns, cluster])?;
+    let pod = &sts["spec"]["template"]["spec"];
+    let postgres = pod["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "postgres"))
+        .context("no postgres container")?;
+    ensure!(
+        postgres["image"] == "ghcr.io/zalando/spilo-18:4.1-p2",
+        "{}",
+        postgres["image"]
+    );
+    ensure!(
+        postgres["resources"]["requests"] == serde_json::json!({"cpu": "10m", "memory": "100Mi"})
+            && postgres["resources"]["limits"]
+                == serde_json::json!({"cpu": "500m", "memory": "500Mi"}),
+        "resources {}",
+        postgres["resources"]
+    );
+    ensure!(
+        env_value(postgres, "PGVERSION").and_then(|v| v["value"].as_str()) == Some("18"),
+        "PGVERSION"
+    );
+    let spilo: Value = serde_json::from_str(
+        env_value(postgres, "SPILO_CONFIGURATION")
+            .and_then(|v| v["value"].as_str())
+            .context("SPILO_CONFIGURATION")?,
+    )?;
+    ensure!(
+        spilo["postgresql"]["parameters"]["shared_buffers"] == "32MB"
+            && spilo["bootstrap"]["dcs"]["maximum_lag_on_failover"] == 33554432,
+        "SPILO_CONFIGURATION {spilo}"
+    );
+    let mounts: Vec<(&str, &str)> = postgres["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some((m["name"].as_str()?, m["mountPath"].as_str()?)))
+        .collect();
+    for want in [
+        ("pgdata", "/home/postgres/pgdata"),
+        ("dshm", "/dev/shm"),
+        ("empty", "/opt/empty"),
+    ] {
+        ensure!(mounts.contains(&want), "mount {want:?} in {mounts:?}");
+    }
+    ensure!(
+        pod["initContainers"][0]["name"] == "date",
+        "init containers {}",
+        pod["initContainers"]
+    );
+    ensure!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi",
+        "claim"
+    );
+    // Endpoints mode (the corpus's kubernetes_use_configmaps: false): no master selector.
+    let master = kubectl_json(&["get", "service", "-n", ns, cluster])?;
+    ensure!(
+        master["spec"]["selector"].is_null() && master["spec"]["type"] == "ClusterIP",
+        "master service {}",
+        master["spec"]
+    );
+    let budget = kubectl_json(&[
+        "get",
+        "poddisruptionbudget",
+        "-n",
+        ns,
+        &format!("postgres-{cluster}-pdb"),
+    ])?;
+    ensure!(
+        budget["spec"]["minAvailable"] == 1
+            && budget["spec"]["selector"]["matchLabels"]["spilo-role"] == "master",
+        "pdb {}",
+        budget["spec"]
+    );
+
+    // The connection pooler: pgbouncer pods that accept the pooler user.
+    let patch = |spec: &str| -> Result<String> {
+        env().kubectl(&[
+            "patch",
+            "pg",
+            "-n",
+            ns,
+            cluster,
+            "--type",
+            "merge",
+            "-p",
+            &format!("{{\"spec\":{spec}}}"),
+        ])
+    };
+    patch(r#"{"enableConnectionPooler":true,"enableLogicalBackup":true}"#)?;
+    let pooler = format!("{cluster}-pooler");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let ready = wait::until(
+        "two Ready pooler pods",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("connection-pooler={pooler}")))
+                .await?
+                .items;
+            let ready: Vec<Pod> = list.into_iter().filter(is_ready).collect();
+            Ok((ready.len() == 2).then_some(ready))
+        },
+    )
+    .await?;
+    let password = secret_value(
+        &client,
+        ns,
+        &format!("pooler.{cluster}.credentials.postgresql.acid.zalan.do"),
+        "password",
+    )
+    .await?;
+    let ip = pod_ip(&ready[0]).context("pooler pod IP")?;
+    let admin = connect_as(&ip, "pooler", &password, "pgbouncer").await?;
+    let version = admin.simple_query("SHOW VERSION").await?;
+    ensure!(!version.is_empty(), "pgbouncer answered nothing");
+    Api::<Service>::namespaced(client.clone(), ns)
+        .get(&pooler)
+        .await?;
+    let job = kubectl_json(&[
+        "get",
+        "cronjob",
+        "-n",
+        ns,
+        &format!("logical-backup-{cluster}"),
+    ])?;
+    ensure!(job["spec"]["schedule"] == "30 00 * * *", "{}", job["spec"]);
+
+    // Switched off again: the pooler and the backup job go away.
+    patch(r#"{"enableConnectionPooler":false,"enableLogicalBackup":false}"#)?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wait::until(
+        "the pooler and the backup job removed",
+        Duration::from_secs(60),
+        || async {
+            let deployment = deployments.get_opt(&pooler).await?;
+            let jobs = env().kubectl(&["get", "cronjobs", "-n", ns, "-o", "name"])?;
+            if deployment.is_none() && jobs.trim().is_empty() {
+                Ok(Some(()))
+            } else {
+                bail!("deployment {}, cronjobs {jobs:?}", deployment.is_some())
+            }
+        },
+    )
+    .await?;
+
+    // A manifest the configuration forbids: sidecars while enable_sidecars is off, on a
+    // second cluster; the first one stays Running.
+    env().kubectl(&[
+        "patch",
+        "configmap",
+        "postgres-operator",
+        "-n",
+        system_ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"enable_sidecars":"false"}}"#,
+    ])?;
+    let forbidden = simulated_cluster("acid-with-sidecar", 1).replace(
+        "  tolerations:",
+        "  sidecars: [{name: tail, image: busybox}]\n  tolerations:",
+    );
+    env().apply(ns, &forbidden)?;
+    wait::until(
+        "the sidecar cluster Invalid",
+        Duration::from_secs(60),
+        || async { Ok((cluster_status(ns, "acid-with-sidecar")? == "Invalid").then_some(())) },
+    )
+    .await?;
+    let events = events_of(ns, "acid-with-sidecar")?;
+    ensure!(
+        events.contains("enable_sidecars"),
+        "the reason in an Event: {events}"
+    );
+    ensure!(
+        cluster_status(ns, cluster)? == "Running",
+        "the other cluster is untouched"
+    );
+    ensure!(
+        Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .get_opt("acid-with-sidecar")
+            .await?
+            .is_none(),
+        "nothing built for the refused manifest"
+    );
+
+    env().kubectl(&["delete", "pg", "-n", ns, cluster, "acid-with-sidecar"])?;
+    wait_gone(&client, ns, cluster).await?;
+    drop(pgop);
+    Ok(())
+}
