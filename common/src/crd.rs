@@ -77,8 +77,15 @@ pub struct PostgresSpec {
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_master_load_balancer: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_replica_load_balancer: Option<bool>,
+    /// Deprecated predecessor of `enableMasterLoadBalancer`: counts only when neither new
+    /// flag is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_load_balancer: Option<bool>,
+    /// Deprecated predecessor of `enableReplicaLoadBalancer` (same rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_load_balancer: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_master_node_port: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

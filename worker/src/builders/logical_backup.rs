@@ -146,6 +146,7 @@ pub fn desired_logical_backup(
     let mut metadata = object_meta(pg, logical_backup_job_name(config, cluster_name(pg)));
     metadata.labels = Some(object_labels(pg, config));
     metadata.annotations = non_empty(inherited_annotations(pg, config));
+    metadata.owner_references = super::labels::owner_references(pg, config);
     Ok(Some(CronJob {
         metadata,
         spec: Some(CronJobSpec {

@@ -330,4 +330,67 @@ mod tests {
             assert_eq!(namespace.as_deref(), Some("default"), "{what}");
         }
     }
+
+    #[test]
+    fn every_object_points_to_its_manifest_when_configured() {
+        let pg: Postgresql = serde_json::from_value(serde_json::json!({
+            "apiVersion": "acid.zalan.do/v1", "kind": "postgresql",
+            "metadata": {"name": "acid-own", "namespace": "ns", "uid": "u-1"},
+            "spec": {"teamId": "acid", "numberOfInstances": 1, "volume": {"size": "1Gi"},
+                     "postgresql": {"version": "15"}, "enableConnectionPooler": true,
+                     "enableLogicalBackup": true}
+        }))
+        .expect("manifest");
+        for enabled in [true, false] {
+            let config = pgop_common::config::OperatorConfig {
+                enable_owner_references: enabled,
+                ..Default::default()
+            };
+            let mut metas = vec![
+                (
+                    "statefulset",
+                    statefulset::desired_statefulset(&pg, &config)
+                        .unwrap()
+                        .metadata,
+                ),
+                (
+                    "secret",
+                    secrets::desired_secret(&pg, &config, "postgres", "x").metadata,
+                ),
+                (
+                    "pooler",
+                    pooler::desired_pooler_deployment(&pg, &config, pooler::PoolerRole::Master)
+                        .unwrap()
+                        .metadata,
+                ),
+                (
+                    "cronjob",
+                    logical_backup::desired_logical_backup(&pg, &config)
+                        .unwrap()
+                        .unwrap()
+                        .metadata,
+                ),
+            ];
+            metas.extend(
+                services::desired_services(&pg, &config)
+                    .into_iter()
+                    .map(|s| ("service", s.metadata)),
+            );
+            metas.extend(
+                pdb::desired_pdbs(&pg, &config)
+                    .into_iter()
+                    .map(|p| ("pdb", p.metadata)),
+            );
+            for (what, meta) in metas {
+                let uids: Vec<String> = meta
+                    .owner_references
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|o| o.uid)
+                    .collect();
+                let want: Vec<String> = if enabled { vec!["u-1".into()] } else { vec![] };
+                assert_eq!(uids, want, "{what} (enable_owner_references: {enabled})");
+            }
+        }
+    }
 }

@@ -94,6 +94,7 @@ fn budget(
     let mut metadata = object_meta(pg, name);
     metadata.labels = Some(object_labels(pg, config));
     metadata.annotations = non_empty(inherited_annotations(pg, config));
+    metadata.owner_references = super::labels::owner_references(pg, config);
     PodDisruptionBudget {
         metadata,
         spec: Some(PodDisruptionBudgetSpec {

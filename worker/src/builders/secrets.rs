@@ -63,6 +63,7 @@ pub fn desired_secret(
     let mut metadata = object_meta(pg, secret_name(config, username, cluster_name(pg)));
     metadata.labels = Some(object_labels(pg, config));
     metadata.annotations = non_empty(inherited_annotations(pg, config));
+    metadata.owner_references = super::labels::owner_references(pg, config);
     let data = BTreeMap::from([
         (
             "username".to_string(),

@@ -131,13 +131,11 @@ pub fn desired_endpoints(pg: &Postgresql, config: &OperatorConfig) -> Option<End
 /// else the configuration's `enable_{master,replica}_load_balancer`. The configuration's
 /// deprecated `enable_load_balancer` takes no effect.
 pub fn load_balancer_enabled(pg: &Postgresql, config: &OperatorConfig, role: &str) -> bool {
-    // crd.rs has no `useLoadBalancer`/`replicaLoadBalancer` (Zalando's deprecated flags):
-    // once it has, pass them here instead of `None`.
     let (master, replica) = merge_deprecated_load_balancer_flags(
         pg.spec.enable_master_load_balancer,
         pg.spec.enable_replica_load_balancer,
-        None,
-        None,
+        pg.spec.use_load_balancer,
+        pg.spec.replica_load_balancer,
     );
     match role {
         MASTER_ROLE => master.unwrap_or(config.enable_master_load_balancer),
@@ -448,6 +446,38 @@ mod tests {
                 merge_deprecated_load_balancer_flags(master, replica, old_master, old_replica),
                 want
             );
+        }
+    }
+
+    #[test]
+    fn deprecated_flags_in_a_manifest_decide_the_service_type() {
+        let pg = |extra: &str| {
+            manifest(
+                "acid-lb",
+                &format!("  teamId: acid\n  numberOfInstances: 1\n  volume: {{size: 1Gi}}\n  postgresql: {{version: \"15\"}}\n{extra}"),
+            )
+        };
+        let config = OperatorConfig {
+            enable_master_load_balancer: false,
+            ..Default::default()
+        };
+        // (manifest, master type, replica type)
+        let cases = [
+            ("  useLoadBalancer: true\n", "LoadBalancer", "ClusterIP"),
+            ("  replicaLoadBalancer: true\n", "ClusterIP", "LoadBalancer"),
+            (
+                "  useLoadBalancer: true\n  enableReplicaLoadBalancer: false\n",
+                "ClusterIP",
+                "ClusterIP",
+            ),
+        ];
+        for (extra, master, replica) in cases {
+            let pg = pg(extra);
+            let types: Vec<String> = desired_services(&pg, &config)
+                .into_iter()
+                .map(|s| s.spec.and_then(|s| s.type_).unwrap_or_default())
+                .collect();
+            assert_eq!(types, [master, replica], "{extra}");
         }
     }
 
