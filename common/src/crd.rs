@@ -77,7 +77,7 @@ pub struct PostgresSpec {
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_master_load_balancer: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_replica_load_balancer: Option<bool>,
     /// Deprecated predecessor of `enableMasterLoadBalancer`: counts only when neither new
     /// flag is set.

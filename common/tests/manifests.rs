@@ -1,6 +1,7 @@
 //! The deployment manifests fit together: every YAML document under `manifests/` and
 //! `deploy/` parses into its Kubernetes type without losing a field, the operator ConfigMap
-//! is one pgop reads without unknown keys, every binding points at a role and a
+//! is one pgop reads without unknown keys, the OperatorConfiguration CRD has Zalando's names
+//! and a structural schema, every binding points at a role and a
 //! ServiceAccount that exist, each process holds the permissions it needs (the worker all of
 //! `postgres-pod`'s, or Kubernetes would refuse its RoleBindings), `deploy/kustomization.yaml`
 //! lists existing files and all of them, and the Deployments, Services and the Dockerfile
@@ -14,7 +15,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Service, Servi
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pgop_common::config::{from_config_map, WatchedNamespaces, KNOWN_KEYS};
 use pgop_common::crd::Postgresql;
@@ -25,6 +28,10 @@ use serde_json::Value;
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 /// The operator's ConfigMap, as Zalando names it (the watcher's `config_map_name`).
 const OPERATOR_CONFIGMAP: &str = "postgres-operator";
+/// The OperatorConfiguration object of Zalando's sample
+/// (`postgresql-operator-default-configuration.yaml`), the one the watcher's RBAC names.
+const OPERATOR_CONFIGURATION: &str = "postgresql-operator-default-configuration";
+const OPERATOR_CONFIGURATION_CRD: &str = "manifests/operatorconfiguration.crd.yaml";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -116,6 +123,12 @@ impl Manifests {
     fn role_bindings(&self) -> Vec<(&Doc, &RoleBinding)> {
         self.of(|o| match o {
             Object::RoleBinding(x) => Some(x),
+            _ => None,
+        })
+    }
+    fn crds(&self) -> Vec<(&Doc, &CustomResourceDefinition)> {
+        self.of(|o| match o {
+            Object::CustomResourceDefinition(x) => Some(&**x),
             _ => None,
         })
     }
@@ -543,7 +556,7 @@ fn every_document_parses_into_its_kubernetes_type() {
         ("ConfigMap", 1),
         ("Deployment", 4),
         ("Service", 3),
-        ("CustomResourceDefinition", 1),
+        ("CustomResourceDefinition", 2),
         ("Namespace", 1),
         ("postgresql", 1),
     ] {
@@ -631,6 +644,186 @@ fn operator_configmap_parses_without_unknown_keys() {
     // RoleBinding of Zalando's pod_service_account_role_binding_definition default).
     let role = m.cluster_role(&config.pod_service_account_name);
     assert!(!role.rules.as_deref().unwrap_or_default().is_empty());
+}
+
+// ---- tests: the OperatorConfiguration CRD --------------------------------------------------------
+
+fn operator_configuration_crd(m: &Manifests) -> (&Doc, &CustomResourceDefinition) {
+    let in_file: Vec<_> = m
+        .crds()
+        .into_iter()
+        .filter(|(d, _)| d.file == OPERATOR_CONFIGURATION_CRD)
+        .collect();
+    assert_eq!(
+        in_file.len(),
+        1,
+        "{OPERATOR_CONFIGURATION_CRD} holds one CustomResourceDefinition"
+    );
+    in_file[0]
+}
+
+/// Where `schema` breaks the rules apiextensions.k8s.io/v1 holds a structural schema to (as
+/// Kubernetes 1.20 checks them): a type on every node but those that preserve unknown fields
+/// or are int-or-string, `properties` and `items` only on objects and arrays, no
+/// `additionalProperties` beside `properties` or with preserved unknown fields, and nothing
+/// but a type for `metadata` at the root.
+fn structural_problems(schema: &JSONSchemaProps, path: &str, out: &mut Vec<String>) {
+    let kind = schema.type_.as_deref().unwrap_or_default();
+    let preserves = schema.x_kubernetes_preserve_unknown_fields == Some(true);
+    if kind.is_empty() && !preserves && schema.x_kubernetes_int_or_string != Some(true) {
+        out.push(format!("{path}: no type"));
+    }
+    let properties = schema.properties.as_ref().filter(|p| !p.is_empty());
+    if properties.is_some() && kind != "object" {
+        out.push(format!("{path}: properties on a {kind:?}"));
+    }
+    if schema.items.is_some() && kind != "array" {
+        out.push(format!("{path}: items on a {kind:?}"));
+    }
+    if kind == "array" && schema.items.is_none() {
+        out.push(format!("{path}: an array without items"));
+    }
+    if schema.additional_properties.is_some() && (properties.is_some() || preserves) {
+        out.push(format!(
+            "{path}: additionalProperties beside properties or preserved unknown fields"
+        ));
+    }
+    for forbidden in [
+        schema.all_of.is_some(),
+        schema.any_of.is_some(),
+        schema.one_of.is_some(),
+        schema.not.is_some(),
+    ] {
+        if forbidden {
+            out.push(format!(
+                "{path}: allOf/anyOf/oneOf/not are left out of this CRD"
+            ));
+        }
+    }
+    for (name, property) in properties.into_iter().flatten() {
+        let at = format!("{path}.{name}");
+        if path.is_empty() && name == "metadata" {
+            let only_type = JSONSchemaProps {
+                type_: Some("object".into()),
+                ..Default::default()
+            };
+            let mut stripped = property.clone();
+            stripped.description = None;
+            if stripped != only_type {
+                out.push(format!("{at}: only `type: object` is allowed"));
+            }
+            continue;
+        }
+        structural_problems(property, &at, out);
+    }
+    match &schema.items {
+        Some(JSONSchemaPropsOrArray::Schema(item)) => {
+            structural_problems(item, &format!("{path}[]"), out)
+        }
+        Some(JSONSchemaPropsOrArray::Schemas(_)) => {
+            out.push(format!("{path}: items must be one schema"))
+        }
+        None => {}
+    }
+}
+
+#[test]
+fn operator_configuration_crd_has_zalandos_names_and_a_structural_schema() {
+    let m = manifests();
+    let (doc, crd) = operator_configuration_crd(m);
+    let at = doc.at();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("operatorconfigurations.acid.zalan.do"),
+        "{at}"
+    );
+    let spec = &crd.spec;
+    assert_eq!(spec.group, "acid.zalan.do");
+    assert_eq!(spec.scope, "Namespaced");
+    let names = &spec.names;
+    assert_eq!(
+        (
+            names.kind.as_str(),
+            names.plural.as_str(),
+            names.singular.as_deref(),
+            names.list_kind.as_deref()
+        ),
+        (
+            "OperatorConfiguration",
+            "operatorconfigurations",
+            Some("operatorconfiguration"),
+            Some("OperatorConfigurationList")
+        )
+    );
+    assert_eq!(names.short_names.as_deref(), Some(&["opconfig".into()][..]));
+    assert_eq!(names.categories.as_deref(), Some(&["all".into()][..]));
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some(format!("{}.{}", names.plural, spec.group).as_str()),
+        "Kubernetes wants the name <plural>.<group>"
+    );
+
+    assert_eq!(spec.versions.len(), 1);
+    let version = &spec.versions[0];
+    assert_eq!(
+        (version.name.as_str(), version.served, version.storage),
+        ("v1", true, true)
+    );
+    for column in version.additional_printer_columns.iter().flatten() {
+        assert!(
+            ["integer", "number", "string", "boolean", "date"].contains(&column.type_.as_str()),
+            "{at}: column {} has type {:?}",
+            column.name,
+            column.type_
+        );
+        assert!(column.json_path.starts_with('.'), "{at}: {}", column.name);
+    }
+
+    let schema = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .unwrap_or_else(|| panic!("{at}: no openAPIV3Schema (apiextensions v1 requires one)"));
+    let mut problems = Vec::new();
+    structural_problems(schema, "", &mut problems);
+    assert!(problems.is_empty(), "{at}: not structural: {problems:?}");
+    assert_eq!(schema.type_.as_deref(), Some("object"));
+    assert_eq!(
+        schema.x_kubernetes_preserve_unknown_fields, None,
+        "only `configuration` is schemaless: other top-level fields are pruned"
+    );
+    let configuration = &schema.properties.as_ref().unwrap()["configuration"];
+    assert_eq!(configuration.type_.as_deref(), Some("object"));
+    assert_eq!(
+        configuration.x_kubernetes_preserve_unknown_fields,
+        Some(true)
+    );
+    assert!(
+        configuration.properties.is_none() && configuration.additional_properties.is_none(),
+        "`configuration` is schemaless: pgop checks its keys"
+    );
+    assert_eq!(
+        schema.required.as_deref(),
+        Some(&["configuration".to_string()][..])
+    );
+
+    // Zalando's sample object fits: its top-level fields are the schema's.
+    // (Beside the repository, as for tests/operator_configuration.rs.)
+    let sample_path =
+        root().join("../shared/zalando-manifests/postgresql-operator-default-configuration.yaml");
+    let sample: Value = serde_yaml::from_str(&std::fs::read_to_string(&sample_path).unwrap())
+        .expect("Zalando's sample OperatorConfiguration");
+    assert_eq!(sample["kind"], "OperatorConfiguration");
+    assert_eq!(
+        sample["apiVersion"],
+        format!("{}/{}", spec.group, version.name)
+    );
+    assert_eq!(sample["metadata"]["name"], OPERATOR_CONFIGURATION);
+    let declared = schema.properties.as_ref().unwrap();
+    for field in sample.as_object().unwrap().keys() {
+        assert!(declared.contains_key(field), "{field} would be pruned");
+    }
+    assert!(sample["configuration"].is_object());
 }
 
 // ---- tests: RBAC ------------------------------------------------------------------------------
@@ -887,7 +1080,7 @@ fn worker_may_do_what_reconciling_a_cluster_takes() {
 }
 
 #[test]
-fn watcher_may_watch_clusters_pods_and_only_the_operator_configmap() {
+fn watcher_may_watch_clusters_pods_and_only_its_operator_configuration() {
     let m = manifests();
     let read = ["get", "list", "watch"];
     let cluster_wide: Vec<Permission> = [
@@ -913,6 +1106,39 @@ fn watcher_may_watch_clusters_pods_and_only_the_operator_configmap() {
         missing.is_empty(),
         "pgop-watcher cannot read its ConfigMap: {missing:?}"
     );
+
+    // The OperatorConfiguration, by name, as the CRD names its group and resource.
+    let (_, crd) = operator_configuration_crd(m);
+    let (group, plural) = (crd.spec.group.as_str(), crd.spec.names.plural.as_str());
+    let operator_configuration: Vec<Permission> = read
+        .iter()
+        .map(|v| Permission {
+            name: Some(OPERATOR_CONFIGURATION.into()),
+            ..perm(group, plural, v)
+        })
+        .collect();
+    let missing = m.missing("pgop-watcher", Some(&own), &operator_configuration);
+    assert!(
+        missing.is_empty(),
+        "pgop-watcher cannot read its OperatorConfiguration: {missing:?}"
+    );
+    for (namespace, p) in [
+        (Some(own.as_str()), perm(group, plural, "list")),
+        (Some("team-a"), operator_configuration[0].clone()),
+        (None, perm(group, plural, "list")),
+        (
+            Some(own.as_str()),
+            Permission {
+                name: Some(OPERATOR_CONFIGURATION.into()),
+                ..perm(group, plural, "patch")
+            },
+        ),
+    ] {
+        assert!(
+            !m.can("pgop-watcher", namespace, &p),
+            "pgop-watcher may {p:?} in {namespace:?}"
+        );
+    }
 
     // It only reads: no writes to what it watches, and no other ConfigMap or any Secret.
     for (namespace, p) in [
@@ -1007,6 +1233,7 @@ fn kustomization_lists_existing_files_and_all_of_them() {
 
     let mut wanted: BTreeSet<String> = [
         "manifests/postgresql.crd.yaml",
+        OPERATOR_CONFIGURATION_CRD,
         "manifests/configmap.yaml",
         "manifests/postgres-pod-rbac.yaml",
     ]

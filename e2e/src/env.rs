@@ -220,9 +220,11 @@ impl Environment {
         Ok(kube::Client::try_from(config)?)
     }
 
-    /// Runs kubectl against the environment; fails with its stderr when it fails.
+    /// Runs kubectl against the environment; fails with its stderr when it fails, or
+    /// after two minutes (a `kubectl delete` waiting on a finalizer would wait forever).
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let output = Command::new("kubectl")
+        let output = Command::new("timeout")
+            .args(["120", "kubectl"])
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .output();

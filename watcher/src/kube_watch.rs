@@ -1,8 +1,9 @@
 //! Watches feeding the store: postgresql objects and pods of managed clusters in the watched
-//! namespaces, and the operator ConfigMap. A relist (after a watch expired) is diffed
-//! against the store, so deletions that happened meanwhile are not lost. `postgresql`
-//! objects are watched untyped (see the `Tracked` impl for `DynamicObject`): bad input in
-//! one must not stop the watch of the others.
+//! namespaces, and the operator configuration (the ConfigMap, or an OperatorConfiguration).
+//! A relist (after a watch expired) is diffed against the store, so deletions that happened
+//! meanwhile are not lost. `postgresql` objects are watched untyped (see the `Tracked` impl
+//! for `DynamicObject`): bad input in one must not stop the watch of the others. So is the
+//! OperatorConfiguration: whether it reads is for `pgop_common::config` to say.
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -10,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::core::{ApiResource, DynamicObject};
+use kube::api::ListParams;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -20,7 +22,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::store::{RawConfig, Store};
+use crate::ConfigSource;
 
 /// One API per watched namespace (or one for all), with the namespace it covers.
 fn apis<K: Tracked>(
@@ -116,9 +119,25 @@ pub fn postgresql_resource() -> ApiResource {
     ApiResource::erase::<Postgresql>(&())
 }
 
+/// Zalando's `OperatorConfiguration` resource (acid.zalan.do/v1, plural
+/// operatorconfigurations, namespaced), as `manifests/operatorconfiguration.crd.yaml`
+/// declares it.
+pub fn operator_configuration_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("acid.zalan.do", "v1", "OperatorConfiguration"),
+        "operatorconfigurations",
+    )
+}
+
 /// A watched `postgresql` object as JSON, exactly as the API server sent it (with its
 /// `apiVersion` and `kind`, filled in when the API server left them out).
 fn manifest(object: DynamicObject) -> Value {
+    object_json(object, &postgresql_resource())
+}
+
+/// An untyped object as JSON, with the `apiVersion` and `kind` of `resource` when the API
+/// server left them out.
+fn object_json(object: DynamicObject, resource: &ApiResource) -> Value {
     let DynamicObject {
         types,
         metadata,
@@ -128,10 +147,10 @@ fn manifest(object: DynamicObject) -> Value {
         Value::Object(map) => map,
         _ => Map::new(),
     };
-    let resource = postgresql_resource();
-    let (api_version, kind) = types.map_or((resource.api_version, resource.kind), |t| {
-        (t.api_version, t.kind)
-    });
+    let (api_version, kind) = types
+        .map_or((resource.api_version.clone(), resource.kind.clone()), |t| {
+            (t.api_version, t.kind)
+        });
     json.insert("apiVersion".into(), Value::String(api_version));
     json.insert("kind".into(), Value::String(kind));
     json.insert(
@@ -270,27 +289,107 @@ pub async fn watch_pods(
     watch_each_namespace::<Pod>(client, namespaces, config, store, lists, shutdown).await
 }
 
+fn config_map_raw(cm: ConfigMap) -> RawConfig {
+    RawConfig::ConfigMap(cm.data.unwrap_or_default())
+}
+
+fn operator_configuration_raw(object: DynamicObject) -> RawConfig {
+    RawConfig::OperatorConfiguration(object_json(object, &operator_configuration_resource()))
+}
+
+/// Only the object named `name`: the watcher's RBAC allows no other (a list or watch names
+/// its object by this field selector).
+fn by_name(name: &str) -> String {
+    format!("metadata.name={name}")
+}
+
+/// Reads the operator configuration's object once (None: it does not exist), before the
+/// watches start. It is listed by name, as the watch does, so that a missing
+/// OperatorConfiguration CRD is an error rather than a missing object.
+pub async fn read_config(
+    client: Client,
+    namespace: &str,
+    source: &ConfigSource,
+) -> kube::Result<Option<RawConfig>> {
+    let params = ListParams::default().fields(&by_name(source.name()));
+    Ok(match source {
+        ConfigSource::ConfigMap(_) => Api::<ConfigMap>::namespaced(client, namespace)
+            .list(&params)
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .map(config_map_raw),
+        ConfigSource::OperatorConfiguration(_) => Api::<DynamicObject>::namespaced_with(
+            client,
+            namespace,
+            &operator_configuration_resource(),
+        )
+        .list(&params)
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .map(operator_configuration_raw),
+    })
+}
+
+/// Watches the operator configuration's object in the watcher's namespace and records what
+/// it holds; an invalid one is logged and refused (the store keeps the last good one), a
+/// missing or deleted one means defaults.
 pub async fn watch_config(
     client: Client,
     namespace: String,
-    name: String,
+    source: ConfigSource,
     store: Arc<Store>,
     lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
-    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let shown = source.shown(&namespace);
+    let config = watcher::Config::default().fields(&by_name(source.name()));
+    match source {
+        ConfigSource::ConfigMap(_) => {
+            let api = Api::<ConfigMap>::namespaced(client, &namespace);
+            watch_config_object(api, config, config_map_raw, shown, store, lists, shutdown).await
+        }
+        ConfigSource::OperatorConfiguration(_) => {
+            let resource = operator_configuration_resource();
+            let api = Api::<DynamicObject>::namespaced_with(client, &namespace, &resource);
+            watch_config_object(
+                api,
+                config,
+                operator_configuration_raw,
+                shown,
+                store,
+                lists,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+async fn watch_config_object<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    raw: fn(K) -> RawConfig,
+    shown: String,
+    store: Arc<Store>,
+    lists: Arc<InitialLists>,
+    shutdown: CancellationToken,
+) where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     let mut seen_in_relist = false;
     let mut first = true;
-    let shown = format!("{namespace}/{name}");
-    let apply = |data| match store.apply_config(data) {
+    let apply = |object: Option<K>| match store.apply_raw_config(object.map(raw)) {
         Ok(Some(changes)) => {
-            tracing::info!(configmap = %shown, %changes, "operator configuration changed")
+            tracing::info!(source = %shown, %changes, "operator configuration changed")
         }
         Ok(None) => {}
         Err(e) => tracing::error!(
-            configmap = %shown,
+            source = %shown,
             "the operator configuration is invalid ({e}); keeping the last good one until it is fixed"
         ),
     };
@@ -301,9 +400,9 @@ pub async fn watch_config(
         };
         match event {
             Ok(Event::Init) => seen_in_relist = false,
-            Ok(Event::InitApply(cm)) | Ok(Event::Apply(cm)) => {
+            Ok(Event::InitApply(object)) | Ok(Event::Apply(object)) => {
                 seen_in_relist = true;
-                apply(Some(cm.data.unwrap_or_default()));
+                apply(Some(object));
             }
             Ok(Event::InitDone) => {
                 if !seen_in_relist {
@@ -312,7 +411,7 @@ pub async fn watch_config(
                 lists.done(&mut first);
             }
             Ok(Event::Delete(_)) => apply(None),
-            Err(e) => tracing::warn!("configmap watch: {e}"),
+            Err(e) => tracing::warn!(source = %shown, "configuration watch: {e}"),
         }
     }
 }
@@ -347,6 +446,19 @@ mod tests {
             "apiVersion": "acid.zalan.do/v1", "kind": "postgresqlList",
             "metadata": {"resourceVersion": "1"}, "items": items
         })
+    }
+
+    #[test]
+    fn the_operator_configuration_resource_is_zalandos() {
+        let r = operator_configuration_resource();
+        assert_eq!(
+            (r.group.as_str(), r.version.as_str(), r.api_version.as_str()),
+            ("acid.zalan.do", "v1", "acid.zalan.do/v1")
+        );
+        assert_eq!(
+            (r.kind.as_str(), r.plural.as_str()),
+            ("OperatorConfiguration", "operatorconfigurations")
+        );
     }
 
     #[test]
@@ -400,9 +512,17 @@ mod tests {
         assert_eq!(manifest(o), malformed("bad", "u2"));
     }
 
-    /// A minimal API server on loopback: lists of namespace `ns` answer `items`; watches
-    /// send `events` and then stay open.
-    async fn fake_api_server(items: Vec<Value>, events: Vec<Value>) -> Client {
+    const POSTGRESQLS: &str = "/apis/acid.zalan.do/v1/namespaces/ns/postgresqls";
+    const OPERATOR_CONFIGURATIONS: &str =
+        "/apis/acid.zalan.do/v1/namespaces/ns/operatorconfigurations";
+
+    /// A minimal API server on loopback: lists under `served` (a path) answer `items`;
+    /// watches send `events` and then stay open; any other path is 404.
+    async fn fake_api_server(
+        served: &'static str,
+        items: Vec<Value>,
+        events: Vec<Value>,
+    ) -> Client {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -422,7 +542,7 @@ mod tests {
                     }
                     let head = String::from_utf8_lossy(&head).to_string();
                     let path = head.split_whitespace().nth(1).unwrap_or_default();
-                    if !path.starts_with("/apis/acid.zalan.do/v1/namespaces/ns/postgresqls") {
+                    if !path.starts_with(served) {
                         let _ = socket
                             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                             .await;
@@ -463,6 +583,7 @@ mod tests {
         scaled["spec"]["numberOfInstances"] = json!(2);
         scaled["metadata"]["resourceVersion"] = json!("3");
         let client = fake_api_server(
+            POSTGRESQLS,
             vec![object("good", "u1"), malformed("bad", "u2")],
             vec![
                 json!({"type": "MODIFIED", "object": invalid}),
@@ -554,5 +675,122 @@ mod tests {
         );
         lists.done(&mut first_b);
         assert!(lists.complete());
+    }
+
+    fn operator_configuration(version: &str, configuration: Value) -> Value {
+        json!({
+            "apiVersion": "acid.zalan.do/v1", "kind": "OperatorConfiguration",
+            "metadata": {"name": "config", "namespace": "ns", "uid": "c1", "resourceVersion": version},
+            "configuration": configuration,
+        })
+    }
+
+    /// The configuration events of `rx` as `data` (None: deleted), until `n` arrived.
+    async fn configs(
+        rx: &mut tokio::sync::broadcast::Receiver<pgop_proto::v1::WatchEvent>,
+        n: usize,
+    ) -> Vec<Option<std::collections::BTreeMap<String, String>>> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while seen.len() < n {
+            let e = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} arrived", seen.len()))
+                .unwrap();
+            if let Some(watch_event::Event::Config(c)) = e.event {
+                seen.push((!c.deleted).then(|| c.data.into_iter().collect()));
+            }
+        }
+        seen
+    }
+
+    fn flat(pairs: &[(&str, &str)]) -> Option<std::collections::BTreeMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_operator_configuration_is_read_and_watched_like_the_config_map() {
+        let first = operator_configuration(
+            "1",
+            json!({"workers": 4, "kubernetes": {"watched_namespace": "a"}}),
+        );
+        let client = fake_api_server(
+            OPERATOR_CONFIGURATIONS,
+            vec![first.clone()],
+            vec![
+                // refused: the last good configuration stays, nothing is sent
+                json!({"type": "MODIFIED", "object": operator_configuration(
+                    "2", json!({"workers": "4", "kubernetes": {"watched_namespace": "b"}}))}),
+                json!({"type": "MODIFIED", "object": operator_configuration(
+                    "3", json!({"workers": 4, "kubernetes": {"watched_namespace": "c"}}))}),
+                json!({"type": "DELETED", "object": operator_configuration("4", json!({}))}),
+            ],
+        )
+        .await;
+        let source = ConfigSource::OperatorConfiguration("config".into());
+        let raw = read_config(client.clone(), "ns", &source)
+            .await
+            .unwrap()
+            .expect("listed");
+        assert!(raw == RawConfig::OperatorConfiguration(first));
+
+        let store = Arc::new(Store::new(Default::default()));
+        let lists = Arc::new(InitialLists::new(1));
+        let shutdown = CancellationToken::new();
+        let (_, mut rx) = store.subscribe();
+        let watch = tokio::spawn(watch_config(
+            client,
+            "ns".into(),
+            source,
+            store.clone(),
+            lists.clone(),
+            shutdown.clone(),
+        ));
+        assert_eq!(
+            configs(&mut rx, 3).await,
+            [
+                flat(&[("watched_namespace", "a"), ("workers", "4")]),
+                flat(&[("watched_namespace", "c"), ("workers", "4")]),
+                None,
+            ]
+        );
+        assert!(lists.complete());
+        shutdown.cancel();
+        watch.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_operator_configuration_means_defaults_and_a_missing_crd_an_error() {
+        let client = fake_api_server(OPERATOR_CONFIGURATIONS, vec![], vec![]).await;
+        let source = ConfigSource::OperatorConfiguration("config".into());
+        assert!(read_config(client.clone(), "ns", &source)
+            .await
+            .unwrap()
+            .is_none());
+        let store = Arc::new(Store::new(Default::default()));
+        let lists = Arc::new(InitialLists::new(1));
+        let shutdown = CancellationToken::new();
+        let (_, mut rx) = store.subscribe();
+        let watch = tokio::spawn(watch_config(
+            client,
+            "ns".into(),
+            source.clone(),
+            store.clone(),
+            lists.clone(),
+            shutdown.clone(),
+        ));
+        assert_eq!(configs(&mut rx, 1).await, [None], "defaults apply");
+        assert!(lists.complete());
+        shutdown.cancel();
+        watch.await.unwrap();
+
+        // No such resource: the API server answers 404 to the list itself.
+        let client = fake_api_server(POSTGRESQLS, vec![], vec![]).await;
+        assert!(read_config(client, "ns", &source).await.is_err());
     }
 }

@@ -2,13 +2,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
 use pgop_common::config::WatchedNamespaces;
 use pgop_proto::v1::watcher_server::WatcherServer;
 use pgop_watcher::service::WatcherService;
 use pgop_watcher::store::{startup_config, PodLabels, Store};
-use pgop_watcher::{kube_watch, Settings};
+use pgop_watcher::{kube_watch, ConfigSource, Settings, OPERATOR_CONFIGURATION_OBJECT_ENV};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -17,31 +15,44 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes")?;
 
-    // The ConfigMap decides what to watch, so it is read once before the watches start.
-    let config_map = Api::<ConfigMap>::namespaced(client.clone(), &settings.namespace)
-        .get_opt(&settings.config_map_name)
-        .await?;
-    // An invalid ConfigMap stops the start (what to watch would be a guess), unless
+    // The operator configuration (the ConfigMap, or the OperatorConfiguration named by
+    // POSTGRES_OPERATOR_CONFIGURATION_OBJECT or the setting) decides what to watch, so it is
+    // read once before the watches start.
+    let source = settings.config_source(
+        std::env::var(OPERATOR_CONFIGURATION_OBJECT_ENV)
+            .ok()
+            .as_deref(),
+    );
+    let shown_source = source.shown(&settings.namespace);
+    let raw = kube_watch::read_config(client.clone(), &settings.namespace, &source)
+        .await
+        .with_context(|| match &source {
+            ConfigSource::ConfigMap(_) => format!("reading the operator {shown_source}"),
+            ConfigSource::OperatorConfiguration(_) => format!(
+                "reading the operator {shown_source} (is the OperatorConfiguration CRD, \
+                 manifests/operatorconfiguration.crd.yaml, installed?)"
+            ),
+        })?;
+    // An invalid configuration stops the start (what to watch would be a guess), unless
     // WATCHED_NAMESPACE decides that anyway.
     let env_namespaces = std::env::var("WATCHED_NAMESPACE").ok();
-    let shown_map = format!("{}/{}", settings.namespace, settings.config_map_name);
-    let (config, problem) = startup_config(config_map.as_ref(), env_namespaces.as_deref())
-        .with_context(|| {
+    let (config, problem) =
+        startup_config(raw.as_ref(), env_namespaces.as_deref()).with_context(|| {
             format!(
-                "the operator ConfigMap {shown_map} is invalid; fix it, or set WATCHED_NAMESPACE \
-                 to start with the default configuration"
+                "the operator configuration ({shown_source}) is invalid; fix it, or set \
+                 WATCHED_NAMESPACE to start with the default configuration"
             )
         })?;
     if let Some(e) = &problem {
         tracing::error!(
-            configmap = %shown_map,
+            source = %shown_source,
             "the operator configuration is invalid ({e}); WATCHED_NAMESPACE decides what to \
              watch, defaults serve for labels and the resync period; workers get no \
-             configuration until the ConfigMap is fixed"
+             configuration until it is fixed"
         );
     }
     if !config.unknown_keys.is_empty() {
-        tracing::warn!(configmap = %shown_map, keys = ?config.unknown_keys, "unknown operator configuration keys (ignored)");
+        tracing::warn!(source = %shown_source, keys = ?config.unknown_keys, "unknown operator configuration keys (ignored)");
     }
     let namespaces = config.watched_namespaces(&settings.namespace, env_namespaces.as_deref());
     let shown = match &namespaces {
@@ -59,12 +70,12 @@ async fn main() -> anyhow::Result<()> {
         role: config.pod_role_label.clone(),
     }));
     // The configuration started with is the first good one: an invalid edit before the
-    // ConfigMap watch starts does not replace it.
-    if let (Some(cm), None) = (&config_map, &problem) {
-        store.apply_config(Some(cm.data.clone().unwrap_or_default()))?;
+    // configuration watch starts does not replace it.
+    if let (Some(raw), None) = (raw, &problem) {
+        store.apply_raw_config(Some(raw))?;
     }
 
-    // The ConfigMap watch, and one cluster and one pod watch per watched namespace.
+    // The configuration watch, and one cluster and one pod watch per watched namespace.
     let streams = match &namespaces {
         WatchedNamespaces::All => 1,
         WatchedNamespaces::Some(list) => list.len(),
@@ -73,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(kube_watch::watch_config(
         client.clone(),
         settings.namespace.clone(),
-        settings.config_map_name.clone(),
+        source,
         store.clone(),
         lists.clone(),
         shutdown.clone(),
@@ -118,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
         .grpc_addr
         .parse()
         .with_context(|| format!("grpc_addr {:?}", settings.grpc_addr))?;
-    tracing::info!(%addr, namespaces = ?shown, resync = ?resync, "watcher serving");
+    tracing::info!(%addr, namespaces = ?shown, resync = ?resync, source = %shown_source, "watcher serving");
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

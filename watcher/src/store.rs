@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use pgop_common::config::{ConfigError, OperatorConfig};
+use k8s_openapi::api::core::v1::Pod;
+use pgop_common::config::{ConfigError, OperatorConfig, SECRET_KEYS};
 use pgop_proto::v1::{
     watch_event, ClusterEvent, ClusterEventType, ConfigEvent, PodState, SnapshotDone, WatchEvent,
 };
@@ -35,29 +35,55 @@ const FORWARDED_ANNOTATION_PREFIXES: &[&str] = &[
     "zalando-postgres-operator-rolling-update-required",
 ];
 
-/// ConfigMap keys whose [`OperatorConfig`] fields are `SecretValue`s (credentials). Workers
-/// need them to build objects (the logical backup job's environment, the Scalyr sidecar), so
-/// `ConfigEvent`s carry them: never log a `ConfigEvent` or a `WatchEvent` (their `Debug`
-/// shows every value); log [`config_changes`] instead.
-pub const SECRET_CONFIG_KEYS: &[&str] = &[
-    "logical_backup_s3_access_key_id",
-    "logical_backup_s3_secret_access_key",
-    "logical_backup_azure_storage_account_key",
-    "scalyr_api_key",
-];
+/// The operator configuration as its source holds it, before it is checked. Credentials
+/// ([`SECRET_KEYS`]) are among the values, hence no `Debug`.
+#[derive(Clone, PartialEq)]
+pub enum RawConfig {
+    /// The `data` of the operator ConfigMap.
+    ConfigMap(BTreeMap<String, String>),
+    /// An `OperatorConfiguration` resource (or only its `configuration`), as JSON.
+    OperatorConfiguration(Value),
+}
+
+impl RawConfig {
+    /// As the ConfigMap data that `ConfigEvent`s carry: an OperatorConfiguration flattened
+    /// into the ConfigMap's keys (its unknown keys under their paths). An error when the
+    /// resource does not flatten (a value of the wrong type, …); the data of a ConfigMap is
+    /// checked by [`Store::apply_config`].
+    pub fn into_data(self) -> Result<BTreeMap<String, String>, ConfigError> {
+        match self {
+            RawConfig::ConfigMap(data) => Ok(data),
+            RawConfig::OperatorConfiguration(value) => {
+                pgop_common::config::flatten_operator_configuration(&value)
+            }
+        }
+    }
+
+    /// The configuration it holds, with its unknown keys.
+    pub fn config(&self) -> Result<OperatorConfig, ConfigError> {
+        match self {
+            RawConfig::ConfigMap(data) => pgop_common::config::from_config_map_data(data),
+            RawConfig::OperatorConfiguration(value) => {
+                pgop_common::config::from_operator_configuration(value)
+            }
+        }
+    }
+}
 
 /// What changed between two configurations, for logs: `key=value` for known keys, the
-/// values of secret keys and of keys the operator does not know (which may be anything)
-/// redacted.
+/// values of secret keys ([`SECRET_KEYS`]: workers need them to build objects, the logical
+/// backup job's environment and the Scalyr sidecar, so `ConfigEvent`s carry them) and of keys
+/// the operator does not know (which may be anything) redacted. Never log a `ConfigEvent` or
+/// a `WatchEvent` (their `Debug` shows every value); log this instead.
 pub fn config_changes(old: Option<&ConfigEvent>, new: &ConfigEvent) -> String {
     if new.deleted {
-        return "the ConfigMap is gone: defaults apply".into();
+        return "the configuration object is gone: defaults apply".into();
     }
     let empty = HashMap::new();
     let before = old.filter(|o| !o.deleted).map_or(&empty, |o| &o.data);
     let keys: std::collections::BTreeSet<&String> = before.keys().chain(new.data.keys()).collect();
     let shown = |key: &str, value: &str| {
-        if SECRET_CONFIG_KEYS.contains(&key) {
+        if SECRET_KEYS.contains(&key) {
             format!("{key}=<redacted>")
         } else if !pgop_common::config::KNOWN_KEYS.contains(&key) {
             format!("{key}=<unknown key>")
@@ -81,19 +107,20 @@ pub fn config_changes(old: Option<&ConfigEvent>, new: &ConfigEvent) -> String {
     }
 }
 
-/// The configuration the watcher starts with; it decides what to watch, and applies until
-/// the watcher restarts. An absent ConfigMap means defaults. An invalid one is an error,
-/// since its `watched_namespace` cannot be trusted, unless `WATCHED_NAMESPACE`
+/// The configuration the watcher starts with, from its source's object (the ConfigMap or
+/// the OperatorConfiguration); it decides what to watch, and applies until the watcher
+/// restarts. An absent object means defaults. An invalid one is an error, since its
+/// `watched_namespace` cannot be trusted, unless `WATCHED_NAMESPACE`
 /// (`watched_namespace_env`) decides that anyway: then the defaults serve for the rest, and
 /// the error comes back beside them to be logged.
 pub fn startup_config(
-    config_map: Option<&ConfigMap>,
+    raw: Option<&RawConfig>,
     watched_namespace_env: Option<&str>,
 ) -> Result<(OperatorConfig, Option<ConfigError>), ConfigError> {
-    let Some(cm) = config_map else {
+    let Some(raw) = raw else {
         return Ok((OperatorConfig::default(), None));
     };
-    match pgop_common::config::from_config_map(cm) {
+    match raw.config() {
         Ok(config) => Ok((config, None)),
         Err(e) if watched_namespace_env.is_some() => Ok((OperatorConfig::default(), Some(e))),
         Err(e) => Err(e),
@@ -303,10 +330,17 @@ impl Store {
         }
     }
 
-    /// Records the operator ConfigMap's data (None: the ConfigMap is gone, defaults apply).
-    /// Data that does not parse is refused and the last good configuration stays: workers
-    /// would otherwise each fall back to something of their own. Returns what changed, for
-    /// the log (None: nothing did).
+    /// Records the operator configuration as its source holds it (None: the object is gone,
+    /// defaults apply): an OperatorConfiguration that does not flatten is refused like
+    /// ConfigMap data that does not parse, and the last good configuration stays.
+    pub fn apply_raw_config(&self, raw: Option<RawConfig>) -> Result<Option<String>, ConfigError> {
+        self.apply_config(raw.map(RawConfig::into_data).transpose()?)
+    }
+
+    /// Records the operator configuration as ConfigMap data (None: the object is gone,
+    /// defaults apply). Data that does not parse is refused and the last good configuration
+    /// stays: workers would otherwise each fall back to something of their own. Returns what
+    /// changed, for the log (None: nothing did).
     pub fn apply_config(
         &self,
         data: Option<BTreeMap<String, String>>,
@@ -642,23 +676,33 @@ mod tests {
     }
 
     #[test]
-    fn secret_config_keys_are_the_configs_secret_fields() {
-        // Secret fields are the known keys the configuration never serializes.
-        let json = serde_json::to_value(OperatorConfig::default()).unwrap();
-        let serialized = json.as_object().unwrap();
-        let mut secret: Vec<&str> = pgop_common::config::KNOWN_KEYS
-            .iter()
-            .copied()
-            .filter(|k| !serialized.contains_key(*k))
-            .collect();
-        secret.sort_unstable();
-        let mut listed = SECRET_CONFIG_KEYS.to_vec();
-        listed.sort_unstable();
-        assert_eq!(listed, secret);
-        // ...and they are the ones its Debug redacts.
-        let pairs: Vec<(&str, &str)> = secret.iter().map(|k| (*k, "s3cr3t-value")).collect();
-        let config = pgop_common::config::from_config_map_data(&data(&pairs)).unwrap();
-        assert!(!format!("{config:?}").contains("s3cr3t-value"));
+    fn every_secret_key_is_redacted_whichever_form_set_it() {
+        // pgop_common's tests hold SECRET_KEYS to the configuration's credential fields.
+        assert!(!SECRET_KEYS.is_empty());
+        let pairs: Vec<(&str, &str)> = SECRET_KEYS.iter().map(|k| (*k, "s3cr3t-value")).collect();
+        let store = Store::new(PodLabels::default());
+        let changes = store.apply_config(Some(data(&pairs))).unwrap().unwrap();
+        assert!(!changes.contains("s3cr3t-value"), "{changes}");
+        for key in SECRET_KEYS {
+            assert!(changes.contains(&format!("{key}=<redacted>")), "{changes}");
+        }
+
+        let store = Store::new(PodLabels::default());
+        let resource = operator_configuration(json!({
+            "scalyr": {"scalyr_api_key": "s3cr3t-1"},
+            "logical_backup": {
+                "logical_backup_s3_access_key_id": "s3cr3t-2",
+                "logical_backup_s3_secret_access_key": "s3cr3t-3",
+                "logical_backup_azure_storage_account_key": "s3cr3t-4",
+            },
+            "kubernetes": {"my_token": "s3cr3t-5"},
+        }));
+        let changes = store.apply_raw_config(Some(resource)).unwrap().unwrap();
+        assert!(!changes.contains("s3cr3t"), "{changes}");
+        assert!(
+            changes.contains("configuration.kubernetes.my_token=<unknown key>"),
+            "{changes}"
+        );
     }
 
     #[test]
@@ -683,7 +727,7 @@ mod tests {
         );
         assert_eq!(
             store.apply_config(None).unwrap().unwrap(),
-            "the ConfigMap is gone: defaults apply"
+            "the configuration object is gone: defaults apply"
         );
     }
 
@@ -720,12 +764,158 @@ mod tests {
         );
     }
 
+    /// An OperatorConfiguration as the API server sends it.
+    fn operator_configuration(configuration: Value) -> RawConfig {
+        RawConfig::OperatorConfiguration(json!({
+            "apiVersion": "acid.zalan.do/v1", "kind": "OperatorConfiguration",
+            "metadata": {"name": "config", "namespace": "pgop-system", "resourceVersion": "1"},
+            "configuration": configuration,
+        }))
+    }
+
+    #[test]
+    fn an_operator_configuration_is_sent_as_config_map_data() {
+        let store = Store::new(PodLabels::default());
+        let (_, mut rx) = store.subscribe();
+        let changes = store
+            .apply_raw_config(Some(operator_configuration(json!({
+                "workers": 4,
+                "kubernetes": {"watched_namespace": "a,b", "cluster_labels": {"application": "spilo"}},
+                "timeouts": {"ready_wait_timeout": "30s"},
+            }))))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            changes,
+            r#"cluster_labels="application:spilo", ready_wait_timeout="30s", watched_namespace="a,b", workers="4""#
+        );
+        let Some(watch_event::Event::Config(c)) = rx.try_recv().unwrap().event else {
+            panic!("a configuration event")
+        };
+        assert!(!c.deleted);
+        let sent: BTreeMap<String, String> = c.data.into_iter().collect();
+        assert_eq!(
+            sent,
+            data(&[
+                ("cluster_labels", "application:spilo"),
+                ("ready_wait_timeout", "30s"),
+                ("watched_namespace", "a,b"),
+                ("workers", "4")
+            ])
+        );
+        // The same configuration again (a resync of the object) sends nothing.
+        let again = operator_configuration(json!({
+            "workers": 4,
+            "kubernetes": {"watched_namespace": "a,b", "cluster_labels": {"application": "spilo"}},
+            "timeouts": {"ready_wait_timeout": "30s"},
+        }));
+        assert_eq!(store.apply_raw_config(Some(again)).unwrap(), None);
+        // Gone: defaults.
+        assert_eq!(
+            store.apply_raw_config(None).unwrap().unwrap(),
+            "the configuration object is gone: defaults apply"
+        );
+    }
+
+    #[test]
+    fn an_operator_configuration_that_does_not_flatten_keeps_the_last_good_configuration() {
+        let store = Store::new(PodLabels::default());
+        let (_, mut rx) = store.subscribe();
+        store
+            .apply_raw_config(Some(operator_configuration(
+                json!({"kubernetes": {"watched_namespace": "a,b"}}),
+            )))
+            .unwrap();
+        for bad in [
+            // a string where the schema has a boolean
+            json!({"kubernetes": {"watched_namespace": "c", "enable_sidecars": "true"}}),
+            // below the schema's minimum
+            json!({"kubernetes": {"watched_namespace": "c"}, "workers": 0}),
+            // a group that is not an object
+            json!({"kubernetes": "watched_namespace=c"}),
+            // flattens, but the flat data does not parse
+            json!({"kubernetes": {"watched_namespace": "c"}, "resync_period": "soon"}),
+        ] {
+            let e = store
+                .apply_raw_config(Some(operator_configuration(bad.clone())))
+                .unwrap_err();
+            assert!(e.to_string().contains("configuration."), "{bad}: {e}");
+        }
+        let e = store
+            .apply_raw_config(Some(RawConfig::OperatorConfiguration(json!({
+                "apiVersion": "acid.zalan.do/v1", "kind": "postgresql",
+                "configuration": {"kubernetes": {"watched_namespace": "c"}},
+            }))))
+            .unwrap_err();
+        assert!(e.to_string().contains("kind"), "{e}");
+        assert_eq!(
+            drain(&mut rx),
+            ["CONFIG"],
+            "nothing sent for the invalid ones"
+        );
+        let (snapshot, _) = store.subscribe();
+        let Some(watch_event::Event::Config(c)) = &snapshot[0].event else {
+            panic!("the snapshot starts with the configuration")
+        };
+        assert_eq!(c.data["watched_namespace"], "a,b");
+        // Fixed: sent again.
+        assert_eq!(
+            store
+                .apply_raw_config(Some(operator_configuration(
+                    json!({"kubernetes": {"watched_namespace": "c"}})
+                )))
+                .unwrap()
+                .unwrap(),
+            r#"watched_namespace="c""#
+        );
+    }
+
+    #[test]
+    fn an_invalid_operator_configuration_at_start_is_refused_unless_watched_namespace_is_set() {
+        let good = operator_configuration(json!({
+            "workers": 2, "kubernetes": {"watched_namespace": "a,b", "pod_role_label": "role"},
+        }));
+        let bad = operator_configuration(json!({
+            "workers": "2", "kubernetes": {"watched_namespace": "a,b"},
+        }));
+        let some = |l: &[&str]| {
+            pgop_common::config::WatchedNamespaces::Some(l.iter().map(|s| s.to_string()).collect())
+        };
+
+        let (config, problem) = startup_config(Some(&good), None).unwrap();
+        assert!(problem.is_none());
+        assert_eq!(config.watched_namespaces("own", None), some(&["a", "b"]));
+        assert_eq!(config.pod_role_label, "role");
+        assert_eq!(
+            config.watched_namespaces("own", Some("x")),
+            some(&["x"]),
+            "WATCHED_NAMESPACE wins"
+        );
+
+        let e = startup_config(Some(&bad), None).unwrap_err();
+        assert!(e.to_string().contains("configuration.workers"), "{e}");
+        let (config, problem) = startup_config(Some(&bad), Some("x")).unwrap();
+        assert!(problem.is_some());
+        assert_eq!(config, OperatorConfig::default());
+
+        // Unknown keys, beside `configuration` too, are reported at start.
+        let mut odd = json!({
+            "apiVersion": "acid.zalan.do/v1", "kind": "OperatorConfiguration",
+            "metadata": {"name": "config"},
+            "configuration": {"kubernetes": {"liveness_probe": true}},
+        });
+        odd["spec"] = json!({});
+        let (config, _) =
+            startup_config(Some(&RawConfig::OperatorConfiguration(odd)), None).unwrap();
+        assert_eq!(
+            config.unknown_keys,
+            ["configuration.kubernetes.liveness_probe", "spec"]
+        );
+    }
+
     #[test]
     fn an_invalid_config_map_at_start_is_refused_unless_watched_namespace_is_set() {
-        let cm = |pairs: &[(&str, &str)]| ConfigMap {
-            data: Some(data(pairs)),
-            ..Default::default()
-        };
+        let cm = |pairs: &[(&str, &str)]| RawConfig::ConfigMap(data(pairs));
         let good = cm(&[("watched_namespace", "a,b"), ("workers", "2")]);
         let bad = cm(&[("watched_namespace", "a,b"), ("workers", "many")]);
         let namespaces = |c: &OperatorConfig, env: Option<&str>| c.watched_namespaces("own", env);

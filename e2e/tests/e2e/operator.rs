@@ -232,7 +232,15 @@ pub async fn minimal_manifest_end_to_end() -> Result<()> {
     // live in pgop-system: this proves the RBAC files grant what the processes need.
     let (system_ns, ns, cluster) = ("pgop-system", "e2e-pgop", "acid-minimal-cluster");
     let client = env().client().await?;
-    prepare(&client, system_ns, &[("watched_namespace", ns)]).await?;
+    prepare(
+        &client,
+        system_ns,
+        &[
+            ("watched_namespace", ns),
+            ("logical_backup_s3_secret_access_key", "e2e-very-secret"),
+        ],
+    )
+    .await?;
     namespace(&client, ns).await?;
     for process in ["watcher", "scheduler", "worker", "api-gateway"] {
         env().kubectl(&[
@@ -423,6 +431,15 @@ pub async fn minimal_manifest_end_to_end() -> Result<()> {
         &format!("/clusters/{ns}/no-such-cluster/"),
     )?;
     ensure!(code == 404, "unknown cluster answered {code}");
+    let (code, config) = http_get(&pgop.gateway_addr, "/config/")?;
+    ensure!(
+        code == 200
+            && config["source"] == "configmap"
+            && config["operator"]["watched_namespace"] == ns
+            && config["operator"]["logical_backup_s3_secret_access_key"] == "<redacted>"
+            && !config.to_string().contains("e2e-very-secret"),
+        "{code} {config}"
+    );
 
     // Deleting the manifest removes everything.
     env().kubectl(&["delete", "pg", "-n", ns, cluster])?;
@@ -537,6 +554,7 @@ pub async fn clusters_move_between_workers() -> Result<()> {
         &[
             ("watched_namespace", &namespaces.join(",")),
             ("kubernetes_use_configmaps", "true"),
+            ("enable_finalizers", "true"),
         ],
     )
     .await?;
@@ -553,6 +571,23 @@ pub async fn clusters_move_between_workers() -> Result<()> {
     }
     for (ns, name) in &clusters {
         wait_running(ns, name, Duration::from_secs(120)).await?;
+    }
+    // enable_finalizers: every running cluster carries Zalando's finalizer, and deletions
+    // below go through it.
+    for (ns, name) in &clusters {
+        let finalizers = env().kubectl(&[
+            "get",
+            "pg",
+            "-n",
+            ns,
+            name,
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ])?;
+        ensure!(
+            finalizers.contains("postgres-operator.acid.zalan.do"),
+            "{ns}/{name}: {finalizers}"
+        );
     }
     // A manifest the API server accepts but pgop cannot act on: status Invalid with the
     // reason in a Warning Event; the others carry on.
@@ -646,7 +681,7 @@ pub async fn clusters_move_between_workers() -> Result<()> {
     let (deleted_ns, deleted) = clusters[4].clone();
     env().apply(namespaces[0], &simulated_cluster("acid-sim-new", 1))?;
     env().apply(scaled_ns, &simulated_cluster(&scaled, 2))?;
-    env().kubectl(&["delete", "pg", "-n", deleted_ns, &deleted])?;
+    env().kubectl(&["delete", "pg", "-n", deleted_ns, &deleted, "--wait=false"])?;
     pgop.scheduler.start_again()?;
     wait_running(namespaces[0], "acid-sim-new", Duration::from_secs(60)).await?;
     wait_replicas(&client, scaled_ns, &scaled, Some(2)).await?;
