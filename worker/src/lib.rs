@@ -9,6 +9,7 @@ pub mod finalizer;
 pub mod manifest;
 pub mod reconcile;
 pub mod registry;
+pub mod roles;
 pub mod service;
 pub mod session;
 pub mod status;
