@@ -10,7 +10,8 @@ use pgop_proto::v1::scheduler_client::SchedulerClient;
 use pgop_proto::v1::worker_client::WorkerClient;
 use pgop_proto::v1::{
     ClusterAssignment, ClusterState, EffectiveConfig, GetClusterRequest, GetConfigRequest,
-    GetQueueRequest, ListAssignmentsRequest, ListWorkersRequest, QueueState, WorkerInfo,
+    GetQueueRequest, ListAssignmentsRequest, ListClustersRequest, ListWorkersRequest, QueueState,
+    WorkerInfo,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -217,6 +218,22 @@ impl Backend {
     }
 
     /// The worker's event queue.
+    /// Every cluster a worker owns, with its state.
+    pub async fn worker_clusters(
+        &self,
+        worker: &WorkerInfo,
+    ) -> Result<Vec<ClusterState>, ApiError> {
+        let mut client = self.worker_client(worker)?;
+        let response = self
+            .call(
+                &worker_label(&worker.worker_id),
+                ListClustersRequest {},
+                |r| async move { client.list_clusters(r).await },
+            )
+            .await?;
+        Ok(response.clusters)
+    }
+
     pub async fn worker_queue(&self, worker: &WorkerInfo) -> Result<QueueState, ApiError> {
         let mut client = self.worker_client(worker)?;
         self.call(

@@ -66,8 +66,9 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// The router, with and without a trailing slash on every path.
 pub fn router(backend: Shared) -> Router {
-    let routes: [(&str, MethodRouter<Shared>); 11] = [
+    let routes: [(&str, MethodRouter<Shared>); 12] = [
         ("/status", get(status)),
+        ("/databases", get(databases)),
         ("/config", get(config)),
         ("/clusters", get(clusters)),
         ("/clusters/{team}", get(team_clusters)),
@@ -506,6 +507,25 @@ async fn worker_queue(
     let worker = backend.worker(&id).await?;
     let queue = backend.worker_queue(&worker).await?;
     Ok(Json(queue_dump(id, queue)))
+}
+
+/// `GET /databases/`: Zalando's map of cluster name → the databases its manifest asks for,
+/// from every worker (a worker that cannot be reached fails the request: a partial list
+/// would read as clusters without databases).
+async fn databases(State(backend): State<Shared>) -> ApiResult<BTreeMap<String, Vec<String>>> {
+    let workers = backend.workers().await?;
+    let answers =
+        futures::future::join_all(workers.iter().map(|w| backend.worker_clusters(w))).await;
+    let mut map = BTreeMap::new();
+    for clusters in answers {
+        for cluster in clusters? {
+            let (_, name) = split_key(&cluster.cluster);
+            let mut databases = cluster.databases;
+            databases.sort();
+            map.insert(name.to_string(), databases);
+        }
+    }
+    Ok(Json(map))
 }
 
 async fn all_queues(

@@ -271,9 +271,10 @@ async fn fixture() -> (Gateway, FakeScheduler) {
                 pod("acid-minimal-1", "replica", "127.1.0.11"),
                 pod("acid-minimal-0", "master", "127.1.0.10"),
             ],
-            last_reconcile: "2024-05-01T10:00:00Z".into(),
+                        last_reconcile: "2024-05-01T10:00:00Z".into(),
             reconciles: 3,
             worker: "w-1".into(),
+            databases: vec!["foo".into(), "bar".into()],
         }],
         queue: QueueState {
             worker_id: "w-1".into(),
@@ -395,6 +396,14 @@ fn unowned(team: &str, namespace: &str, cluster: &str, status: &str) -> Value {
         "Message": null, "UID": null, "Instances": null, "Pods": null,
         "LastReconcile": null, "Reconciles": null,
     })
+}
+
+#[tokio::test]
+async fn databases_per_cluster_from_every_worker() {
+    let (gw, _) = fixture().await;
+    let body = gw.ok("/databases/").await;
+    assert_eq!(body["acid-minimal"], json!(["bar", "foo"]), "{body}");
+    assert_eq!(body["billing-main"], json!([]), "{body}");
 }
 
 #[tokio::test]

@@ -317,10 +317,12 @@ impl ClusterTask {
             Ok(pg) if pg.metadata.deletion_timestamp.is_some() => {
                 return self.finalize(&object, &pg, &config).await;
             }
-            Ok(pg) => {
+                        Ok(pg) => {
                 if self.status.is_none() {
                     self.status = self.live_status(&pg).await;
                 }
+                let databases = crate::roles::database_names(&pg);
+                self.ctx.view.update(&self.key, |v| v.databases = databases);
                 let instances = desired_instances(&pg, &config).max(0) as u32;
                 let team = pg.spec.team_id.clone();
                 let result = match sync_objects(

@@ -3,6 +3,7 @@ pub mod apply;
 pub mod builders;
 pub mod cluster;
 pub mod context;
+pub mod database;
 pub mod deletion;
 pub mod discovery;
 pub mod finalizer;

@@ -15,8 +15,9 @@ pub struct ClusterView {
     pub uid: String,
     pub instances: u32,
     pub pods: Vec<PodState>,
-    pub last_reconcile: String,
+        pub last_reconcile: String,
     pub reconciles: u32,
+    pub databases: Vec<String>,
     /// Inputs waiting for the next reconcile, and the latest one's kind.
     pub pending: u32,
     pub pending_event: String,
@@ -96,8 +97,9 @@ impl View {
             instances: c.instances,
             pods: c.pods.clone(),
             last_reconcile: c.last_reconcile.clone(),
-            reconciles: c.reconciles,
+                        reconciles: c.reconciles,
             worker: self.worker_id.clone(),
+            databases: c.databases.clone(),
         }
     }
 

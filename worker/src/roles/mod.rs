@@ -55,3 +55,46 @@ pub struct RoleProblem {
     pub role: String,
     pub reason: String,
 }
+
+/// The databases a manifest asks for: `databases`, and the prepared ones (`preparedDatabases:
+/// {}` prepares one named after the cluster, `-` replaced by `_`), sorted.
+pub fn database_names(pg: &pgop_common::crd::Postgresql) -> Vec<String> {
+    let mut names: BTreeSet<String> = pg.spec.databases.keys().cloned().collect();
+    match &pg.spec.prepared_databases {
+        Some(prepared) if prepared.is_empty() => {
+            names.insert(crate::builders::cluster_name(pg).replace('-', "_"));
+        }
+        Some(prepared) => names.extend(prepared.keys().cloned()),
+        None => {}
+    }
+    names.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_include_prepared_ones() {
+        let pg = |prepared: serde_json::Value| -> pgop_common::crd::Postgresql {
+            let mut spec = serde_json::json!({"teamId": "acid", "numberOfInstances": 1,
+                "volume": {"size": "1Gi"}, "postgresql": {"version": "15"},
+                "databases": {"foo": "zalando"}});
+            if !prepared.is_null() {
+                spec["preparedDatabases"] = prepared;
+            }
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "acid.zalan.do/v1", "kind": "postgresql",
+                "metadata": {"name": "acid-min", "namespace": "ns"}, "spec": spec}))
+            .expect("manifest")
+        };
+        let table = [
+            (serde_json::Value::Null, vec!["foo"]),
+            (serde_json::json!({}), vec!["acid_min", "foo"]),
+            (serde_json::json!({"bar": {}}), vec!["bar", "foo"]),
+        ];
+        for (prepared, want) in table {
+            assert_eq!(database_names(&pg(prepared.clone())), want, "{prepared}");
+        }
+    }
+}
