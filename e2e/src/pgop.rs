@@ -228,6 +228,7 @@ impl Pgop {
                     ("PGOP_WORKER_ID", id.clone()),
                     ("PGOP_SCHEDULER_ADDR", format!("http://{scheduler_addr}")),
                     ("PGOP_HEARTBEAT_INTERVAL_SECONDS", "1".into()),
+                    ("PGOP_NAMESPACE", namespace.into()),
                 ],
                 state_dir,
                 &kubeconfigs.worker,

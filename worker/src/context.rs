@@ -15,13 +15,21 @@ pub struct Context {
     pub view: View,
     /// One permit per concurrent reconcile.
     pub slots: Arc<Semaphore>,
-    /// API versions this cluster serves for version-dependent kinds.
+        /// API versions this cluster serves for version-dependent kinds.
     pub served: ServedVersions,
+    /// Where objects the configuration names without a namespace live.
+    pub operator_namespace: String,
     recorder: Recorder,
 }
 
 impl Context {
-    pub fn new(client: Client, view: View, concurrency: usize, served: ServedVersions) -> Self {
+        pub fn new(
+        client: Client,
+        view: View,
+        concurrency: usize,
+        served: ServedVersions,
+        operator_namespace: String,
+    ) -> Self {
         let reporter = Reporter {
             controller: "pgop-worker".into(),
             instance: Some(view.worker_id().to_string()),
@@ -31,7 +39,8 @@ impl Context {
             client,
             view,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
-            served,
+                        served,
+            operator_namespace,
         }
     }
 

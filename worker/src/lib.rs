@@ -25,7 +25,10 @@ pub struct Settings {
     pub advertise_addr: String,
     /// Unique per worker; `worker-<grpc port>` if empty.
     pub worker_id: String,
-    pub scheduler_addr: String,
+        pub scheduler_addr: String,
+    /// The operator's namespace: where objects the configuration names without a namespace
+    /// live (infrastructure roles, the teams API token). `POD_NAMESPACE` if empty.
+    pub namespace: String,
     /// Clusters reconciled at once.
     pub concurrency: u32,
     pub heartbeat_interval_seconds: u64,
@@ -38,7 +41,8 @@ impl Default for Settings {
             grpc_addr: "127.0.0.1:50052".into(),
             advertise_addr: String::new(),
             worker_id: String::new(),
-            scheduler_addr: "http://127.0.0.1:50051".into(),
+                        scheduler_addr: "http://127.0.0.1:50051".into(),
+            namespace: String::new(),
             concurrency: 8,
             heartbeat_interval_seconds: 2,
             log_format: "text".into(),
@@ -53,6 +57,13 @@ impl Settings {
         }
         let port = self.grpc_addr.rsplit(':').next().unwrap_or_default();
         format!("worker-{port}")
+    }
+
+        pub fn namespace(&self) -> String {
+        if !self.namespace.is_empty() {
+            return self.namespace.clone();
+        }
+        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into())
     }
 
     pub fn advertise_addr(&self) -> String {

@@ -26,8 +26,9 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client,
         view.clone(),
-        settings.concurrency as usize,
+                settings.concurrency as usize,
         served,
+        settings.namespace(),
     ));
     let registry = Registry::start(ctx, shutdown.clone());
     let session = tokio::spawn(session::run(
