@@ -271,7 +271,7 @@ async fn fixture() -> (Gateway, FakeScheduler) {
                 pod("acid-minimal-1", "replica", "127.1.0.11"),
                 pod("acid-minimal-0", "master", "127.1.0.10"),
             ],
-                        last_reconcile: "2024-05-01T10:00:00Z".into(),
+            last_reconcile: "2024-05-01T10:00:00Z".into(),
             reconciles: 3,
             worker: "w-1".into(),
             databases: vec!["foo".into(), "bar".into()],

@@ -72,7 +72,7 @@ pub struct PostgresSpec {
     /// Database name → owner role.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub databases: BTreeMap<String, String>,
-        /// `Some({})` (written `preparedDatabases: {}`) prepares one database named after the
+    /// `Some({})` (written `preparedDatabases: {}`) prepares one database named after the
     /// cluster, so an empty map is not the same as none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared_databases: Option<BTreeMap<String, PreparedDatabase>>,

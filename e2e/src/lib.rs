@@ -3,6 +3,7 @@
 //! component's log collected in `<state>/logs`.
 pub mod env;
 pub mod pgop;
+pub mod teams_api;
 pub mod wait;
 
 pub use env::{Environment, EnvironmentOptions};

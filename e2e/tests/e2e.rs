@@ -19,6 +19,8 @@ use pgop_e2e::{wait, Environment, EnvironmentOptions};
 mod compat;
 #[path = "e2e/operator.rs"]
 mod operator;
+#[path = "e2e/roles.rs"]
+mod roles;
 
 static ENV: OnceLock<Environment> = OnceLock::new();
 
@@ -58,6 +60,9 @@ fn main() {
             "zalando_complete_manifest_and_configuration_unchanged",
             || block_on(compat::zalando_complete_manifest()),
         ),
+        ("roles_databases_and_passwords_inside_postgresql", || {
+            block_on(roles::roles_and_databases())
+        }),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()

@@ -62,6 +62,8 @@ pub struct ClusterTask {
     /// waits for one "Deleted" per DELETE it sent.
     pending_delete_count: u32,
     object_delete_count: u32,
+    /// Role definitions the last database sync refused, as shown to the user.
+    role_problems: String,
     pods: BTreeMap<String, PodState>,
     /// The status as last read or written; None until read from the live object.
     status: Option<String>,
@@ -102,6 +104,7 @@ impl ClusterTask {
             pending_delete: None,
             pending_delete_count: 0,
             object_delete_count: 0,
+            role_problems: String::new(),
             pods: BTreeMap::new(),
             status: None,
             reported: None,
@@ -317,7 +320,7 @@ impl ClusterTask {
             Ok(pg) if pg.metadata.deletion_timestamp.is_some() => {
                 return self.finalize(&object, &pg, &config).await;
             }
-                        Ok(pg) => {
+            Ok(pg) => {
                 if self.status.is_none() {
                     self.status = self.live_status(&pg).await;
                 }
@@ -325,7 +328,7 @@ impl ClusterTask {
                 self.ctx.view.update(&self.key, |v| v.databases = databases);
                 let instances = desired_instances(&pg, &config).max(0) as u32;
                 let team = pg.spec.team_id.clone();
-                let result = match sync_objects(
+                let mut result = match sync_objects(
                     &self.ctx.client,
                     &self.ctx.served,
                     &self.namespace,
@@ -352,6 +355,11 @@ impl ClusterTask {
                         SyncResult::Failed(e.to_string())
                     }
                 };
+                if result == (SyncResult::Synced { pods_ready: true }) {
+                    if let Err(e) = self.sync_database(&reference, &pg, &config).await {
+                        result = SyncResult::Failed(format!("syncing roles and databases: {e}"));
+                    }
+                }
                 (result, team, instances)
             }
         };
@@ -360,7 +368,7 @@ impl ClusterTask {
         let message = match &result {
             SyncResult::Invalid(m) | SyncResult::Failed(m) => m.clone(),
             SyncResult::Synced { pods_ready: false } => "waiting for the pods' roles".into(),
-            SyncResult::Synced { pods_ready: true } => String::new(),
+            SyncResult::Synced { pods_ready: true } => self.role_problems.clone(),
         };
         let mut next = match &result {
             SyncResult::Failed(m) => {
@@ -412,6 +420,54 @@ impl ClusterTask {
         self.report(&current, &team, &message);
         self.finish_view(&message, instances);
         next
+    }
+
+    /// The master's pod address, once Patroni has labelled one.
+    fn master_address(&self) -> Option<String> {
+        self.pods
+            .values()
+            .find(|p| !p.deleted && matches!(p.role.as_str(), "master" | "primary"))
+            .map(|p| p.pod_ip.clone())
+            .filter(|ip| !ip.is_empty())
+    }
+
+    /// Roles and databases inside PostgreSQL. Refused definitions do not fail the sync:
+    /// they are named in the status message and, when they change, in a Warning Event.
+    async fn sync_database(
+        &mut self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        pg: &Postgresql,
+        config: &OperatorConfig,
+    ) -> Result<(), crate::role_sync::RoleSyncError> {
+        let Some(master) = self.master_address() else {
+            return Ok(());
+        };
+        let report =
+            crate::role_sync::sync(&self.ctx, &self.namespace, pg, config, &master).await?;
+        tracing::info!(cluster = %self.key, statements = report.statements, "database in sync");
+        if report.statements > 0 {
+            self.ctx.view.record(
+                &self.key,
+                "sql",
+                format!("{} statements", report.statements),
+            );
+        }
+        let problems = report
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if problems != self.role_problems {
+            if !problems.is_empty() {
+                tracing::warn!(cluster = %self.key, "role definitions refused: {problems}");
+                self.ctx
+                    .event(reference, true, "RoleDefinitionRefused", problems.clone())
+                    .await;
+            }
+            self.role_problems = problems;
+        }
+        Ok(())
     }
 
     /// The status the object carries now: the manifest in hand may predate the previous

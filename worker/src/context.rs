@@ -15,15 +15,17 @@ pub struct Context {
     pub view: View,
     /// One permit per concurrent reconcile.
     pub slots: Arc<Semaphore>,
-        /// API versions this cluster serves for version-dependent kinds.
+    /// API versions this cluster serves for version-dependent kinds.
     pub served: ServedVersions,
     /// Where objects the configuration names without a namespace live.
     pub operator_namespace: String,
+    /// For the teams API.
+    pub http: reqwest::Client,
     recorder: Recorder,
 }
 
 impl Context {
-        pub fn new(
+    pub fn new(
         client: Client,
         view: View,
         concurrency: usize,
@@ -39,8 +41,9 @@ impl Context {
             client,
             view,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
-                        served,
+            served,
             operator_namespace,
+            http: reqwest::Client::new(),
         }
     }
 

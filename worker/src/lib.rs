@@ -10,6 +10,7 @@ pub mod finalizer;
 pub mod manifest;
 pub mod reconcile;
 pub mod registry;
+pub mod role_sync;
 pub mod roles;
 pub mod service;
 pub mod session;
@@ -25,7 +26,7 @@ pub struct Settings {
     pub advertise_addr: String,
     /// Unique per worker; `worker-<grpc port>` if empty.
     pub worker_id: String,
-        pub scheduler_addr: String,
+    pub scheduler_addr: String,
     /// The operator's namespace: where objects the configuration names without a namespace
     /// live (infrastructure roles, the teams API token). `POD_NAMESPACE` if empty.
     pub namespace: String,
@@ -41,7 +42,7 @@ impl Default for Settings {
             grpc_addr: "127.0.0.1:50052".into(),
             advertise_addr: String::new(),
             worker_id: String::new(),
-                        scheduler_addr: "http://127.0.0.1:50051".into(),
+            scheduler_addr: "http://127.0.0.1:50051".into(),
             namespace: String::new(),
             concurrency: 8,
             heartbeat_interval_seconds: 2,
@@ -59,7 +60,7 @@ impl Settings {
         format!("worker-{port}")
     }
 
-        pub fn namespace(&self) -> String {
+    pub fn namespace(&self) -> String {
         if !self.namespace.is_empty() {
             return self.namespace.clone();
         }

@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client,
         view.clone(),
-                settings.concurrency as usize,
+        settings.concurrency as usize,
         served,
         settings.namespace(),
     ));

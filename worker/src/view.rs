@@ -15,7 +15,7 @@ pub struct ClusterView {
     pub uid: String,
     pub instances: u32,
     pub pods: Vec<PodState>,
-        pub last_reconcile: String,
+    pub last_reconcile: String,
     pub reconciles: u32,
     pub databases: Vec<String>,
     /// Inputs waiting for the next reconcile, and the latest one's kind.
@@ -97,7 +97,7 @@ impl View {
             instances: c.instances,
             pods: c.pods.clone(),
             last_reconcile: c.last_reconcile.clone(),
-                        reconciles: c.reconciles,
+            reconciles: c.reconciles,
             worker: self.worker_id.clone(),
             databases: c.databases.clone(),
         }

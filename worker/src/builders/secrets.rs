@@ -1,9 +1,13 @@
 //! Credentials Secrets: one per Postgres role that logs in with a password, named by
 //! `secret_name_template` as Zalando names them, so that applications keep finding them.
 //!
-//! Not covered yet (Zalando creates these too): roles of `preparedDatabases`, the
-//! connection pooler's role, infrastructure roles, cross-namespace secrets of
-//! `namespace.role` users and password rotation.
+//! The roles are those of [`crate::roles::desired::secret_users`]: the superuser, the
+//! replication user, the manifest users that log in and the login users of prepared
+//! databases (`<db>_owner_user`, …, with `defaultUsers`).
+//!
+//! Not covered yet (Zalando creates these too): infrastructure roles, cross-namespace
+//! secrets of `namespace.role` users and of `preparedDatabases.secretNamespace`, and
+//! password rotation. The connection pooler's Secret is created with the pooler.
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -19,25 +23,13 @@ const CRD_KIND: &str = "postgresql";
 /// `{tprgroup}` of the secret name template.
 const CRD_GROUP: &str = "acid.zalan.do";
 
-/// The roles that get a credentials Secret: the superuser, the replication user, then the
-/// manifest's users in name order. Like Zalando, manifest users that redefine a system or
-/// protected role, or cannot log in (`NOLOGIN`), get none.
+/// The roles that get a credentials Secret: the superuser, the replication user, the
+/// manifest's login users in name order, then the login users of prepared databases in
+/// name order. Like Zalando, manifest users that redefine a system or protected role, or
+/// cannot log in (`NOLOGIN`), get none; neither do users pgop refuses (invalid names or
+/// flags).
 pub fn credential_users(pg: &Postgresql, config: &OperatorConfig) -> Vec<String> {
-    let system = [&config.super_username, &config.replication_username];
-    let mut users: Vec<String> = Vec::new();
-    for user in system {
-        if !users.contains(user) {
-            users.push(user.clone());
-        }
-    }
-    for (user, flags) in &pg.spec.users {
-        let reserved = system.contains(&user) || config.protected_role_names.contains(user);
-        let no_login = flags.iter().any(|f| f.eq_ignore_ascii_case("nologin"));
-        if !reserved && !no_login && !users.contains(user) {
-            users.push(user.clone());
-        }
-    }
-    users
+    crate::roles::desired::secret_users(pg, config)
 }
 
 /// The name of `username`'s credentials Secret in `cluster`. Underscores become dashes, as
@@ -147,6 +139,29 @@ mod tests {
         assert_eq!(
             credential_users(&minimal(), &OperatorConfig::default()),
             ["postgres", "standby"]
+        );
+        let prepared = manifest(
+            "acid-prepared",
+            "  teamId: acid\n  numberOfInstances: 1\n  volume: {size: 1Gi}\n  postgresql: {version: \"15\"}\n  users:\n    app: []\n    Bad: []\n  preparedDatabases:\n    foo:\n      defaultUsers: true\n    bar: {}\n",
+        );
+        assert_eq!(
+            credential_users(&prepared, &OperatorConfig::default()),
+            [
+                "postgres",
+                "standby",
+                "app",
+                "foo_owner_user",
+                "foo_reader_user",
+                "foo_writer_user"
+            ]
+        );
+        assert_eq!(
+            secret_name(
+                &OperatorConfig::default(),
+                "foo_owner_user",
+                "acid-prepared"
+            ),
+            "foo-owner-user.acid-prepared.credentials.postgresql.acid.zalan.do"
         );
     }
 

@@ -2,8 +2,9 @@
 //! of Zalando's manifest decoding (`marshal.go`, `util.go`: cluster name, clone source,
 //! maintenance windows) and of its controller (`{team}-` prefix when
 //! `enable_team_id_clustername_prefix`), plus manifest errors Zalando only finds while
-//! creating objects (quantities, users and their flags, containers without image, sidecars
-//! and init containers the configuration disables, clashing additional volumes, node ports).
+//! creating objects (quantities, containers without image, sidecars and init containers the
+//! configuration disables, clashing additional volumes, node ports). Role names and flags
+//! are the role layer's: a bad one is refused alone and the cluster keeps running.
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
 
@@ -15,16 +16,6 @@ use super::{cluster_name, quantity, BuildError};
 const SERVICE_NAME_MAX_LENGTH: usize = 63;
 /// The replica Service `<cluster>-repl` must fit in a Service name.
 pub const CLUSTER_NAME_MAX_LENGTH: usize = SERVICE_NAME_MAX_LENGTH - "-repl".len();
-/// Role flags of manifest users, each also accepted with a `NO` prefix.
-const USER_FLAGS: &[&str] = &[
-    "SUPERUSER",
-    "LOGIN",
-    "CREATEDB",
-    "INHERIT",
-    "REPLICATION",
-    "BYPASSRLS",
-    "CREATEROLE",
-];
 const WEEKDAYS: &[&str] = &["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 
 /// Every problem of the manifest, joined into one message for the cluster's status.
@@ -66,7 +57,6 @@ pub fn validate(pg: &Postgresql, config: &OperatorConfig) -> Result<(), BuildErr
         problems.push(problem);
     }
     problems.extend(resource_problems(pg));
-    problems.extend(user_problems(pg));
     problems.extend(
         spec.maintenance_windows
             .iter()
@@ -198,56 +188,6 @@ fn resource_problems(pg: &Postgresql) -> Vec<String> {
         }
     }
     problems
-}
-
-/// User names as Zalando accepts them, and their role flags.
-fn user_problems(pg: &Postgresql) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (user, flags) in &pg.spec.users {
-        if !valid_user_name(user) {
-            problems.push(format!(
-                "user name {user:?} is invalid: use lowercase letters, digits, '-' and '_', starting and ending with a letter or digit"
-            ));
-        }
-        let mut seen: Vec<String> = Vec::new();
-        for flag in flags {
-            let upper = flag.to_ascii_uppercase();
-            let alphanumeric = flag.starts_with(|c: char| c.is_ascii_alphabetic())
-                && flag.chars().all(|c| c.is_ascii_alphanumeric());
-            let known = USER_FLAGS
-                .iter()
-                .any(|f| upper == *f || upper.strip_prefix("NO") == Some(f));
-            if !alphanumeric || !known {
-                problems.push(format!(
-                    "user {user:?} has an unknown flag {flag:?} (known: {} and their NO… forms)",
-                    USER_FLAGS.join(", ")
-                ));
-                continue;
-            }
-            let inverse = match upper.strip_prefix("NO") {
-                Some(positive) if USER_FLAGS.contains(&positive) => positive.to_string(),
-                _ => format!("NO{upper}"),
-            };
-            if seen.contains(&inverse) {
-                problems.push(format!(
-                    "user {user:?} has conflicting flags {inverse} and {upper}"
-                ));
-            }
-            seen.push(upper);
-        }
-    }
-    problems
-}
-
-/// Dot-separated parts of lowercase letters, digits, `-` and `_`, each starting and ending
-/// with a letter or digit.
-fn valid_user_name(name: &str) -> bool {
-    let edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    name.split('.').all(|part| {
-        part.starts_with(edge)
-            && part.ends_with(edge)
-            && part.chars().all(|c| edge(c) || c == '-' || c == '_')
-    })
 }
 
 /// `[Ddd:]HH:MM-HH:MM` with the end not before the start, e.g. `Sat:22:00-23:59`.
@@ -410,24 +350,6 @@ mod tests {
                 spec_with("  users:\n    zalando: [superuser, createdb]\n    foo_user: []\n    app.reader: [nologin]\n"),
                 &default,
                 None,
-            ),
-            (
-                "acid-x",
-                spec_with("  users:\n    Bad_User: []\n"),
-                &default,
-                Some("user name \"Bad_User\" is invalid"),
-            ),
-            (
-                "acid-x",
-                spec_with("  users:\n    foo: [superuser, fly]\n"),
-                &default,
-                Some("unknown flag \"fly\""),
-            ),
-            (
-                "acid-x",
-                spec_with("  users:\n    foo: [login, NOLOGIN]\n"),
-                &default,
-                Some("conflicting flags LOGIN and NOLOGIN"),
             ),
             (
                 "acid-x",

@@ -70,6 +70,97 @@ pub fn database_names(pg: &pgop_common::crd::Postgresql) -> Vec<String> {
     names.into_iter().collect()
 }
 
+/// One role attribute of [`RoleFlags`] (`SUPERUSER`/`NOSUPERUSER`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Attribute {
+    Superuser,
+    Inherit,
+    Login,
+    CreateRole,
+    CreateDb,
+    Replication,
+    BypassRls,
+}
+
+impl Attribute {
+    pub const ALL: [Attribute; 7] = [
+        Attribute::Superuser,
+        Attribute::Inherit,
+        Attribute::Login,
+        Attribute::CreateRole,
+        Attribute::CreateDb,
+        Attribute::Replication,
+        Attribute::BypassRls,
+    ];
+
+    /// The `CREATE ROLE` keyword granting the attribute (`SUPERUSER`, `CREATEDB`, …).
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Attribute::Superuser => "SUPERUSER",
+            Attribute::Inherit => "INHERIT",
+            Attribute::Login => "LOGIN",
+            Attribute::CreateRole => "CREATEROLE",
+            Attribute::CreateDb => "CREATEDB",
+            Attribute::Replication => "REPLICATION",
+            Attribute::BypassRls => "BYPASSRLS",
+        }
+    }
+
+    /// The keyword for `on` (`SUPERUSER`) or off (`NOSUPERUSER`).
+    pub fn sql(self, on: bool) -> String {
+        if on {
+            self.keyword().to_string()
+        } else {
+            format!("NO{}", self.keyword())
+        }
+    }
+}
+
+impl RoleFlags {
+    /// A role that logs in, with PostgreSQL's defaults otherwise (`INHERIT`). Note that
+    /// `RoleFlags::default()` has `inherit: false`, i.e. `NOINHERIT`.
+    pub fn login() -> Self {
+        RoleFlags {
+            inherit: true,
+            login: true,
+            ..RoleFlags::default()
+        }
+    }
+
+    /// A group role (`NOLOGIN`), with PostgreSQL's defaults otherwise (`INHERIT`).
+    pub fn nologin() -> Self {
+        RoleFlags {
+            inherit: true,
+            ..RoleFlags::default()
+        }
+    }
+
+    pub fn get(&self, attribute: Attribute) -> bool {
+        match attribute {
+            Attribute::Superuser => self.superuser,
+            Attribute::Inherit => self.inherit,
+            Attribute::Login => self.login,
+            Attribute::CreateRole => self.createrole,
+            Attribute::CreateDb => self.createdb,
+            Attribute::Replication => self.replication,
+            Attribute::BypassRls => self.bypassrls,
+        }
+    }
+
+    pub fn set(&mut self, attribute: Attribute, on: bool) {
+        let field = match attribute {
+            Attribute::Superuser => &mut self.superuser,
+            Attribute::Inherit => &mut self.inherit,
+            Attribute::Login => &mut self.login,
+            Attribute::CreateRole => &mut self.createrole,
+            Attribute::CreateDb => &mut self.createdb,
+            Attribute::Replication => &mut self.replication,
+            Attribute::BypassRls => &mut self.bypassrls,
+        };
+        *field = on;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

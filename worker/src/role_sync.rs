@@ -1,0 +1,284 @@
+//! Roles and databases inside a running cluster: read the passwords from the Secrets, the
+//! infrastructure roles and the team members, compute what the server should have (pure,
+//! `roles::desired`), read what it has, and run only the statements that differ.
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use pgop_common::config::OperatorConfig;
+use pgop_common::crd::Postgresql;
+
+use crate::builders::{cluster_name, secrets::secret_name};
+use crate::context::Context;
+use crate::database::{connect, DbError};
+use crate::roles::current::{self, Current, CurrentRole, DatabaseState};
+use crate::roles::desired::{desired, secret_users};
+use crate::roles::diff::{diff, unresolved_memberships};
+use crate::roles::sql::{redacted, render};
+use crate::roles::{infrastructure, teams, RoleProblem, RoleSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoleSyncError {
+    #[error("reading {what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the superuser's Secret has no password yet")]
+    NoSuperuserPassword,
+    #[error(transparent)]
+    Connect(#[from] DbError),
+    #[error("{what}: {source}")]
+    Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("teams API: {0}")]
+    Teams(#[from] teams::TeamsError),
+}
+
+/// What a sync did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub statements: usize,
+    /// Definitions refused or skipped, for the status message and an Event.
+    pub problems: Vec<RoleProblem>,
+}
+
+fn text(data: Option<BTreeMap<String, k8s_openapi::ByteString>>) -> BTreeMap<String, String> {
+    data.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> RoleSyncError {
+    let what = what.into();
+    move |source| RoleSyncError::Kube { what, source }
+}
+
+/// `[namespace/]name` with the operator's namespace as default.
+fn split_name<'a>(value: &'a str, operator_namespace: &'a str) -> (&'a str, &'a str) {
+    value.split_once('/').unwrap_or((operator_namespace, value))
+}
+
+async fn secret_data(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, RoleSyncError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(kube_error(format!("Secret {namespace}/{name}")))?;
+    Ok(secret.map(|s| text(s.data)))
+}
+
+/// The roles of the infrastructure role Secrets (and their companion ConfigMaps).
+async fn infrastructure_roles(
+    ctx: &Context,
+    config: &OperatorConfig,
+    problems: &mut Vec<RoleProblem>,
+) -> Result<Vec<RoleSpec>, RoleSyncError> {
+    let (sources, warnings) = infrastructure::sources_lenient(config);
+    problems.extend(warnings.into_iter().map(|reason| RoleProblem {
+        role: String::new(),
+        reason,
+    }));
+    let mut lists = Vec::new();
+    for source in &sources {
+        let namespace = source.namespace(&ctx.operator_namespace);
+        let Some(data) = secret_data(ctx, namespace, &source.secret_name).await? else {
+            problems.push(RoleProblem {
+                role: String::new(),
+                reason: format!(
+                    "infrastructure roles Secret {namespace}/{} does not exist",
+                    source.secret_name
+                ),
+            });
+            continue;
+        };
+        let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+        let companion = maps
+            .get_opt(&source.secret_name)
+            .await
+            .map_err(kube_error(format!(
+                "ConfigMap {namespace}/{}",
+                source.secret_name
+            )))?
+            .map(|m| m.data.unwrap_or_default());
+        let (roles, found) =
+            infrastructure::roles_with_config_map(source, &data, companion.as_ref());
+        problems.extend(found);
+        lists.push(roles);
+    }
+    Ok(infrastructure::merge(lists))
+}
+
+/// The members of the teams the cluster's roles come from (`enable_teams_api`).
+async fn team_roles(
+    ctx: &Context,
+    pg: &Postgresql,
+    config: &OperatorConfig,
+) -> Result<Vec<RoleSpec>, RoleSyncError> {
+    if !config.enable_teams_api {
+        return Ok(Vec::new());
+    }
+    let (namespace, name) = split_name(&config.oauth_token_secret_name, &ctx.operator_namespace);
+    let data = secret_data(ctx, namespace, name).await?.unwrap_or_default();
+    let token = teams::token_from_secret(&data)?;
+    let mut fetched = Vec::new();
+    for team in teams::teams_to_query(&pg.spec.team_id, config) {
+        let members = teams::team_members(&ctx.http, &config.teams_api_url, &token, &team).await?;
+        fetched.push((team, members));
+    }
+    Ok(teams::human_roles(&fetched, &pg.spec.team_id, config))
+}
+
+async fn read_current(
+    ctx_db: &tokio_postgres::Client,
+    master: &str,
+    user: &str,
+    password: &str,
+    wanted: impl Iterator<Item = &String>,
+) -> Result<Current, RoleSyncError> {
+    let sql = |what: &str| {
+        let what = what.to_string();
+        move |source| RoleSyncError::Sql { what, source }
+    };
+    let roles = ctx_db
+        .query(current::ROLES_QUERY, &[])
+        .await
+        .map_err(sql("reading roles"))?
+        .iter()
+        .map(CurrentRole::from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql("reading roles"))?;
+    let databases = ctx_db
+        .query(current::DATABASES_QUERY, &[])
+        .await
+        .map_err(sql("reading databases"))?
+        .iter()
+        .map(Current::database_from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql("reading databases"))?;
+    let mut state = Current::new(roles, databases);
+    // Inside each wanted database that exists: schemas, extensions, default privileges.
+    for database in wanted {
+        if !state.databases.contains_key(database) {
+            continue;
+        }
+        let db = connect(master, user, password, database).await?;
+        let what = format!("reading database {database}");
+        let schemas = db
+            .query(current::SCHEMAS_QUERY, &[])
+            .await
+            .map_err(sql(&what))?
+            .iter()
+            .map(DatabaseState::schema_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql(&what))?;
+        let extensions = db
+            .query(current::EXTENSIONS_QUERY, &[])
+            .await
+            .map_err(sql(&what))?
+            .iter()
+            .map(DatabaseState::extension_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql(&what))?;
+        let privileges = db
+            .query(current::DEFAULT_PRIVILEGES_QUERY, &[])
+            .await
+            .map_err(sql(&what))?
+            .iter()
+            .map(DatabaseState::default_privilege_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql(&what))?;
+        state = state.with_database_state(
+            database,
+            DatabaseState::new(schemas, extensions, privileges.into_iter().flatten()),
+        );
+    }
+    Ok(state)
+}
+
+/// Brings roles and databases on the master at `master` (its address) to what `pg` and
+/// `config` ask for. Statements are logged without passwords.
+pub async fn sync(
+    ctx: &Context,
+    namespace: &str,
+    pg: &Postgresql,
+    config: &OperatorConfig,
+    master: &str,
+) -> Result<Report, RoleSyncError> {
+    let cluster = cluster_name(pg);
+    let mut passwords = BTreeMap::new();
+    for user in secret_users(pg, config) {
+        let name = secret_name(config, &user, cluster);
+        if let Some(password) = secret_data(ctx, namespace, &name)
+            .await?
+            .and_then(|mut d| d.remove("password"))
+        {
+            passwords.insert(user, password);
+        }
+    }
+    let superuser = config.super_username.clone();
+    let superuser_password = passwords
+        .get(&superuser)
+        .cloned()
+        .ok_or(RoleSyncError::NoSuperuserPassword)?;
+
+    let mut problems = Vec::new();
+    let mut extra = infrastructure_roles(ctx, config, &mut problems).await?;
+    extra.extend(team_roles(ctx, pg, config).await?);
+    let wanted = desired(pg, config, &passwords, extra);
+    problems.extend(wanted.problems.iter().cloned());
+
+    let postgres = connect(master, &superuser, &superuser_password, "postgres").await?;
+    let current = read_current(
+        &postgres,
+        master,
+        &superuser,
+        &superuser_password,
+        wanted.databases.keys(),
+    )
+    .await?;
+    problems.extend(unresolved_memberships(&wanted, &current));
+    let statements = diff(&wanted, &current);
+
+    let mut connections = BTreeMap::from([("postgres".to_string(), postgres)]);
+    for statement in &statements {
+        let database = statement.database().unwrap_or("postgres").to_string();
+        if !connections.contains_key(&database) {
+            let db = connect(master, &superuser, &superuser_password, &database).await?;
+            connections.insert(database.clone(), db);
+        }
+        let shown = redacted(statement);
+        tracing::info!(cluster = %format!("{namespace}/{cluster}"), %database, sql = %shown, "statement");
+        connections[&database]
+            .batch_execute(&render(statement))
+            .await
+            .map_err(|source| RoleSyncError::Sql {
+                what: shown,
+                source,
+            })?;
+    }
+    Ok(Report {
+        statements: statements.len(),
+        problems,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_default_to_the_operators_namespace() {
+        assert_eq!(split_name("ops/token", "pgop"), ("ops", "token"));
+        assert_eq!(split_name("token", "pgop"), ("pgop", "token"));
+    }
+}
