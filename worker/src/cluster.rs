@@ -439,6 +439,10 @@ impl ClusterTask {
         pg: &Postgresql,
         config: &OperatorConfig,
     ) -> Result<(), crate::role_sync::RoleSyncError> {
+                // Zalando's `enable_database_access: false`: the operator never connects.
+        if !config.enable_database_access {
+            return Ok(());
+        }
         let Some(master) = self.master_address() else {
             return Ok(());
         };

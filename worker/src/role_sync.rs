@@ -231,9 +231,17 @@ pub async fn sync(
         .cloned()
         .ok_or(RoleSyncError::NoSuperuserPassword)?;
 
-    let mut problems = Vec::new();
+        let mut problems = Vec::new();
     let mut extra = infrastructure_roles(ctx, config, &mut problems).await?;
-    extra.extend(team_roles(ctx, pg, config).await?);
+    // An unreachable teams API (or a missing token) costs the team members' roles, not the
+    // rest of the sync; the problem is shown like any refused definition.
+    match team_roles(ctx, pg, config).await {
+        Ok(roles) => extra.extend(roles),
+        Err(e) => problems.push(RoleProblem {
+            role: String::new(),
+            reason: e.to_string(),
+        }),
+    }
     let wanted = desired(pg, config, &passwords, extra);
     problems.extend(wanted.problems.iter().cloned());
 
