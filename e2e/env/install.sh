@@ -11,7 +11,7 @@ K8S_BIN=${PGOP_K8S_BIN:-$CACHE/kubernetes-1.20.2-pgop2/bin}
 log() { echo "[install] $*" >&2; }
 
 need_pkgs=()
-for pkg in golang-go rsync etcd-server patroni postgresql-15 pgbouncer \
+for pkg in golang-go rsync etcd-server patroni postgresql-15 postgresql-15-partman pgbouncer \
            golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev \
            curl ca-certificates openssl iproute2 procps locales; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")

@@ -439,7 +439,7 @@ impl ClusterTask {
         pg: &Postgresql,
         config: &OperatorConfig,
     ) -> Result<(), crate::role_sync::RoleSyncError> {
-                // Zalando's `enable_database_access: false`: the operator never connects.
+        // Zalando's `enable_database_access: false`: the operator never connects.
         if !config.enable_database_access {
             return Ok(());
         }

@@ -29,12 +29,14 @@ pub enum RoleSyncError {
     NoSuperuserPassword,
     #[error(transparent)]
     Connect(#[from] DbError),
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", sql_message(source))]
     Sql {
         what: String,
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("{} of {total} statements failed: {}", failed.len(), failed.join("; "))]
+    Statements { failed: Vec<String>, total: usize },
     #[error("teams API: {0}")]
     Teams(#[from] teams::TeamsError),
 }
@@ -45,6 +47,14 @@ pub struct Report {
     pub statements: usize,
     /// Definitions refused or skipped, for the status message and an Event.
     pub problems: Vec<RoleProblem>,
+}
+
+/// The server's own message (`db error` alone says nothing).
+fn sql_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 fn text(data: Option<BTreeMap<String, k8s_openapi::ByteString>>) -> BTreeMap<String, String> {
@@ -231,7 +241,7 @@ pub async fn sync(
         .cloned()
         .ok_or(RoleSyncError::NoSuperuserPassword)?;
 
-        let mut problems = Vec::new();
+    let mut problems = Vec::new();
     let mut extra = infrastructure_roles(ctx, config, &mut problems).await?;
     // An unreachable teams API (or a missing token) costs the team members' roles, not the
     // rest of the sync; the problem is shown like any refused definition.
@@ -257,7 +267,9 @@ pub async fn sync(
     problems.extend(unresolved_memberships(&wanted, &current));
     let statements = diff(&wanted, &current);
 
+    // One statement failing (an extension the image lacks) does not hold up the others.
     let mut connections = BTreeMap::from([("postgres".to_string(), postgres)]);
+    let mut failed = Vec::new();
     for statement in &statements {
         let database = statement.database().unwrap_or("postgres").to_string();
         if !connections.contains_key(&database) {
@@ -266,13 +278,19 @@ pub async fn sync(
         }
         let shown = redacted(statement);
         tracing::info!(cluster = %format!("{namespace}/{cluster}"), %database, sql = %shown, "statement");
-        connections[&database]
+        if let Err(e) = connections[&database]
             .batch_execute(&render(statement))
             .await
-            .map_err(|source| RoleSyncError::Sql {
-                what: shown,
-                source,
-            })?;
+        {
+            tracing::warn!(cluster = %format!("{namespace}/{cluster}"), sql = %shown, "statement failed: {}", sql_message(&e));
+            failed.push(format!("{shown}: {}", sql_message(&e)));
+        }
+    }
+    if !failed.is_empty() {
+        return Err(RoleSyncError::Statements {
+            failed,
+            total: statements.len(),
+        });
     }
     Ok(Report {
         statements: statements.len(),

@@ -144,6 +144,50 @@ pub async fn zalando_complete_manifest() -> Result<()> {
         budget["spec"]
     );
 
+    // Inside PostgreSQL: the manifest's database and the prepared one with its extensions.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let master = pods
+        .list(&ListParams::default().labels(&format!("cluster-name={cluster},spilo-role=master")))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .context("no master pod")?;
+    let master_ip = pod_ip(&master).context("master IP")?;
+    let superuser = secret_value(
+        &client,
+        ns,
+        &format!("postgres.{cluster}.credentials.postgresql.acid.zalan.do"),
+        "password",
+    )
+    .await?;
+    let extensions = wait::until(
+        "pg_partman and pgcrypto in bar",
+        Duration::from_secs(60),
+        || async {
+            let bar = connect_as(&master_ip, "postgres", &superuser, "bar").await?;
+            let rows = bar
+                .query("SELECT extname FROM pg_extension ORDER BY 1", &[])
+                .await?;
+            let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            Ok(
+                (names.iter().any(|n| n == "pg_partman") && names.iter().any(|n| n == "pgcrypto"))
+                    .then_some(names),
+            )
+        },
+    )
+    .await?;
+    ensure!(!extensions.is_empty());
+    let foo_owner: String = connect_as(&master_ip, "postgres", &superuser, "postgres")
+        .await?
+        .query_one(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'foo'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(foo_owner == "zalando", "foo is owned by {foo_owner}");
+
     // The connection pooler: pgbouncer pods that accept the pooler user.
     let patch = |spec: &str| -> Result<String> {
         env().kubectl(&[
@@ -160,7 +204,6 @@ pub async fn zalando_complete_manifest() -> Result<()> {
     };
     patch(r#"{"enableConnectionPooler":true,"enableLogicalBackup":true}"#)?;
     let pooler = format!("{cluster}-pooler");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let ready = wait::until(
         "two Ready pooler pods",
         Duration::from_secs(120),

@@ -554,7 +554,7 @@ pub async fn clusters_move_between_workers() -> Result<()> {
         &[
             ("watched_namespace", &namespaces.join(",")),
             ("kubernetes_use_configmaps", "true"),
-                        ("enable_finalizers", "true"),
+            ("enable_finalizers", "true"),
             // Simulated pods run no PostgreSQL to manage roles in.
             ("enable_database_access", "false"),
         ],
