@@ -148,33 +148,47 @@ async fn team_roles(
     Ok(teams::human_roles(&fetched, &pg.spec.team_id, config))
 }
 
+/// The rows of `query`, each read by `parse`.
+async fn read_rows<T>(
+    db: &tokio_postgres::Client,
+    query: &str,
+    what: &str,
+    parse: fn(&tokio_postgres::Row) -> Result<T, tokio_postgres::Error>,
+) -> Result<Vec<T>, RoleSyncError> {
+    let error = |source| RoleSyncError::Sql {
+        what: what.to_string(),
+        source,
+    };
+    db.query(query, &[])
+        .await
+        .map_err(error)?
+        .iter()
+        .map(parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(error)
+}
+
 async fn read_current(
-    ctx_db: &tokio_postgres::Client,
+    postgres: &tokio_postgres::Client,
     master: &str,
     user: &str,
     password: &str,
     wanted: impl Iterator<Item = &String>,
 ) -> Result<Current, RoleSyncError> {
-    let sql = |what: &str| {
-        let what = what.to_string();
-        move |source| RoleSyncError::Sql { what, source }
-    };
-    let roles = ctx_db
-        .query(current::ROLES_QUERY, &[])
-        .await
-        .map_err(sql("reading roles"))?
-        .iter()
-        .map(CurrentRole::from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(sql("reading roles"))?;
-    let databases = ctx_db
-        .query(current::DATABASES_QUERY, &[])
-        .await
-        .map_err(sql("reading databases"))?
-        .iter()
-        .map(Current::database_from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(sql("reading databases"))?;
+    let roles = read_rows(
+        postgres,
+        current::ROLES_QUERY,
+        "reading roles",
+        CurrentRole::from_row,
+    )
+    .await?;
+    let databases = read_rows(
+        postgres,
+        current::DATABASES_QUERY,
+        "reading databases",
+        Current::database_from_row,
+    )
+    .await?;
     let mut state = Current::new(roles, databases);
     // Inside each wanted database that exists: schemas, extensions, default privileges.
     for database in wanted {
@@ -183,30 +197,27 @@ async fn read_current(
         }
         let db = connect(master, user, password, database).await?;
         let what = format!("reading database {database}");
-        let schemas = db
-            .query(current::SCHEMAS_QUERY, &[])
-            .await
-            .map_err(sql(&what))?
-            .iter()
-            .map(DatabaseState::schema_from_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(sql(&what))?;
-        let extensions = db
-            .query(current::EXTENSIONS_QUERY, &[])
-            .await
-            .map_err(sql(&what))?
-            .iter()
-            .map(DatabaseState::extension_from_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(sql(&what))?;
-        let privileges = db
-            .query(current::DEFAULT_PRIVILEGES_QUERY, &[])
-            .await
-            .map_err(sql(&what))?
-            .iter()
-            .map(DatabaseState::default_privilege_from_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(sql(&what))?;
+        let schemas = read_rows(
+            &db,
+            current::SCHEMAS_QUERY,
+            &what,
+            DatabaseState::schema_from_row,
+        )
+        .await?;
+        let extensions = read_rows(
+            &db,
+            current::EXTENSIONS_QUERY,
+            &what,
+            DatabaseState::extension_from_row,
+        )
+        .await?;
+        let privileges = read_rows(
+            &db,
+            current::DEFAULT_PRIVILEGES_QUERY,
+            &what,
+            DatabaseState::default_privilege_from_row,
+        )
+        .await?;
         state = state.with_database_state(
             database,
             DatabaseState::new(schemas, extensions, privileges.into_iter().flatten()),

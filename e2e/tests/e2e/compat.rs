@@ -12,7 +12,7 @@ use pgop_e2e::wait;
 use serde_json::Value;
 
 use super::operator::{
-    apply_cluster_wide, cluster_status, events_of, install_crd, simulated_cluster, wait_gone,
+    cluster_status, events_of, master_login, operator_namespace, simulated_cluster, wait_gone,
     wait_running,
 };
 use super::{connect_as, env, is_ready, namespace, pod_ip, secret_value};
@@ -45,10 +45,8 @@ fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
 pub async fn zalando_complete_manifest() -> Result<()> {
     let (system_ns, ns, cluster) = ("e2e-compat-system", "e2e-compat", "acid-test-cluster");
     let client = env().client().await?;
-    namespace(&client, system_ns).await?;
+    operator_namespace(&client, system_ns).await?;
     namespace(&client, ns).await?;
-    install_crd().await?;
-    apply_cluster_wide("manifests/postgres-pod-rbac.yaml").await?;
     env().kubectl(&["apply", "-n", system_ns, "-f", &corpus("configmap.yaml")])?;
     // The corpus watches every namespace; the environment variable narrows it to ours.
     let pgop = Pgop::start(
@@ -146,21 +144,7 @@ pub async fn zalando_complete_manifest() -> Result<()> {
 
     // Inside PostgreSQL: the manifest's database and the prepared one with its extensions.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let master = pods
-        .list(&ListParams::default().labels(&format!("cluster-name={cluster},spilo-role=master")))
-        .await?
-        .items
-        .into_iter()
-        .next()
-        .context("no master pod")?;
-    let master_ip = pod_ip(&master).context("master IP")?;
-    let superuser = secret_value(
-        &client,
-        ns,
-        &format!("postgres.{cluster}.credentials.postgresql.acid.zalan.do"),
-        "password",
-    )
-    .await?;
+    let (master_ip, superuser) = master_login(&client, ns, cluster).await?;
     let extensions = wait::until(
         "pg_partman and pgcrypto in bar",
         Duration::from_secs(60),

@@ -57,15 +57,45 @@ pub async fn install_crd() -> Result<()> {
     .await
 }
 
+/// The operator's namespace `system_ns`, the CRD and the pods' ClusterRole.
+pub(crate) async fn operator_namespace(client: &Client, system_ns: &str) -> Result<()> {
+    namespace(client, system_ns).await?;
+    install_crd().await?;
+    apply_cluster_wide("manifests/postgres-pod-rbac.yaml").await
+}
+
+/// The master pod's address and the superuser's password of `cluster`.
+pub(crate) async fn master_login(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+) -> Result<(String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let master = pods
+        .list(&ListParams::default().labels(&format!("cluster-name={cluster},spilo-role=master")))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .context("no master pod")?;
+    let ip = super::pod_ip(&master).context("master without IP")?;
+    let password = super::secret_value(
+        client,
+        ns,
+        &format!("postgres.{cluster}.credentials.postgresql.acid.zalan.do"),
+        "password",
+    )
+    .await?;
+    Ok((ip, password))
+}
+
 /// The CRD, the pods' ClusterRole and the operator ConfigMap in `system_ns`.
 pub(crate) async fn prepare(
     client: &Client,
     system_ns: &str,
     config: &[(&str, &str)],
 ) -> Result<()> {
-    namespace(client, system_ns).await?;
-    install_crd().await?;
-    apply_cluster_wide("manifests/postgres-pod-rbac.yaml").await?;
+    operator_namespace(client, system_ns).await?;
     let data: BTreeMap<String, String> = config
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

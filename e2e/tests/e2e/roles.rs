@@ -7,15 +7,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
 use pgop_e2e::pgop::{Kubeconfigs, Pgop};
 use pgop_e2e::teams_api::TeamsApi;
 use pgop_e2e::wait;
 
-use super::operator::{apply_cluster_wide, events_of, install_crd, wait_gone, wait_running};
-use super::{connect, connect_as, env, namespace, pod_ip, role, secret_value};
+use super::operator::{events_of, master_login, operator_namespace, wait_gone, wait_running};
+use super::{connect, connect_as, env, namespace, secret_value};
 
 const MALICIOUS: &str = r#"x"; DROP ROLE postgres; --"#;
 
@@ -68,10 +68,8 @@ fn sync_counts(log: &std::path::Path, cluster: &str) -> Vec<usize> {
 pub async fn roles_and_databases() -> Result<()> {
     let (system_ns, ns, cluster) = ("e2e-roles-system", "e2e-roles", "acid-roles");
     let client = env().client().await?;
-    namespace(&client, system_ns).await?;
+    operator_namespace(&client, system_ns).await?;
     namespace(&client, ns).await?;
-    install_crd().await?;
-    apply_cluster_wide("manifests/postgres-pod-rbac.yaml").await?;
 
     let teams = TeamsApi::start("e2e-token").await?;
     teams.set_members("acid", &["alice", "bob"]);
@@ -160,23 +158,7 @@ spec:
     env().apply(ns, &manifest)?;
     wait_running(ns, cluster, Duration::from_secs(240)).await?;
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let master = pods
-        .list(&ListParams::default().labels(&format!("cluster-name={cluster},spilo-role=master")))
-        .await?
-        .items
-        .into_iter()
-        .next()
-        .context("no master")?;
-    let ip = pod_ip(&master).context("master IP")?;
-    ensure!(role(&master) == Some("master"));
-    let superuser = secret_value(
-        &client,
-        ns,
-        &format!("postgres.{cluster}.credentials.postgresql.acid.zalan.do"),
-        "password",
-    )
-    .await?;
+    let (ip, superuser) = master_login(&client, ns, cluster).await?;
 
     // The catalogs once the worker has synced (schemas get their own roles, as Zalando's
     // defaultRoles).
