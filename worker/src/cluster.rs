@@ -446,8 +446,13 @@ impl ClusterTask {
         let Some(master) = self.master_address() else {
             return Ok(());
         };
-        let report =
-            crate::role_sync::sync(&self.ctx, &self.namespace, pg, config, &master).await?;
+        // Bounded: a sync stuck on a lock or a vanished master must not hold the slot.
+        let report = tokio::time::timeout(
+            Duration::from_secs(120),
+            crate::role_sync::sync(&self.ctx, &self.namespace, pg, config, &master),
+        )
+        .await
+        .map_err(|_| crate::role_sync::RoleSyncError::TimedOut)??;
         tracing::info!(cluster = %self.key, statements = report.statements, "database in sync");
         if report.statements > 0 {
             self.ctx.view.record(

@@ -1,6 +1,5 @@
-//! Connections to a cluster's PostgreSQL as its superuser: TLS when the server offers it,
-//! without certificate verification (Zalando's `sslmode=require`: Spilo's certificates are
-//! self-signed), plain otherwise.
+//! Connections to a cluster's PostgreSQL as its superuser: always TLS, without certificate
+//! verification (Zalando's `sslmode=require`: Spilo's certificates are self-signed).
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,9 +96,17 @@ pub async fn connect(
         .user(user)
         .password(password)
         .dbname(database)
-        .application_name("pgop")
-        .ssl_mode(SslMode::Prefer)
+                .application_name("pgop")
+        // Encrypted always (Spilo offers TLS), so a password never crosses the network in
+        // the clear even if something else answers at a reused pod address.
+        .ssl_mode(SslMode::Require)
         .connect_timeout(Duration::from_secs(10))
+        // A master gone without closing the connection is noticed within a minute.
+        .keepalives_idle(Duration::from_secs(20))
+        .tcp_user_timeout(Duration::from_secs(60))
+        // No statement of pgop's waits or runs forever, and failed ones (which may carry
+        // password verifiers) are not written to the server's log.
+        .options("-c statement_timeout=60000 -c lock_timeout=10000 -c log_min_error_statement=panic -c log_statement=none")
         .connect(tls())
         .await
         .map_err(|source| DbError::Connect {

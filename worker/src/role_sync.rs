@@ -35,10 +35,12 @@ pub enum RoleSyncError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("{} of {total} statements failed: {}", failed.len(), failed.join("; "))]
+    #[error("{} of {total} statements failed: {}", failed.len(), capped(&failed.join("; ")))]
     Statements { failed: Vec<String>, total: usize },
-    #[error("teams API: {0}")]
+        #[error("teams API: {0}")]
     Teams(#[from] teams::TeamsError),
+    #[error("the sync took longer than two minutes; retried")]
+    TimedOut,
 }
 
 /// What a sync did.
@@ -47,6 +49,15 @@ pub struct Report {
     pub statements: usize,
     /// Definitions refused or skipped, for the status message and an Event.
     pub problems: Vec<RoleProblem>,
+}
+
+/// Status messages stay readable however many statements fail.
+fn capped(text: &str) -> String {
+    const MAX: usize = 1000;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// The server's own message (`db error` alone says nothing).
@@ -92,7 +103,7 @@ async fn infrastructure_roles(
     ctx: &Context,
     config: &OperatorConfig,
     problems: &mut Vec<RoleProblem>,
-) -> Result<Vec<RoleSpec>, RoleSyncError> {
+) -> Vec<RoleSpec> {
     let (sources, warnings) = infrastructure::sources_lenient(config);
     problems.extend(warnings.into_iter().map(|reason| RoleProblem {
         role: String::new(),
@@ -101,31 +112,44 @@ async fn infrastructure_roles(
     let mut lists = Vec::new();
     for source in &sources {
         let namespace = source.namespace(&ctx.operator_namespace);
-        let Some(data) = secret_data(ctx, namespace, &source.secret_name).await? else {
+        // A Secret pgop may not read (or that is missing) costs its roles, not the sync.
+        let mut refused = |reason: String| {
             problems.push(RoleProblem {
                 role: String::new(),
-                reason: format!(
+                reason,
+            })
+        };
+        let data = match secret_data(ctx, namespace, &source.secret_name).await {
+            Ok(Some(data)) => data,
+            Ok(None) => {
+                refused(format!(
                     "infrastructure roles Secret {namespace}/{} does not exist",
                     source.secret_name
-                ),
-            });
-            continue;
+                ));
+                continue;
+            }
+            Err(e) => {
+                refused(format!("infrastructure roles: {e}"));
+                continue;
+            }
         };
         let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-        let companion = maps
-            .get_opt(&source.secret_name)
-            .await
-            .map_err(kube_error(format!(
-                "ConfigMap {namespace}/{}",
-                source.secret_name
-            )))?
-            .map(|m| m.data.unwrap_or_default());
+        let companion = match maps.get_opt(&source.secret_name).await {
+            Ok(map) => map.map(|m| m.data.unwrap_or_default()),
+            Err(e) => {
+                refused(format!(
+                    "infrastructure roles ConfigMap {namespace}/{}: {e}",
+                    source.secret_name
+                ));
+                continue;
+            }
+        };
         let (roles, found) =
             infrastructure::roles_with_config_map(source, &data, companion.as_ref());
         problems.extend(found);
         lists.push(roles);
     }
-    Ok(infrastructure::merge(lists))
+    infrastructure::merge(lists)
 }
 
 /// The members of the teams the cluster's roles come from (`enable_teams_api`).
@@ -237,7 +261,10 @@ pub async fn sync(
 ) -> Result<Report, RoleSyncError> {
     let cluster = cluster_name(pg);
     let mut passwords = BTreeMap::new();
-    for user in secret_users(pg, config) {
+    let users = secret_users(pg, config)
+        .into_iter()
+        .chain(crate::builders::pooler::pooler_user(pg, config));
+    for user in users {
         let name = secret_name(config, &user, cluster);
         if let Some(password) = secret_data(ctx, namespace, &name)
             .await?
@@ -253,7 +280,7 @@ pub async fn sync(
         .ok_or(RoleSyncError::NoSuperuserPassword)?;
 
     let mut problems = Vec::new();
-    let mut extra = infrastructure_roles(ctx, config, &mut problems).await?;
+    let mut extra = infrastructure_roles(ctx, config, &mut problems).await;
     // An unreachable teams API (or a missing token) costs the team members' roles, not the
     // rest of the sync; the problem is shown like any refused definition.
     match team_roles(ctx, pg, config).await {
@@ -284,8 +311,15 @@ pub async fn sync(
     for statement in &statements {
         let database = statement.database().unwrap_or("postgres").to_string();
         if !connections.contains_key(&database) {
-            let db = connect(master, &superuser, &superuser_password, &database).await?;
-            connections.insert(database.clone(), db);
+            match connect(master, &superuser, &superuser_password, &database).await {
+                Ok(db) => {
+                    connections.insert(database.clone(), db);
+                }
+                Err(e) => {
+                    failed.push(format!("{}: {e}", redacted(statement)));
+                    continue;
+                }
+            }
         }
         let shown = redacted(statement);
         tracing::info!(cluster = %format!("{namespace}/{cluster}"), %database, sql = %shown, "statement");

@@ -159,6 +159,10 @@ pub fn user_name_problem(name: &str) -> Option<String> {
     if let Some(problem) = identifier_problem(name) {
         return Some(problem);
     }
+    if name.starts_with("pg_") {
+        // PostgreSQL reserves the prefix for its own roles (pg_monitor, …).
+        return Some("role names starting with \"pg_\" are reserved by PostgreSQL".into());
+    }
     let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     let valid = name.split('.').all(|part| {
         let bytes = part.as_bytes();
@@ -1508,5 +1512,12 @@ pub(crate) mod tests {
             secret_users(&pg, &OperatorConfig::default()),
             ["postgres", "standby"]
         );
+    }
+
+    #[test]
+    fn role_names_may_not_take_postgresqls_prefix() {
+        assert!(user_name_problem("pg_monitor").is_some_and(|p| p.contains("reserved")));
+        assert_eq!(user_name_problem("app_pg_user"), None);
+        assert_eq!(extension_name_problem("pg_trgm"), None, "extensions may");
     }
 }
