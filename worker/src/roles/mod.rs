@@ -34,8 +34,8 @@ pub struct RoleFlags {
     pub bypassrls: bool,
 }
 
-/// A role as pgop wants it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A role as pgop wants it. Its `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RoleSpec {
     pub name: String,
     pub flags: RoleFlags,
@@ -46,6 +46,19 @@ pub struct RoleSpec {
     /// `ALTER ROLE … SET key = value`.
     pub parameters: BTreeMap<String, String>,
     pub origin: Origin,
+}
+
+impl std::fmt::Debug for RoleSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleSpec")
+            .field("name", &self.name)
+            .field("flags", &self.flags)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("member_of", &self.member_of)
+            .field("parameters", &self.parameters)
+            .field("origin", &self.origin)
+            .finish()
+    }
 }
 
 /// A role definition pgop refuses, with the reason (shown in the status and an Event).
@@ -187,5 +200,22 @@ mod tests {
         for (prepared, want) in table {
             assert_eq!(database_names(&pg(prepared.clone())), want, "{prepared}");
         }
+    }
+
+    #[test]
+    fn a_role_spec_never_shows_its_password() {
+        let role = RoleSpec {
+            name: "app".into(),
+            flags: RoleFlags::login(),
+            password: Some("s3cr3t-Pa55".into()),
+            member_of: BTreeSet::new(),
+            parameters: BTreeMap::new(),
+            origin: Origin::Manifest,
+        };
+        let shown = format!("{role:?}");
+        assert!(
+            !shown.contains("s3cr3t") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 }
