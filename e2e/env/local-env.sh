@@ -49,7 +49,7 @@ up() {
     alive "$name" && continue
     [ -x "$bin/$binary" ] || { log "$bin/$binary is missing: run 'make build'"; exit 1; }
     # shellcheck disable=SC2086
-    env $settings setsid "$bin/$binary" >>"$state/logs/$name.log" 2>&1 < /dev/null &
+    env NO_COLOR=1 $settings setsid "$bin/$binary" >>"$state/logs/$name.log" 2>&1 < /dev/null &
     echo $! > "$state/pids/$name.pid"
   done
   kubectl apply -n "$namespace" -f "$root/manifests/minimal-postgres-manifest.yaml" >/dev/null

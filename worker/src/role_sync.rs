@@ -37,7 +37,7 @@ pub enum RoleSyncError {
     },
     #[error("{} of {total} statements failed: {}", failed.len(), capped(&failed.join("; ")))]
     Statements { failed: Vec<String>, total: usize },
-        #[error("teams API: {0}")]
+    #[error("teams API: {0}")]
     Teams(#[from] teams::TeamsError),
     #[error("the sync took longer than two minutes; retried")]
     TimedOut,

@@ -14,7 +14,8 @@ use super::volumes::Mounts;
 use crate::runtime::pgbouncer::{pgbouncer_config, PgbouncerError, PgbouncerInput};
 use crate::runtime::process::{chown_tree, ProcessSpec};
 use crate::runtime::spilo::{
-    bootstrap_users, bootstrap_users_sql, patroni_config, SpiloError, SpiloInput,
+    bootstrap_users, bootstrap_users_sql, patroni_config, spilo_builtin_roles, SpiloError,
+    SpiloInput,
 };
 use crate::runtime::{runtime_for, RuntimeKind};
 use crate::Shared;
@@ -134,17 +135,16 @@ pub async fn prepare(
                     .as_bytes(),
                 0o600,
             )?;
-            let users = bootstrap_users(env)?;
-            if !users.is_empty() {
-                let sql_path = run_dir.join("post_init.sql");
-                write(&sql_path, bootstrap_users_sql(&users).as_bytes(), 0o600)?;
-                let script = format!(
-                    "#!/bin/sh\nexec {}/psql -v ON_ERROR_STOP=0 -d \"$1\" -f {}\n",
-                    config.pg_bin_dir.display(),
-                    sql_path.display()
-                );
-                write(&run_dir.join("post_init.sh"), script.as_bytes(), 0o755)?;
-            }
+            let mut users = bootstrap_users(env)?;
+            users.extend(spilo_builtin_roles());
+            let sql_path = run_dir.join("post_init.sql");
+            write(&sql_path, bootstrap_users_sql(&users).as_bytes(), 0o600)?;
+            let script = format!(
+                "#!/bin/sh\nexec {}/psql -v ON_ERROR_STOP=0 -d \"$1\" -f {}\n",
+                config.pg_bin_dir.display(),
+                sql_path.display()
+            );
+            write(&run_dir.join("post_init.sh"), script.as_bytes(), 0o755)?;
             chown(&run_dir)?;
             chown(&socket_dir)?;
             // Only the data directory's own tree: the claim directory may hold other files.

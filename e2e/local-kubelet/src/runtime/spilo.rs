@@ -199,9 +199,9 @@ pub fn patroni_config(input: &SpiloInput) -> Result<Value, SpiloError> {
         },
         "watchdog": {"mode": "off"},
     });
-    if !bootstrap_users(env)?.is_empty() {
-        config["bootstrap"]["post_init"] = json!(input.run_dir.join("post_init.sh"));
-    }
+        // As Spilo, post-init always runs: it creates the bootstrap users and Spilo's own roles.
+    bootstrap_users(env)?;
+    config["bootstrap"]["post_init"] = json!(input.run_dir.join("post_init.sh"));
     Ok(config)
 }
 
@@ -250,6 +250,20 @@ pub fn bootstrap_users(env: &BTreeMap<String, String>) -> Result<Vec<BootstrapUs
                 .collect(),
         })
         .collect())
+}
+
+/// The roles Spilo's own post-init script creates in every cluster (operators grant them:
+/// Zalando's `team_admin_role` is `admin`, its protected roles include `cron_admin`).
+pub fn spilo_builtin_roles() -> Vec<BootstrapUser> {
+    let role = |name: &str, options: &[&str]| BootstrapUser {
+        name: name.to_string(),
+        password: String::new(),
+        options: options.iter().map(|o| o.to_string()).collect(),
+    };
+    vec![
+        role("admin", &["CREATEDB", "NOLOGIN"]),
+        role("cron_admin", &["NOLOGIN"]),
+    ]
 }
 
 /// SQL creating the bootstrap users; names and passwords are quoted by postgres-protocol.
@@ -343,7 +357,10 @@ mod tests {
         for (pointer, want) in cases {
             assert_eq!(c.pointer(pointer), Some(want), "{pointer}");
         }
-        assert!(c.pointer("/bootstrap/post_init").is_none());
+                assert!(
+            c.pointer("/bootstrap/post_init").is_some(),
+            "Spilo's own roles are always created"
+        );
     }
 
     #[test]
