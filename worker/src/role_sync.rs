@@ -192,28 +192,30 @@ async fn read_rows<T>(
         .map_err(error)
 }
 
+/// The server's state, and the connections opened to read it (kept for the writes).
 async fn read_current(
-    postgres: &tokio_postgres::Client,
+    postgres: tokio_postgres::Client,
     master: &str,
     user: &str,
     password: &str,
     wanted: impl Iterator<Item = &String>,
-) -> Result<Current, RoleSyncError> {
+) -> Result<(Current, BTreeMap<String, tokio_postgres::Client>), RoleSyncError> {
     let roles = read_rows(
-        postgres,
+        &postgres,
         current::ROLES_QUERY,
         "reading roles",
         CurrentRole::from_row,
     )
     .await?;
     let databases = read_rows(
-        postgres,
+        &postgres,
         current::DATABASES_QUERY,
         "reading databases",
         Current::database_from_row,
     )
     .await?;
     let mut state = Current::new(roles, databases);
+    let mut connections = BTreeMap::from([("postgres".to_string(), postgres)]);
     // Inside each wanted database that exists: schemas, extensions, default privileges.
     for database in wanted {
         if !state.databases.contains_key(database) {
@@ -246,8 +248,9 @@ async fn read_current(
             database,
             DatabaseState::new(schemas, extensions, privileges.into_iter().flatten()),
         );
+        connections.insert(database.clone(), db);
     }
-    Ok(state)
+    Ok((state, connections))
 }
 
 /// Brings roles and databases on the master at `master` (its address) to what `pg` and
@@ -294,19 +297,24 @@ pub async fn sync(
     problems.extend(wanted.problems.iter().cloned());
 
     let postgres = connect(master, &superuser, &superuser_password, "postgres").await?;
-    let current = read_current(
-        &postgres,
-        master,
-        &superuser,
-        &superuser_password,
-        wanted.databases.keys(),
-    )
-    .await?;
+    // Only databases with something inside to manage are opened (plain `spec.databases`
+    // entries need nothing but their owner, read from pg_database).
+    let inside = wanted
+        .databases
+        .iter()
+        .filter(|(_, d)| {
+            d.prepared
+                || !d.schemas.is_empty()
+                || !d.extensions.is_empty()
+                || !d.default_privileges.is_empty()
+        })
+        .map(|(name, _)| name);
+    let (current, mut connections) =
+        read_current(postgres, master, &superuser, &superuser_password, inside).await?;
     problems.extend(unresolved_memberships(&wanted, &current));
     let statements = diff(&wanted, &current);
 
     // One statement failing (an extension the image lacks) does not hold up the others.
-    let mut connections = BTreeMap::from([("postgres".to_string(), postgres)]);
     let mut failed = Vec::new();
     for statement in &statements {
         let database = statement.database().unwrap_or("postgres").to_string();

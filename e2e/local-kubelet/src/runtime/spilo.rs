@@ -199,7 +199,7 @@ pub fn patroni_config(input: &SpiloInput) -> Result<Value, SpiloError> {
         },
         "watchdog": {"mode": "off"},
     });
-        // As Spilo, post-init always runs: it creates the bootstrap users and Spilo's own roles.
+    // As Spilo, post-init always runs: it creates the bootstrap users and Spilo's own roles.
     bootstrap_users(env)?;
     config["bootstrap"]["post_init"] = json!(input.run_dir.join("post_init.sh"));
     Ok(config)
@@ -357,7 +357,7 @@ mod tests {
         for (pointer, want) in cases {
             assert_eq!(c.pointer(pointer), Some(want), "{pointer}");
         }
-                assert!(
+        assert!(
             c.pointer("/bootstrap/post_init").is_some(),
             "Spilo's own roles are always created"
         );
