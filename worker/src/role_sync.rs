@@ -41,6 +41,8 @@ pub enum RoleSyncError {
     Teams(#[from] teams::TeamsError),
     #[error("the sync took longer than two minutes; retried")]
     TimedOut,
+    #[error("computing the statements failed: {0}")]
+    Diff(String),
 }
 
 /// What a sync did.
@@ -312,7 +314,11 @@ pub async fn sync(
     let (current, mut connections) =
         read_current(postgres, master, &superuser, &superuser_password, inside).await?;
     problems.extend(unresolved_memberships(&wanted, &current));
-    let statements = diff(&wanted, &current);
+    // Checking SCRAM verifiers costs thousands of hash rounds per role: off the async
+    // threads, so other clusters' tasks and the heartbeats are not held up.
+    let statements = tokio::task::spawn_blocking(move || diff(&wanted, &current))
+        .await
+        .map_err(|e| RoleSyncError::Diff(e.to_string()))?;
 
     // One statement failing (an extension the image lacks) does not hold up the others.
     let mut failed = Vec::new();
