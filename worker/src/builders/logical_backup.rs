@@ -40,8 +40,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, NodeAffinity,
     NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodAffinity,
     PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext, Toleration, Volume,
-    VolumeMount, WeightedPodAffinityTerm,
+    SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -52,6 +52,7 @@ use super::labels::{inherited_annotations, object_labels, MASTER_ROLE};
 use super::secrets::secret_name;
 use super::services::service_name;
 use super::spilo_env::POSTGRES_PORT;
+use super::statefulset::tolerations;
 use super::statefulset::PATRONI_PORT;
 use super::{cluster_name, non_empty, object_meta, quantity, BuildError};
 
@@ -485,28 +486,6 @@ pub fn logical_backup_resources(
         limits: non_empty(limits),
         ..ResourceRequirements::default()
     })
-}
-
-/// The manifest's tolerations, else the one of the `toleration` setting.
-fn tolerations(pg: &Postgresql, config: &OperatorConfig) -> Option<Vec<Toleration>> {
-    if !pg.spec.tolerations.is_empty() {
-        return Some(pg.spec.tolerations.clone());
-    }
-    let field = |key: &str| {
-        config
-            .toleration
-            .get(key)
-            .cloned()
-            .filter(|v| !v.is_empty())
-    };
-    let toleration = Toleration {
-        key: field("key"),
-        operator: field("operator"),
-        value: field("value"),
-        effect: field("effect"),
-        toleration_seconds: None,
-    };
-    (toleration != Toleration::default()).then(|| vec![toleration])
 }
 
 /// `node_readiness_label` as a required node affinity term.

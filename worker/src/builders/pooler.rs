@@ -16,11 +16,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PodAffinityTerm, PodAntiAffinity,
+    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, PodAffinityTerm, PodAntiAffinity,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
     SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    Toleration, Volume, VolumeMount, WeightedPodAffinityTerm,
+    Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -35,6 +34,7 @@ use super::labels::{
 use super::secrets::secret_name;
 use super::services::{node_port, service_name};
 use super::spilo_env::POSTGRES_PORT;
+use super::statefulset::{file_path, node_affinity, tolerations};
 use super::{cluster_name, non_empty, object_meta, quantity, BuildError};
 
 /// Name of the pooler container.
@@ -455,15 +455,6 @@ fn tls_files(tls: &Tls) -> (Vec<EnvVar>, Vec<(Volume, &'static str)>) {
     (env, volumes)
 }
 
-/// `file` below `dir` unless it is absolute; `dir/default` when empty.
-fn file_path(file: &str, dir: &str, default: &str) -> String {
-    match file {
-        "" => format!("{dir}/{default}"),
-        absolute if absolute.starts_with('/') => absolute.to_string(),
-        relative => format!("{dir}/{relative}"),
-    }
-}
-
 /// The section's resources, else the `connection_pooler_default_*` settings (unset when
 /// neither is given); limits raised to the requests, and the memory request raised to its
 /// limit when `set_memory_request_to_limit`. The `min_*`/`max_*` thresholds apply to
@@ -580,29 +571,6 @@ fn amount(q: &Quantity) -> i128 {
     quantity::parse(&q.0).unwrap_or(0)
 }
 
-/// The manifest's tolerations, else the one of the `toleration` setting: the pooler pods
-/// may run where the cluster's pods run.
-fn tolerations(pg: &Postgresql, config: &OperatorConfig) -> Option<Vec<Toleration>> {
-    if !pg.spec.tolerations.is_empty() {
-        return Some(pg.spec.tolerations.clone());
-    }
-    let field = |key: &str| {
-        config
-            .toleration
-            .get(key)
-            .cloned()
-            .filter(|v| !v.is_empty())
-    };
-    let toleration = Toleration {
-        key: field("key"),
-        operator: field("operator"),
-        value: field("value"),
-        effect: field("effect"),
-        toleration_seconds: None,
-    };
-    (toleration != Toleration::default()).then(|| vec![toleration])
-}
-
 /// The cluster's node affinity, plus anti-affinity between the pods of one pooler when
 /// `enable_pod_antiaffinity`.
 fn affinity(pg: &Postgresql, config: &OperatorConfig, role: PoolerRole) -> Option<Affinity> {
@@ -642,50 +610,6 @@ fn affinity(pg: &Postgresql, config: &OperatorConfig, role: PoolerRole) -> Optio
         pod_anti_affinity: Some(anti_affinity),
         ..Affinity::default()
     })
-}
-
-/// The manifest's node affinity with the readiness labels required too: as an extra
-/// alternative term (`node_readiness_label_merge: OR`) or added to every term (`AND`).
-fn node_affinity(pg: &Postgresql, config: &OperatorConfig) -> Option<NodeAffinity> {
-    let readiness = &config.node_readiness_label;
-    if readiness.is_empty() && pg.spec.node_affinity.is_none() {
-        return None;
-    }
-    let mut affinity = pg.spec.node_affinity.clone().unwrap_or_default();
-    if readiness.is_empty() {
-        return Some(affinity);
-    }
-    let expressions: Vec<NodeSelectorRequirement> = readiness
-        .iter()
-        .map(|(key, value)| NodeSelectorRequirement {
-            key: key.clone(),
-            operator: "In".into(),
-            values: Some(vec![value.clone()]),
-        })
-        .collect();
-    let readiness_term = NodeSelectorTerm {
-        match_expressions: Some(expressions.clone()),
-        match_fields: None,
-    };
-    match affinity
-        .required_during_scheduling_ignored_during_execution
-        .as_mut()
-    {
-        None => {
-            affinity.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
-                node_selector_terms: vec![readiness_term],
-            })
-        }
-        Some(selector) if config.node_readiness_label_merge == "AND" => {
-            for term in &mut selector.node_selector_terms {
-                term.match_expressions
-                    .get_or_insert_with(Vec::new)
-                    .extend(expressions.iter().cloned());
-            }
-        }
-        Some(selector) => selector.node_selector_terms.push(readiness_term),
-    }
-    Some(affinity)
 }
 
 /// How a pooler Service is exposed.

@@ -1165,7 +1165,7 @@ fn sidecar_resources(
 }
 
 /// `file` below `dir` unless it is absolute; `dir/default` when empty.
-fn file_path(file: &str, dir: &str, default: &str) -> String {
+pub(super) fn file_path(file: &str, dir: &str, default: &str) -> String {
     match file {
         "" => format!("{dir}/{default}"),
         absolute if absolute.starts_with('/') => absolute.to_string(),
@@ -1174,7 +1174,7 @@ fn file_path(file: &str, dir: &str, default: &str) -> String {
 }
 
 /// The manifest's tolerations, else the one of the `toleration` setting.
-fn tolerations(pg: &Postgresql, config: &OperatorConfig) -> Option<Vec<Toleration>> {
+pub(super) fn tolerations(pg: &Postgresql, config: &OperatorConfig) -> Option<Vec<Toleration>> {
     if !pg.spec.tolerations.is_empty() {
         return Some(pg.spec.tolerations.clone());
     }
@@ -1238,7 +1238,7 @@ fn affinity(pg: &Postgresql, config: &OperatorConfig) -> Option<Affinity> {
 
 /// The manifest's node affinity with the readiness labels required too: as an extra
 /// alternative term (`node_readiness_label_merge: OR`) or added to every term (`AND`).
-fn node_affinity(pg: &Postgresql, config: &OperatorConfig) -> Option<NodeAffinity> {
+pub(super) fn node_affinity(pg: &Postgresql, config: &OperatorConfig) -> Option<NodeAffinity> {
     let readiness = &config.node_readiness_label;
     if readiness.is_empty() && pg.spec.node_affinity.is_none() {
         return None;
