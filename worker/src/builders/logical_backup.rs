@@ -466,21 +466,11 @@ pub fn logical_backup_resources(
             &config.default_memory_limit,
         ),
     ])?;
-    let amount = |q: &Quantity| quantity::parse(&q.0).unwrap_or(0);
-    for resource in ["cpu", "memory"] {
-        if let (Some(request), Some(limit)) = (requests.get(resource), limits.get(resource)) {
-            if amount(limit) < amount(request) {
-                limits.insert(resource.into(), request.clone());
-            }
-        }
-    }
-    if config.set_memory_request_to_limit {
-        if let Some(limit) = limits.get("memory") {
-            if requests.get("memory").map_or(0, amount) < amount(limit) {
-                requests.insert("memory".into(), limit.clone());
-            }
-        }
-    }
+    super::fit_limits_and_requests(
+        &mut requests,
+        &mut limits,
+        config.set_memory_request_to_limit,
+    );
     Ok(ResourceRequirements {
         requests: non_empty(requests),
         limits: non_empty(limits),

@@ -47,6 +47,38 @@ fn non_empty<K, V>(
     (!map.is_empty()).then_some(map)
 }
 
+/// A limit below its request would make the pod unschedulable: it is raised to the
+/// request; with `set_memory_request_to_limit` the memory request is raised to its limit.
+fn fit_limits_and_requests(
+    requests: &mut std::collections::BTreeMap<
+        String,
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+    >,
+    limits: &mut std::collections::BTreeMap<
+        String,
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+    >,
+    set_memory_request_to_limit: bool,
+) {
+    let amount = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+        q.and_then(|q| quantity::parse(&q.0).ok()).unwrap_or(0)
+    };
+    for resource in ["cpu", "memory"] {
+        if let (Some(request), Some(limit)) = (requests.get(resource), limits.get(resource)) {
+            if amount(Some(limit)) < amount(Some(request)) {
+                limits.insert(resource.into(), request.clone());
+            }
+        }
+    }
+    if set_memory_request_to_limit {
+        if let Some(limit) = limits.get("memory") {
+            if amount(requests.get("memory")) < amount(Some(limit)) {
+                requests.insert("memory".into(), limit.clone());
+            }
+        }
+    }
+}
+
 /// Kubernetes resource quantities (`500m`, `1.5Gi`, `1e3`), parsed exactly enough to
 /// validate and compare them. k8s-openapi keeps quantities as plain strings.
 pub mod quantity {

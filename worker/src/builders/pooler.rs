@@ -16,10 +16,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    Volume, VolumeMount, WeightedPodAffinityTerm,
+    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -34,7 +33,7 @@ use super::labels::{
 use super::secrets::secret_name;
 use super::services::{node_port, service_name};
 use super::spilo_env::POSTGRES_PORT;
-use super::statefulset::{file_path, node_affinity, tolerations};
+use super::statefulset::{file_path, node_affinity, pod_anti_affinity, tolerations};
 use super::{cluster_name, non_empty, object_meta, quantity, BuildError};
 
 /// Name of the pooler container.
@@ -486,20 +485,11 @@ fn pooler_resources(
             ),
         ],
     )?;
-    for resource in ["cpu", "memory"] {
-        if let (Some(request), Some(limit)) = (requests.get(resource), limits.get(resource)) {
-            if amount(limit) < amount(request) {
-                limits.insert(resource.into(), request.clone());
-            }
-        }
-    }
-    if config.set_memory_request_to_limit {
-        if let Some(limit) = limits.get("memory") {
-            if requests.get("memory").map_or(0, amount) < amount(limit) {
-                requests.insert("memory".into(), limit.clone());
-            }
-        }
-    }
+    super::fit_limits_and_requests(
+        &mut requests,
+        &mut limits,
+        config.set_memory_request_to_limit,
+    );
     Ok(ResourceRequirements {
         requests: non_empty(requests),
         limits: non_empty(limits),
@@ -566,11 +556,6 @@ fn resource_list(
     Ok(list)
 }
 
-/// A quantity already checked by `resource_list`.
-fn amount(q: &Quantity) -> i128 {
-    quantity::parse(&q.0).unwrap_or(0)
-}
-
 /// The cluster's node affinity, plus anti-affinity between the pods of one pooler when
 /// `enable_pod_antiaffinity`.
 fn affinity(pg: &Postgresql, config: &OperatorConfig, role: PoolerRole) -> Option<Affinity> {
@@ -581,30 +566,7 @@ fn affinity(pg: &Postgresql, config: &OperatorConfig, role: PoolerRole) -> Optio
             ..Affinity::default()
         });
     }
-    let term = PodAffinityTerm {
-        label_selector: Some(LabelSelector {
-            match_labels: Some(pooler_selector(pg, config, role)),
-            match_expressions: None,
-        }),
-        topology_key: config.pod_antiaffinity_topology_key.clone(),
-        ..PodAffinityTerm::default()
-    };
-    let anti_affinity = if config.pod_antiaffinity_preferred_during_scheduling {
-        PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                WeightedPodAffinityTerm {
-                    weight: 1,
-                    pod_affinity_term: term,
-                },
-            ]),
-            ..PodAntiAffinity::default()
-        }
-    } else {
-        PodAntiAffinity {
-            required_during_scheduling_ignored_during_execution: Some(vec![term]),
-            ..PodAntiAffinity::default()
-        }
-    };
+    let anti_affinity = pod_anti_affinity(pooler_selector(pg, config, role), config);
     Some(Affinity {
         node_affinity,
         pod_anti_affinity: Some(anti_affinity),

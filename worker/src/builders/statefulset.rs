@@ -133,21 +133,11 @@ pub fn postgres_resources(
             }
         }
     }
-    // A limit below the request would make the pod unschedulable.
-    for resource in ["cpu", "memory"] {
-        if let (Some(request), Some(limit)) = (requests.get(resource), limits.get(resource)) {
-            if amount(Some(limit)) < amount(Some(request)) {
-                limits.insert(resource.into(), request.clone());
-            }
-        }
-    }
-    if config.set_memory_request_to_limit {
-        if let Some(limit) = limits.get("memory") {
-            if amount(requests.get("memory")) < amount(Some(limit)) {
-                requests.insert("memory".into(), limit.clone());
-            }
-        }
-    }
+    super::fit_limits_and_requests(
+        &mut requests,
+        &mut limits,
+        config.set_memory_request_to_limit,
+    );
     if enforce_thresholds {
         let maximums = [
             ("cpu", "max_cpu_request", &config.max_cpu_request),
@@ -1143,20 +1133,11 @@ fn sidecar_resources(
         lists.push(list);
     }
     let (mut requests, mut limits) = (lists.remove(0), lists.remove(0));
-    for resource in ["cpu", "memory"] {
-        if let (Some(request), Some(limit)) = (requests.get(resource), limits.get(resource)) {
-            if amount(Some(limit)) < amount(Some(request)) {
-                limits.insert(resource.into(), request.clone());
-            }
-        }
-    }
-    if config.set_memory_request_to_limit {
-        if let Some(limit) = limits.get("memory") {
-            if amount(requests.get("memory")) < amount(Some(limit)) {
-                requests.insert("memory".into(), limit.clone());
-            }
-        }
-    }
+    super::fit_limits_and_requests(
+        &mut requests,
+        &mut limits,
+        config.set_memory_request_to_limit,
+    );
     Ok(ResourceRequirements {
         requests: non_empty(requests),
         limits: non_empty(limits),
@@ -1205,15 +1186,29 @@ fn affinity(pg: &Postgresql, config: &OperatorConfig) -> Option<Affinity> {
             ..Affinity::default()
         });
     }
+    let anti_affinity = pod_anti_affinity(object_labels(pg, config), config);
+    Some(Affinity {
+        node_affinity,
+        pod_anti_affinity: Some(anti_affinity),
+        ..Affinity::default()
+    })
+}
+
+/// Anti-affinity between the pods `labels` select, preferred or required as configured
+/// (`pod_antiaffinity_preferred_during_scheduling`, `pod_antiaffinity_topology_key`).
+pub(super) fn pod_anti_affinity(
+    labels: BTreeMap<String, String>,
+    config: &OperatorConfig,
+) -> PodAntiAffinity {
     let term = PodAffinityTerm {
         label_selector: Some(LabelSelector {
-            match_labels: Some(object_labels(pg, config)),
+            match_labels: Some(labels),
             match_expressions: None,
         }),
         topology_key: config.pod_antiaffinity_topology_key.clone(),
         ..PodAffinityTerm::default()
     };
-    let anti_affinity = if config.pod_antiaffinity_preferred_during_scheduling {
+    if config.pod_antiaffinity_preferred_during_scheduling {
         PodAntiAffinity {
             preferred_during_scheduling_ignored_during_execution: Some(vec![
                 WeightedPodAffinityTerm {
@@ -1228,12 +1223,7 @@ fn affinity(pg: &Postgresql, config: &OperatorConfig) -> Option<Affinity> {
             required_during_scheduling_ignored_during_execution: Some(vec![term]),
             ..PodAntiAffinity::default()
         }
-    };
-    Some(Affinity {
-        node_affinity,
-        pod_anti_affinity: Some(anti_affinity),
-        ..Affinity::default()
-    })
+    }
 }
 
 /// The manifest's node affinity with the readiness labels required too: as an extra
