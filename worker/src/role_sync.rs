@@ -8,7 +8,7 @@ use kube::Api;
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
 
-use crate::builders::{cluster_name, secrets::secret_name};
+use crate::builders::{cluster_name, secrets::credential_secret};
 use crate::context::Context;
 use crate::database::{connect, DbError};
 use crate::roles::current::{self, Current, CurrentRole, DatabaseState};
@@ -270,8 +270,8 @@ pub async fn sync(
         .into_iter()
         .chain(crate::builders::pooler::pooler_user(pg, config));
     for user in users {
-        let name = secret_name(config, &user, cluster);
-        if let Some(password) = secret_data(ctx, namespace, &name)
+        let secret = credential_secret(pg, config, &user);
+        if let Some(password) = secret_data(ctx, &secret.namespace, &secret.name)
             .await?
             .and_then(|mut d| d.remove("password"))
         {
@@ -288,13 +288,19 @@ pub async fn sync(
     let mut extra = infrastructure_roles(ctx, config, &mut problems).await;
     // An unreachable teams API (or a missing token) costs the team members' roles, not the
     // rest of the sync; the problem is shown like any refused definition.
-    match team_roles(ctx, pg, config).await {
-        Ok(roles) => extra.extend(roles),
-        Err(e) => problems.push(RoleProblem {
-            role: String::new(),
-            reason: e.to_string(),
-        }),
-    }
+    let teams_answered = match team_roles(ctx, pg, config).await {
+        Ok(roles) => {
+            extra.extend(roles);
+            config.enable_teams_api
+        }
+        Err(e) => {
+            problems.push(RoleProblem {
+                role: String::new(),
+                reason: e.to_string(),
+            });
+            false
+        }
+    };
     let wanted = desired(pg, config, &passwords, extra);
     problems.extend(wanted.problems.iter().cloned());
 
@@ -311,14 +317,22 @@ pub async fn sync(
                 || !d.default_privileges.is_empty()
         })
         .map(|(name, _)| name);
-    let (current, mut connections) =
+    let (mut current, mut connections) =
         read_current(postgres, master, &superuser, &superuser_password, inside).await?;
     problems.extend(unresolved_memberships(&wanted, &current));
+    // Former team members are only known when the teams API answered.
+    let mut statements = if teams_answered && config.enable_team_member_deprecation {
+        teams::member_renames(&mut current, &wanted, config)
+    } else {
+        Vec::new()
+    };
     // Checking SCRAM verifiers costs thousands of hash rounds per role: off the async
     // threads, so other clusters' tasks and the heartbeats are not held up.
-    let statements = tokio::task::spawn_blocking(move || diff(&wanted, &current))
-        .await
-        .map_err(|e| RoleSyncError::Diff(e.to_string()))?;
+    statements.extend(
+        tokio::task::spawn_blocking(move || diff(&wanted, &current))
+            .await
+            .map_err(|e| RoleSyncError::Diff(e.to_string()))?,
+    );
 
     // One statement failing (an extension the image lacks) does not hold up the others.
     let mut failed = Vec::new();

@@ -108,6 +108,18 @@ pub enum Statement {
         privileges: Vec<Privilege>,
         grantees: Vec<String>,
     },
+    /// `ALTER ROLE … RENAME TO …`: a former team member's role set aside (or restored).
+    RenameRole { from: String, to: String },
+    /// `DROP ROLE IF EXISTS`: a dated password-rotation role past its retention.
+    DropRole { name: String },
+    /// pgbouncer's `auth_query` function `<schema>.user_lookup(text)` in one database:
+    /// `SECURITY DEFINER`, executable by the pooler's role only (Zalando's
+    /// `connection_pooler_schema` lookup function).
+    CreatePoolerLookup {
+        database: String,
+        schema: String,
+        user: String,
+    },
 }
 
 impl Statement {
@@ -121,6 +133,8 @@ impl Statement {
             | Statement::SetParameter { .. }
             | Statement::ResetParameter { .. }
             | Statement::GrantMembership { .. }
+            | Statement::RenameRole { .. }
+            | Statement::DropRole { .. }
             | Statement::CreateDatabase { .. }
             | Statement::AlterDatabaseOwner { .. } => None,
             Statement::CreateSchema { database, .. }
@@ -128,7 +142,8 @@ impl Statement {
             | Statement::AlterDefaultPrivileges { database, .. }
             | Statement::CreateExtension { database, .. }
             | Statement::AlterExtensionSchema { database, .. }
-            | Statement::GrantOnAllInSchema { database, .. } => Some(database),
+            | Statement::GrantOnAllInSchema { database, .. }
+            | Statement::CreatePoolerLookup { database, .. } => Some(database),
         }
     }
 

@@ -176,7 +176,29 @@ fn render_with(statement: &Statement, redact: bool) -> String {
             ident(schema),
             idents(grantees)
         ),
+        Statement::RenameRole { from, to } => {
+            format!("ALTER ROLE {} RENAME TO {}", ident(from), ident(to))
+        }
+        Statement::DropRole { name } => format!("DROP ROLE IF EXISTS {}", ident(name)),
+        Statement::CreatePoolerLookup { schema, user, .. } => pooler_lookup(schema, user),
     }
+}
+
+/// The lookup function pgbouncer's `auth_query` calls: it reads `pg_shadow` as its owner
+/// (the superuser), so the pooler's role sees verifiers without being superuser itself.
+/// One batch: the function is replaced, then only the pooler's role may run it.
+fn pooler_lookup(schema: &str, user: &str) -> String {
+    let function = format!("{}.user_lookup(text)", ident(schema));
+    format!(
+        "CREATE OR REPLACE FUNCTION {}.user_lookup(i_username text, OUT uname text, OUT phash text) \
+         RETURNS record LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS \
+         $pgop$ BEGIN SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = i_username \
+         INTO uname, phash; RETURN; END; $pgop$; \
+         REVOKE ALL ON FUNCTION {function} FROM PUBLIC; \
+         GRANT EXECUTE ON FUNCTION {function} TO {}",
+        ident(schema),
+        ident(user)
+    )
 }
 
 #[cfg(test)]

@@ -37,7 +37,10 @@ use std::time::Duration;
 
 use pgop_common::config::OperatorConfig;
 
-use super::{Origin, RoleFlags, RoleSpec};
+use super::current::Current;
+use super::desired::Desired;
+use super::diff::Statement;
+use super::{Attribute, Origin, RoleFlags, RoleSpec};
 
 /// How long one teams API request may take (connect, answer and body), by default.
 pub const TEAMS_API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -429,6 +432,58 @@ pub fn deprecated_members(
         }
     }
     renames
+}
+
+/// The statements of `enable_team_member_deprecation` for a sync, and `current` updated as
+/// if they had run (so that the diff that follows sees the renamed roles). Former members
+/// are read from the server: LOGIN roles in `pam_role_name` that no origin wants any more;
+/// members are the desired team roles. Call it only when the teams API answered: a failed
+/// request would otherwise look like everyone having left.
+pub fn member_renames(
+    current: &mut Current,
+    desired: &Desired,
+    config: &OperatorConfig,
+) -> Vec<Statement> {
+    if config.pam_role_name.is_empty() {
+        return Vec::new();
+    }
+    let members: BTreeSet<String> = desired
+        .roles
+        .values()
+        .filter(|r| r.origin == Origin::Team)
+        .map(|r| r.name.clone())
+        .collect();
+    let former: BTreeSet<String> = current
+        .roles
+        .values()
+        .filter(|r| {
+            r.flags.login
+                && r.member_of.contains(&config.pam_role_name)
+                && !desired.roles.contains_key(&r.name)
+        })
+        .map(|r| r.name.clone())
+        .collect();
+    let existing: BTreeSet<String> = current.roles.keys().cloned().collect();
+    let mut statements = Vec::new();
+    for rename in deprecated_members(&former, &members, &existing, config) {
+        let Some(mut role) = current.roles.remove(&rename.from) else {
+            continue;
+        };
+        if !rename.login && role.flags.login {
+            statements.push(Statement::AlterRoleFlags {
+                name: rename.from.clone(),
+                changes: vec![(Attribute::Login, false)],
+            });
+            role.flags.login = false;
+        }
+        statements.push(Statement::RenameRole {
+            from: rename.from.clone(),
+            to: rename.to.clone(),
+        });
+        role.name = rename.to.clone();
+        current.roles.insert(rename.to, role);
+    }
+    statements
 }
 
 #[cfg(test)]
@@ -976,5 +1031,94 @@ mod tests {
         for (base, team, expected) in cases {
             assert_eq!(team_url(base, team).unwrap().as_str(), expected);
         }
+    }
+
+    #[test]
+    fn former_members_are_set_aside_and_returning_ones_restored() {
+        use crate::roles::current::CurrentRole;
+        let config = OperatorConfig {
+            enable_team_member_deprecation: true,
+            pam_role_name: "zalandos".into(),
+            ..OperatorConfig::default()
+        };
+        let human = |name: &str, login: bool| {
+            let flags = if login {
+                RoleFlags::login()
+            } else {
+                RoleFlags::nologin()
+            };
+            CurrentRole::new(
+                name,
+                flags,
+                None,
+                [String::from("zalandos")],
+                BTreeMap::new(),
+            )
+        };
+        let mut current = Current::new(
+            [
+                human("alice", true),
+                human("bob", true),
+                human("carol_deleted", false),
+                // A LOGIN role outside pam_role_name is nobody's former member.
+                CurrentRole::new(
+                    "app",
+                    RoleFlags::login(),
+                    None,
+                    Vec::<String>::new(),
+                    BTreeMap::new(),
+                ),
+                // Still wanted, by another origin: left alone.
+                human("dave", true),
+            ],
+            Vec::<(String, String)>::new(),
+        );
+        let mut desired = Desired::default();
+        for (name, origin) in [
+            ("alice", Origin::Team),
+            ("carol", Origin::Team),
+            ("dave", Origin::Manifest),
+        ] {
+            desired.roles.insert(
+                name.into(),
+                RoleSpec {
+                    name: name.into(),
+                    flags: RoleFlags::login(),
+                    password: None,
+                    member_of: BTreeSet::new(),
+                    parameters: BTreeMap::new(),
+                    origin,
+                },
+            );
+        }
+        let statements = member_renames(&mut current, &desired, &config);
+        assert_eq!(
+            statements,
+            vec![
+                Statement::AlterRoleFlags {
+                    name: "bob".into(),
+                    changes: vec![(Attribute::Login, false)]
+                },
+                Statement::RenameRole {
+                    from: "bob".into(),
+                    to: "bob_deleted".into()
+                },
+                Statement::RenameRole {
+                    from: "carol_deleted".into(),
+                    to: "carol".into()
+                },
+            ]
+        );
+        let names: Vec<&str> = current.roles.keys().map(String::as_str).collect();
+        assert_eq!(names, ["alice", "app", "bob_deleted", "carol", "dave"]);
+        assert!(!current.roles["bob_deleted"].flags.login);
+        // The model after the renames: the next pass finds nothing to do.
+        assert!(member_renames(&mut current, &desired, &config).is_empty());
+        let off = OperatorConfig {
+            enable_team_member_deprecation: false,
+            ..config
+        };
+        let mut untouched = Current::new([human("bob", true)], Vec::<(String, String)>::new());
+        assert!(member_renames(&mut untouched, &desired, &off).is_empty());
     }
 }
