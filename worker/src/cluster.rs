@@ -557,6 +557,7 @@ impl ClusterTask {
                 &self.namespace,
                 &self.name,
                 config,
+                &secrets_elsewhere(&object.manifest_json, &self.namespace, config),
             )
             .await
             .map_err(|e| e.to_string()),
@@ -601,4 +602,22 @@ impl ClusterTask {
             }
         }
     }
+}
+
+/// The credentials Secrets the deleted manifest put outside its namespace
+/// (`enable_cross_namespace_secret`): they carry no owner reference, so only pgop removes
+/// them. None when the DELETE came without a readable manifest.
+fn secrets_elsewhere(
+    manifest_json: &[u8],
+    namespace: &str,
+    config: &OperatorConfig,
+) -> Vec<(String, String)> {
+    let Ok(pg) = crate::manifest::parse(manifest_json) else {
+        return Vec::new();
+    };
+    crate::builders::secrets::credential_secrets(&pg, config)
+        .into_iter()
+        .filter(|s| s.namespace != namespace)
+        .map(|s| (s.namespace, s.name))
+        .collect()
 }

@@ -64,6 +64,7 @@ pub async fn delete_cluster(
     namespace: &str,
     name: &str,
     config: &OperatorConfig,
+    secrets_elsewhere: &[(String, String)],
 ) -> Result<Progress, DeleteError> {
     let selector = ListParams::default().labels(&cluster_selector(config, name));
     let background = DeleteParams::background();
@@ -120,6 +121,10 @@ pub async fn delete_cluster(
             "Secrets",
             secrets.delete_collection(&background, &selector).await,
         )?;
+        for (other, secret) in secrets_elsewhere {
+            let api: Api<Secret> = Api::namespaced(client.clone(), other);
+            ignore_missing("Secret", api.delete(secret, &background).await)?;
+        }
     }
     if config.enable_persistent_volume_claim_deletion {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);

@@ -97,10 +97,10 @@ pub async fn sync_objects(
     let applied = create_if_absent(&bindings, &binding).await?;
     written.note(applied, "RoleBinding", binding.metadata.name.as_ref());
 
-    let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    for user in secrets::credential_users(pg, config) {
-        let secret = secrets::desired_secret(pg, config, &user, &random_password());
-        let applied = create_if_absent(&secret_api, &secret).await?;
+    for target in secrets::credential_secrets(pg, config) {
+        let secret = secrets::desired_secret(pg, config, &target, &random_password());
+        let api: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+        let applied = create_if_absent(&api, &secret).await?;
         written.note(applied, "Secret", secret.metadata.name.as_ref());
     }
 
@@ -122,8 +122,10 @@ pub async fn sync_objects(
     written.note(applied, "StatefulSet", statefulset.metadata.name.as_ref());
     if let Some(user) = pooler::pooler_user(pg, config) {
         // The pooler's pods read its credentials: the Secret comes before the Deployment.
-        let secret = secrets::desired_secret(pg, config, &user, &random_password());
-        let applied = create_if_absent(&secret_api, &secret).await?;
+        let target = secrets::credential_secret(pg, config, &user);
+        let secret = secrets::desired_secret(pg, config, &target, &random_password());
+        let api: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+        let applied = create_if_absent(&api, &secret).await?;
         written.note(applied, "Secret", secret.metadata.name.as_ref());
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);

@@ -346,9 +346,14 @@ mod tests {
             sts.metadata.namespace.clone(),
             services[0].metadata.namespace.clone(),
             services[1].metadata.namespace.clone(),
-            secrets::desired_secret(pg, config, &users[0], "x")
-                .metadata
-                .namespace,
+            secrets::desired_secret(
+                pg,
+                config,
+                &secrets::credential_secret(pg, config, &users[0]),
+                "x",
+            )
+            .metadata
+            .namespace,
             service_account::desired_service_account(pg, config)
                 .unwrap()
                 .metadata
@@ -387,7 +392,13 @@ mod tests {
                 ),
                 (
                     "secret",
-                    secrets::desired_secret(&pg, &config, "postgres", "x").metadata,
+                    secrets::desired_secret(
+                        &pg,
+                        &config,
+                        &secrets::credential_secret(&pg, &config, "postgres"),
+                        "x",
+                    )
+                    .metadata,
                 ),
                 (
                     "pooler",
