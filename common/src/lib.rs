@@ -2,6 +2,7 @@
 //! `pgop-proto`, never on each other.
 pub mod config;
 pub mod crd;
+pub mod metrics;
 mod operator_configuration;
 pub mod settings;
 pub mod shutdown;

@@ -154,6 +154,8 @@ pub struct Pgop {
     pub watcher_addr: String,
     pub scheduler_addr: String,
     pub worker_addrs: Vec<String>,
+    /// Where each worker serves `GET /metrics`.
+    pub worker_metrics_addrs: Vec<String>,
     pub worker_ids: Vec<String>,
     pub gateway_addr: String,
 }
@@ -217,9 +219,11 @@ impl Pgop {
         let mut worker_processes = Vec::new();
         let mut worker_addrs = Vec::new();
         let mut worker_ids = Vec::new();
+        let mut worker_metrics_addrs = Vec::new();
         for i in 0..workers {
             let id = format!("{name}-worker-{i}");
             let grpc = addr()?;
+            let metrics = addr()?;
             worker_processes.push(PgopProcess::start(
                 &id,
                 "pgop-worker",
@@ -229,11 +233,13 @@ impl Pgop {
                     ("PGOP_SCHEDULER_ADDR", format!("http://{scheduler_addr}")),
                     ("PGOP_HEARTBEAT_INTERVAL_SECONDS", "1".into()),
                     ("PGOP_NAMESPACE", namespace.into()),
+                    ("PGOP_METRICS_ADDR", metrics.clone()),
                 ],
                 state_dir,
                 &kubeconfigs.worker,
             )?);
             worker_addrs.push(grpc);
+            worker_metrics_addrs.push(metrics);
             worker_ids.push(id);
         }
         let gateway = PgopProcess::start(
@@ -254,8 +260,45 @@ impl Pgop {
             watcher_addr,
             scheduler_addr,
             worker_addrs,
+            worker_metrics_addrs,
             worker_ids,
             gateway_addr,
         })
     }
+}
+
+/// The sum over `addrs` of the counter `name` with exactly `labels` (e.g.
+/// `verb="patch"`), read from each process's `GET /metrics`; a process not serving counts 0.
+pub fn counter(addrs: &[String], name: &str, labels: &[(&str, &str)]) -> Result<u64> {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let mut total = 0;
+    for addr in addrs {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", &format!("http://{addr}/metrics")])
+            .output()
+            .context("running curl")?;
+        if !out.status.success() {
+            continue;
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let found: Vec<&str> = rest
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .collect();
+            if metric == name
+                && found.len() == wanted.len()
+                && wanted.iter().all(|w| found.contains(&w.as_str()))
+            {
+                total += value
+                    .parse::<u64>()
+                    .with_context(|| format!("{addr}: {line}"))?;
+            }
+        }
+    }
+    Ok(total)
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
+use pgop_common::metrics::Counters;
 use tokio::sync::Semaphore;
 
 use crate::discovery::ServedVersions;
@@ -21,6 +22,8 @@ pub struct Context {
     pub operator_namespace: String,
     /// For the teams API.
     pub http: reqwest::Client,
+    /// Served on `metrics_addr`.
+    pub metrics: Arc<Counters>,
     recorder: Recorder,
 }
 
@@ -31,11 +34,16 @@ impl Context {
         concurrency: usize,
         served: ServedVersions,
         operator_namespace: String,
+        metrics: Arc<Counters>,
     ) -> Self {
         let reporter = Reporter {
             controller: "pgop-worker".into(),
             instance: Some(view.worker_id().to_string()),
         };
+        metrics.describe(
+            crate::role_sync::SQL_STATEMENTS,
+            "SQL statements run by role and database syncs, by kind and outcome.",
+        );
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -44,6 +52,7 @@ impl Context {
             served,
             operator_namespace,
             http: reqwest::Client::new(),
+            metrics,
         }
     }
 

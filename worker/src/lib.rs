@@ -34,6 +34,8 @@ pub struct Settings {
     pub concurrency: u32,
     pub heartbeat_interval_seconds: u64,
     pub log_format: String,
+    /// Where `GET /metrics` is served (Prometheus text); empty: not served.
+    pub metrics_addr: String,
 }
 
 impl Default for Settings {
@@ -47,6 +49,7 @@ impl Default for Settings {
             concurrency: 8,
             heartbeat_interval_seconds: 2,
             log_format: "text".into(),
+            metrics_addr: String::new(),
         }
     }
 }

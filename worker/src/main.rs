@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use pgop_common::metrics::{counting_kube_client, Counters};
 use pgop_proto::v1::worker_server::WorkerServer;
 use pgop_worker::context::Context;
 use pgop_worker::registry::Registry;
@@ -14,7 +15,8 @@ use pgop_worker::Settings;
 async fn main() -> anyhow::Result<()> {
     let (settings, shutdown) = pgop_common::settings::start::<Settings>()?;
     let worker_id = settings.worker_id();
-    let client = kube::Client::try_default()
+    let metrics = Counters::new();
+    let client = counting_kube_client(metrics.clone())
         .await
         .context("connecting to Kubernetes")?;
 
@@ -29,7 +31,12 @@ async fn main() -> anyhow::Result<()> {
         settings.concurrency as usize,
         served,
         settings.namespace(),
+        metrics.clone(),
     ));
+    let metrics_server = tokio::spawn({
+        let (addr, shutdown) = (settings.metrics_addr.clone(), shutdown.clone());
+        async move { pgop_common::metrics::serve(&addr, metrics, shutdown).await }
+    });
     let registry = Registry::start(ctx, shutdown.clone());
     let session = tokio::spawn(session::run(
         SessionSettings {
@@ -64,5 +71,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     // The session fences (stops every cluster task) before it returns.
     session.await?;
+    metrics_server
+        .await?
+        .with_context(|| format!("metrics_addr {:?}", settings.metrics_addr))?;
     Ok(())
 }

@@ -45,6 +45,9 @@ pub enum RoleSyncError {
     Diff(String),
 }
 
+/// SQL statements run by role syncs, by kind and outcome (`ok`, `failed`).
+pub const SQL_STATEMENTS: &str = "pgop_sql_statements_total";
+
 /// What a sync did.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -345,19 +348,37 @@ pub async fn sync(
                 }
                 Err(e) => {
                     failed.push(format!("{}: {e}", redacted(statement)));
+                    ctx.metrics.inc(
+                        SQL_STATEMENTS,
+                        vec![
+                            ("kind", statement.kind().into()),
+                            ("outcome", "failed".into()),
+                        ],
+                    );
                     continue;
                 }
             }
         }
         let shown = redacted(statement);
         tracing::info!(cluster = %format!("{namespace}/{cluster}"), %database, sql = %shown, "statement");
-        if let Err(e) = connections[&database]
+        let outcome = match connections[&database]
             .batch_execute(&render(statement))
             .await
         {
-            tracing::warn!(cluster = %format!("{namespace}/{cluster}"), sql = %shown, "statement failed: {}", sql_message(&e));
-            failed.push(format!("{shown}: {}", sql_message(&e)));
-        }
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!(cluster = %format!("{namespace}/{cluster}"), sql = %shown, "statement failed: {}", sql_message(&e));
+                failed.push(format!("{shown}: {}", sql_message(&e)));
+                "failed"
+            }
+        };
+        ctx.metrics.inc(
+            SQL_STATEMENTS,
+            vec![
+                ("kind", statement.kind().into()),
+                ("outcome", outcome.into()),
+            ],
+        );
     }
     if !failed.is_empty() {
         return Err(RoleSyncError::Statements {

@@ -109,9 +109,14 @@ pub enum Statement {
         grantees: Vec<String>,
     },
     /// `ALTER ROLE … RENAME TO …`: a former team member's role set aside (or restored).
-    RenameRole { from: String, to: String },
+    RenameRole {
+        from: String,
+        to: String,
+    },
     /// `DROP ROLE IF EXISTS`: a dated password-rotation role past its retention.
-    DropRole { name: String },
+    DropRole {
+        name: String,
+    },
     /// pgbouncer's `auth_query` function `<schema>.user_lookup(text)` in one database:
     /// `SECURITY DEFINER`, executable by the pooler's role only (Zalando's
     /// `connection_pooler_schema` lookup function).
@@ -144,6 +149,29 @@ impl Statement {
             | Statement::AlterExtensionSchema { database, .. }
             | Statement::GrantOnAllInSchema { database, .. }
             | Statement::CreatePoolerLookup { database, .. } => Some(database),
+        }
+    }
+
+    /// A short name of the statement's kind, for metrics (`create_role`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Statement::CreateRole { .. } => "create_role",
+            Statement::AlterRoleFlags { .. } => "alter_role",
+            Statement::SetPassword { .. } => "set_password",
+            Statement::SetParameter { .. } => "set_parameter",
+            Statement::ResetParameter { .. } => "reset_parameter",
+            Statement::GrantMembership { .. } => "grant_membership",
+            Statement::RenameRole { .. } => "rename_role",
+            Statement::DropRole { .. } => "drop_role",
+            Statement::CreateDatabase { .. } => "create_database",
+            Statement::AlterDatabaseOwner { .. } => "alter_database_owner",
+            Statement::CreateSchema { .. } => "create_schema",
+            Statement::GrantSchemaUsage { .. } => "grant_schema_usage",
+            Statement::AlterDefaultPrivileges { .. } => "alter_default_privileges",
+            Statement::CreateExtension { .. } => "create_extension",
+            Statement::AlterExtensionSchema { .. } => "alter_extension_schema",
+            Statement::GrantOnAllInSchema { .. } => "grant_on_all_in_schema",
+            Statement::CreatePoolerLookup { .. } => "create_pooler_lookup",
         }
     }
 
