@@ -15,7 +15,7 @@ use crate::roles::current::{self, Current, CurrentRole, DatabaseState};
 use crate::roles::desired::{desired, secret_users};
 use crate::roles::diff::{diff, unresolved_memberships};
 use crate::roles::sql::{redacted, render};
-use crate::roles::{infrastructure, teams, RoleProblem, RoleSpec};
+use crate::roles::{infrastructure, pooler_lookup, teams, RoleProblem, RoleSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoleSyncError {
@@ -329,6 +329,56 @@ pub async fn sync(
     } else {
         Vec::new()
     };
+    // pgbouncer's lookup function in every database, once roles and databases exist.
+    let lookups = match crate::builders::pooler::pooler_user(pg, config) {
+        Some(user) => {
+            let schema = crate::builders::pooler::pooler_schema(pg, config);
+            let databases = pooler_lookup::databases_to_prepare(
+                current
+                    .databases
+                    .keys()
+                    .chain(wanted.databases.keys())
+                    .cloned(),
+            );
+            let mut lookups = Vec::new();
+            for database in databases {
+                let state = if current.databases.contains_key(&database) {
+                    let db = match connections.entry(database.clone()) {
+                        std::collections::btree_map::Entry::Occupied(open) => open.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(slot) => slot.insert(
+                            connect(master, &superuser, &superuser_password, &database).await?,
+                        ),
+                    };
+                    let row = db
+                        .query_one(pooler_lookup::LOOKUP_QUERY, &[&schema, &user])
+                        .await
+                        .map_err(|source| RoleSyncError::Sql {
+                            what: format!("reading the pooler lookup in {database}"),
+                            source,
+                        })?;
+                    Some(
+                        pooler_lookup::LookupState::from_row(&row).map_err(|source| {
+                            RoleSyncError::Sql {
+                                what: format!("reading the pooler lookup in {database}"),
+                                source,
+                            }
+                        })?,
+                    )
+                } else {
+                    None
+                };
+                lookups.extend(pooler_lookup::statements(
+                    &database,
+                    &schema,
+                    &user,
+                    &superuser,
+                    state.as_ref(),
+                ));
+            }
+            lookups
+        }
+        None => Vec::new(),
+    };
     // Checking SCRAM verifiers costs thousands of hash rounds per role: off the async
     // threads, so other clusters' tasks and the heartbeats are not held up.
     statements.extend(
@@ -336,6 +386,7 @@ pub async fn sync(
             .await
             .map_err(|e| RoleSyncError::Diff(e.to_string()))?,
     );
+    statements.extend(lookups);
 
     // One statement failing (an extension the image lacks) does not hold up the others.
     let mut failed = Vec::new();

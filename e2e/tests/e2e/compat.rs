@@ -212,6 +212,29 @@ pub async fn zalando_complete_manifest() -> Result<()> {
     let admin = connect_as(&ip, "pooler", &password, "pgbouncer").await?;
     let version = admin.simple_query("SHOW VERSION").await?;
     ensure!(!version.is_empty(), "pgbouncer answered nothing");
+    // Any role logs in through the pooler: pgbouncer asks the lookup function pgop
+    // installs in each database (auth_query) for the role's verifier.
+    let zalando = secret_value(
+        &client,
+        ns,
+        &format!("zalando.{cluster}.credentials.postgresql.acid.zalan.do"),
+        "password",
+    )
+    .await?;
+    let through_pooler = wait::until(
+        "zalando logs in through the pooler",
+        Duration::from_secs(90),
+        || async { Ok(connect_as(&ip, "zalando", &zalando, "foo").await.ok()) },
+    )
+    .await?;
+    let row = through_pooler
+        .query_one("SELECT current_user::text", &[])
+        .await?;
+    ensure!(
+        row.get::<_, String>(0) == "zalando",
+        "logged in as {:?}",
+        row.get::<_, String>(0)
+    );
     Api::<Service>::namespaced(client.clone(), ns)
         .get(&pooler)
         .await?;

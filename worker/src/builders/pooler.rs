@@ -127,6 +127,15 @@ pub fn pooler_user(pg: &Postgresql, config: &OperatorConfig) -> Option<String> {
         .then(|| effective_user(pg, config))
 }
 
+/// The schema of pgbouncer's lookup function: the manifest's `connectionPooler.schema`,
+/// else `connection_pooler_schema`.
+pub fn pooler_schema(pg: &Postgresql, config: &OperatorConfig) -> String {
+    section(pg)
+        .and_then(|s| s.schema.clone())
+        .filter(|schema| !schema.is_empty())
+        .unwrap_or_else(|| config.connection_pooler_schema.clone())
+}
+
 fn effective_user(pg: &Postgresql, config: &OperatorConfig) -> String {
     let reserved = |user: &String| {
         *user == config.super_username
@@ -351,10 +360,7 @@ fn pooler_env(
             .clone()
     };
     let spec = section(pg);
-    let schema = text(
-        spec.and_then(|s| s.schema.as_ref()),
-        &config.connection_pooler_schema,
-    );
+    let schema = pooler_schema(pg, config);
     let mode = text(
         spec.and_then(|s| s.mode.as_ref()),
         &config.connection_pooler_mode,

@@ -6,6 +6,8 @@ pub mod current;
 pub mod desired;
 pub mod diff;
 pub mod infrastructure;
+pub mod pooler_lookup;
+pub mod rotation;
 pub mod sql;
 pub mod teams;
 
