@@ -69,7 +69,7 @@ impl Written {
 }
 
 /// Credentials as Zalando generates them: 64 random alphanumerics.
-fn random_password() -> String {
+pub fn random_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 64)
 }
 

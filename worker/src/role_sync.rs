@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use kube::api::PostParams;
 use kube::Api;
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
@@ -11,11 +13,14 @@ use pgop_common::crd::Postgresql;
 use crate::builders::{cluster_name, secrets::credential_secret};
 use crate::context::Context;
 use crate::database::{connect, DbError};
+use crate::reconcile::random_password;
 use crate::roles::current::{self, Current, CurrentRole, DatabaseState};
 use crate::roles::desired::{desired, secret_users};
+use crate::roles::diff::Statement;
 use crate::roles::diff::{diff, unresolved_memberships};
+use crate::roles::rotation::{self, Mode, SecretCredentials};
 use crate::roles::sql::{redacted, render};
-use crate::roles::{infrastructure, pooler_lookup, teams, RoleProblem, RoleSpec};
+use crate::roles::{infrastructure, pooler_lookup, teams, Origin, RoleProblem, RoleSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoleSyncError {
@@ -90,17 +95,134 @@ fn split_name<'a>(value: &'a str, operator_namespace: &'a str) -> (&'a str, &'a 
     value.split_once('/').unwrap_or((operator_namespace, value))
 }
 
+async fn read_secret(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, RoleSyncError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map_err(kube_error(format!("Secret {namespace}/{name}")))
+}
+
 async fn secret_data(
     ctx: &Context,
     namespace: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, String>>, RoleSyncError> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let secret = api
-        .get_opt(name)
+    Ok(read_secret(ctx, namespace, name)
+        .await?
+        .map(|s| text(s.data)))
+}
+
+/// Writes rotated credentials into `secret` (as read: its resourceVersion makes a
+/// concurrent edit fail the write, and the next sync decides again). Other keys stay.
+async fn write_credentials(
+    ctx: &Context,
+    mut secret: Secret,
+    credentials: &SecretCredentials,
+) -> Result<(), RoleSyncError> {
+    let namespace = secret.metadata.namespace.clone().unwrap_or_default();
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let data = secret.data.get_or_insert_with(BTreeMap::new);
+    for key in [
+        rotation::USERNAME_KEY,
+        rotation::PASSWORD_KEY,
+        rotation::NEXT_ROTATION_KEY,
+    ] {
+        data.remove(key);
+    }
+    data.extend(
+        credentials
+            .to_data()
+            .into_iter()
+            .map(|(k, v)| (k, ByteString(v.into_bytes()))),
+    );
+    secret.string_data = None;
+    Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+        .replace(&name, &PostParams::default(), &secret)
         .await
-        .map_err(kube_error(format!("Secret {namespace}/{name}")))?;
-    Ok(secret.map(|s| text(s.data)))
+        .map_err(kube_error(format!(
+            "Secret {namespace}/{name} (password rotation)"
+        )))?;
+    Ok(())
+}
+
+/// The passwords of the roles with Secrets, after rotating those that are due.
+#[derive(Default)]
+struct Credentials {
+    /// Role → password, for roles whose Secret names them.
+    passwords: BTreeMap<String, String>,
+    /// User → (the dated role its Secret names, that role's password).
+    rotated: BTreeMap<String, (String, String)>,
+    /// User → the role its Secret names: dated roles of the user other than that one are
+    /// dropped once past their retention.
+    retention: BTreeMap<String, String>,
+}
+
+/// Reads every credentials Secret of the cluster and rotates the passwords that are due
+/// (`enable_password_rotation`, the manifest's rotation lists), writing the Secrets first:
+/// a sync that fails after the write finds the new credentials in the Secret next time.
+async fn credentials(
+    ctx: &Context,
+    pg: &Postgresql,
+    config: &OperatorConfig,
+    problems: &mut Vec<RoleProblem>,
+) -> Result<Credentials, RoleSyncError> {
+    let shape = desired(pg, config, &BTreeMap::new(), Vec::new());
+    let now = chrono::Utc::now();
+    let mut found = Credentials::default();
+    let users = secret_users(pg, config)
+        .into_iter()
+        .chain(crate::builders::pooler::pooler_user(pg, config));
+    for user in users {
+        let target = credential_secret(pg, config, &user);
+        let Some(secret) = read_secret(ctx, &target.namespace, &target.name).await? else {
+            continue;
+        };
+        let Some(stored) = SecretCredentials::from_data(&text(secret.data.clone())) else {
+            continue;
+        };
+        let origin = shape.roles.get(&user).map_or(Origin::System, |r| r.origin);
+        let owner = rotation::is_database_owner(&shape, &user);
+        let (mode, problem) = rotation::mode(&user, origin, owner, pg, config);
+        if let Some(reason) = problem {
+            problems.push(RoleProblem {
+                role: user.clone(),
+                reason,
+            });
+        }
+        let decision = rotation::decide(
+            &user,
+            mode,
+            &stored,
+            now,
+            config.password_rotation_interval,
+            &mut random_password,
+        );
+        if decision.write {
+            write_credentials(ctx, secret, &decision.credentials).await?;
+            tracing::info!(secret = %format!("{}/{}", target.namespace, target.name), reason = decision.reason.as_deref().unwrap_or_default(), "credentials Secret updated");
+        }
+        let credentials = decision.credentials;
+        if mode == Mode::Dated || decision.check_retention {
+            found
+                .retention
+                .insert(user.clone(), credentials.username.clone());
+        }
+        match rotation::rotated_role_name(&user, &credentials) {
+            Some(role) => {
+                found
+                    .rotated
+                    .insert(user.clone(), (role.to_string(), credentials.password));
+            }
+            None => {
+                found.passwords.insert(user, credentials.password);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The roles of the infrastructure role Secrets (and their companion ConfigMaps).
@@ -268,26 +390,18 @@ pub async fn sync(
     master: &str,
 ) -> Result<Report, RoleSyncError> {
     let cluster = cluster_name(pg);
-    let mut passwords = BTreeMap::new();
-    let users = secret_users(pg, config)
-        .into_iter()
-        .chain(crate::builders::pooler::pooler_user(pg, config));
-    for user in users {
-        let secret = credential_secret(pg, config, &user);
-        if let Some(password) = secret_data(ctx, &secret.namespace, &secret.name)
-            .await?
-            .and_then(|mut d| d.remove("password"))
-        {
-            passwords.insert(user, password);
-        }
-    }
+    let mut problems = Vec::new();
+    let Credentials {
+        passwords,
+        rotated,
+        retention,
+    } = credentials(ctx, pg, config, &mut problems).await?;
     let superuser = config.super_username.clone();
     let superuser_password = passwords
         .get(&superuser)
         .cloned()
         .ok_or(RoleSyncError::NoSuperuserPassword)?;
 
-    let mut problems = Vec::new();
     let mut extra = infrastructure_roles(ctx, config, &mut problems).await;
     // An unreachable teams API (or a missing token) costs the team members' roles, not the
     // rest of the sync; the problem is shown like any refused definition.
@@ -304,7 +418,8 @@ pub async fn sync(
             false
         }
     };
-    let wanted = desired(pg, config, &passwords, extra);
+    let mut wanted = desired(pg, config, &passwords, extra);
+    rotation::add_rotated_roles(&mut wanted, &rotated);
     problems.extend(wanted.problems.iter().cloned());
 
     let postgres = connect(master, &superuser, &superuser_password, "postgres").await?;
@@ -329,6 +444,26 @@ pub async fn sync(
     } else {
         Vec::new()
     };
+    // Dated roles past their retention (never the one a Secret names).
+    let today = chrono::Utc::now().date_naive();
+    let mut drops = Vec::new();
+    for (user, in_use) in &retention {
+        let roles = current
+            .roles
+            .values()
+            .map(|r| (r.name.as_str(), &r.member_of));
+        drops.extend(
+            rotation::expired_rotation_roles(
+                user,
+                roles,
+                in_use,
+                today,
+                config.password_rotation_user_retention,
+            )
+            .into_iter()
+            .map(|name| Statement::DropRole { name }),
+        );
+    }
     // pgbouncer's lookup function in every database, once roles and databases exist.
     let lookups = match crate::builders::pooler::pooler_user(pg, config) {
         Some(user) => {
@@ -387,6 +522,7 @@ pub async fn sync(
             .map_err(|e| RoleSyncError::Diff(e.to_string()))?,
     );
     statements.extend(lookups);
+    statements.extend(drops);
 
     // One statement failing (an extension the image lacks) does not hold up the others.
     let mut failed = Vec::new();

@@ -1,8 +1,9 @@
 //! Roles and databases inside PostgreSQL (the roles issue): manifest users, databases,
 //! prepared databases, infrastructure roles in both formats and team members from a teams
 //! API, checked in the master's catalogs; logins with the Secrets' passwords; a password
-//! changed in its Secret; a sync with nothing to do issues no statement; a malicious role
-//! name is refused.
+//! changed in its Secret; a sync with nothing to do issues no statement and no write; a
+//! malicious role name is refused; a Secret in another namespace; password rotation;
+//! a former team member set aside.
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
-use pgop_e2e::pgop::{Kubeconfigs, Pgop};
+use pgop_e2e::pgop::{counter, Kubeconfigs, Pgop};
 use pgop_e2e::teams_api::TeamsApi;
 use pgop_e2e::wait;
 
@@ -18,6 +19,8 @@ use super::operator::{events_of, master_login, operator_namespace, wait_gone, wa
 use super::{connect, connect_as, env, namespace, secret_value};
 
 const MALICIOUS: &str = r#"x"; DROP ROLE postgres; --"#;
+/// Where `enable_cross_namespace_secret` puts the Secret of the user `<APPS>.cross_user`.
+const APPS: &str = "e2e-roles-apps";
 
 fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
     Secret {
@@ -70,6 +73,7 @@ pub async fn roles_and_databases() -> Result<()> {
     let client = env().client().await?;
     operator_namespace(&client, system_ns).await?;
     namespace(&client, ns).await?;
+    namespace(&client, APPS).await?;
 
     let teams = TeamsApi::start("e2e-token").await?;
     teams.set_members("acid", &["alice", "bob"]);
@@ -107,6 +111,8 @@ pub async fn roles_and_databases() -> Result<()> {
                 ("teams_api_url", teams.url.clone()),
                 ("oauth_token_secret_name", "teams-token".into()),
                 ("infrastructure_roles_secret_name", "infra-legacy".into()),
+                ("enable_cross_namespace_secret", "true".into()),
+                ("enable_team_member_deprecation", "true".into()),
                 (
                     "infrastructure_roles_secrets",
                     "secretname:infra-new,userkey:user,passwordkey:password".into(),
@@ -142,7 +148,12 @@ spec:
     zalando: [superuser, createdb]
     foo_user: []
     app_role: [nologin]
+    rotated_user: []
+    inplace_user: []
+    {APPS}.cross_user: []
     '{malicious}': []
+  usersWithSecretRotation: [rotated_user]
+  usersWithInPlaceSecretRotation: [inplace_user]
   databases:
     foo: zalando
   preparedDatabases:
@@ -335,9 +346,18 @@ spec:
     )
     .await?;
 
-    // Nothing to do: a sync issues no statement.
+    // Nothing to do: a sync issues no statement and writes nothing to Kubernetes.
     let log = env().state_dir.join("logs/roles-worker-0.log");
     let before = sync_counts(&log, cluster).len();
+    let writes_before = kube_writes(&pgop)?;
+    ensure!(
+        counter(
+            &pgop.worker_metrics_addrs,
+            "pgop_sql_statements_total",
+            &[("kind", "create_role"), ("outcome", "ok")]
+        )? > 0,
+        "the worker counts the roles it created"
+    );
     touch("2")?;
     let counts = wait::until("another database sync", Duration::from_secs(60), || async {
         let counts = sync_counts(&log, cluster);
@@ -345,9 +365,199 @@ spec:
     })
     .await?;
     ensure!(counts.last() == Some(&0), "statements per sync: {counts:?}");
+    ensure!(
+        kube_writes(&pgop)? == writes_before,
+        "an in-sync resync wrote to Kubernetes: {writes_before} writes before, {} after",
+        kube_writes(&pgop)?
+    );
+
+    // A Secret in another namespace for `<namespace>.user`, without owner references.
+    let cross_name = format!("{APPS}.cross-user.{cluster}.credentials.postgresql.acid.zalan.do");
+    let cross = Api::<Secret>::namespaced(client.clone(), APPS)
+        .get(&cross_name)
+        .await?;
+    ensure!(
+        cross.metadata.owner_references.is_none(),
+        "owner references across namespaces"
+    );
+    let cross_password = secret_value(&client, APPS, &cross_name, "password").await?;
+    connect_as(
+        &ip,
+        &format!("{APPS}.cross_user"),
+        &cross_password,
+        "postgres",
+    )
+    .await
+    .context("the cross-namespace user logs in")?;
+
+    rotation(&client, ns, cluster, &ip, &superuser, touch).await?;
+
+    // A member who left the team keeps a NOLOGIN role with the deletion suffix.
+    teams.set_members("acid", &["alice"]);
+    touch("4")?;
+    wait::until("bob set aside", Duration::from_secs(60), || async {
+        let db = connect(&ip, &superuser).await?;
+        let found = rows(
+            db.simple_query("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'bob%'")
+                .await?,
+        );
+        Ok((found == vec![vec!["bob_deleted".to_string(), "f".into()]]).then_some(()))
+    })
+    .await?;
 
     env().kubectl(&["delete", "pg", "-n", ns, cluster])?;
     wait_gone(&client, ns, cluster).await?;
+    wait::until(
+        "the cross-namespace Secret removed",
+        Duration::from_secs(30),
+        || async {
+            let gone = Api::<Secret>::namespaced(client.clone(), APPS)
+                .get_opt(&cross_name)
+                .await?
+                .is_none();
+            Ok(gone.then_some(()))
+        },
+    )
+    .await?;
     drop(pgop);
     Ok(())
+}
+
+/// Write requests pgop's workers sent to the API server so far.
+fn kube_writes(pgop: &Pgop) -> Result<u64> {
+    let mut total = 0;
+    for verb in ["create", "update", "patch", "delete"] {
+        total += counter(
+            &pgop.worker_metrics_addrs,
+            "pgop_kube_requests_total",
+            &[("verb", verb)],
+        )?;
+    }
+    Ok(total)
+}
+
+/// Password rotation: a due dated rotation creates `<user>YYMMDD` (member of the user) and
+/// points the Secret at it, an in-place one changes the user's password, and a dated role
+/// past the retention is dropped.
+async fn rotation(
+    client: &kube::Client,
+    ns: &str,
+    cluster: &str,
+    ip: &str,
+    superuser: &str,
+    touch: impl Fn(&str) -> Result<String>,
+) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let name = |user: &str| format!("{user}.{cluster}.credentials.postgresql.acid.zalan.do");
+    let field = |secret: &Secret, key: &str| -> Option<String> {
+        secret
+            .data
+            .as_ref()?
+            .get(key)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    // The first syncs only schedule the rotation.
+    for user in ["rotated-user", "inplace-user"] {
+        let secret = secrets.get(&name(user)).await?;
+        ensure!(
+            field(&secret, "nextRotation").is_some_and(|d| d.ends_with('Z')),
+            "{user}: nextRotation scheduled"
+        );
+    }
+    let old_inplace = secret_value(client, ns, &name("inplace-user"), "password").await?;
+    let db = connect(ip, superuser).await?;
+    db.batch_execute("CREATE ROLE rotated_user240101 LOGIN IN ROLE rotated_user")
+        .await?;
+    for user in ["rotated-user", "inplace-user"] {
+        secrets
+            .patch(
+                &name(user),
+                &PatchParams::default(),
+                &Patch::Merge(
+                    serde_json::json!({"stringData": {"nextRotation": "2020-01-01T00:00:00Z"}}),
+                ),
+            )
+            .await?;
+    }
+    touch("3")?;
+    let dated = format!("rotated_user{}", today_yymmdd()?);
+    let rotated = wait::until("the dated rotation", Duration::from_secs(60), || async {
+        let secret = secrets.get(&name("rotated-user")).await?;
+        Ok((field(&secret, "username").as_deref() == Some(dated.as_str())).then_some(secret))
+    })
+    .await?;
+    let password = field(&rotated, "password").context("password")?;
+    let next = field(&rotated, "nextRotation").context("nextRotation")?;
+    ensure!(
+        next.as_str() > "2026",
+        "the next rotation is in the future: {next}"
+    );
+    wait::until(
+        "the dated role logs in",
+        Duration::from_secs(60),
+        || async {
+            Ok(connect_as(ip, &dated, &password, "postgres")
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let membership = rows(
+        db.simple_query(&format!(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member \
+             JOIN pg_roles g ON g.oid = m.roleid WHERE r.rolname = '{dated}'"
+        ))
+        .await?,
+    );
+    ensure!(
+        membership == vec![vec!["rotated_user".to_string()]],
+        "{dated} is in rotated_user: {membership:?}"
+    );
+    let inplace = wait::until("the in-place rotation", Duration::from_secs(60), || async {
+        let password = secret_value(client, ns, &name("inplace-user"), "password").await?;
+        Ok((password != old_inplace).then_some(password))
+    })
+    .await?;
+    ensure!(
+        secrets
+            .get(&name("inplace-user"))
+            .await
+            .map(|s| field(&s, "username"))?
+            == Some("inplace_user".into()),
+        "in-place rotation keeps the user name"
+    );
+    wait::until(
+        "the in-place password logs in",
+        Duration::from_secs(60),
+        || async {
+            Ok(connect_as(ip, "inplace_user", &inplace, "postgres")
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    wait::until(
+        "the expired dated role dropped",
+        Duration::from_secs(60),
+        || async {
+            let left = rows(
+                db.simple_query("SELECT 1 FROM pg_roles WHERE rolname = 'rotated_user240101'")
+                    .await?,
+            );
+            Ok(left.is_empty().then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Today as `YYMMDD` in UTC, as dated rotation roles are named.
+fn today_yymmdd() -> Result<String> {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%y%m%d"])
+        .output()
+        .context("running date")?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }

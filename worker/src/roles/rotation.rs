@@ -14,7 +14,8 @@ use chrono::{DateTime, Days, Duration, NaiveDate, SecondsFormat, Utc};
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
 
-use crate::roles::Origin;
+use crate::roles::desired::Desired;
+use crate::roles::{Origin, RoleFlags, RoleSpec};
 
 /// The Secret key holding the next rotation date (RFC 3339).
 pub const NEXT_ROTATION_KEY: &str = "nextRotation";
@@ -301,6 +302,43 @@ pub fn expired_rotation_roles<'a>(
 /// and the Secret's password, as a member of `user`.
 pub fn rotated_role_name<'a>(user: &str, credentials: &'a SecretCredentials) -> Option<&'a str> {
     (credentials.username != user).then_some(credentials.username.as_str())
+}
+
+/// Whether `role` owns a database in `desired` (Zalando's `IsDbOwner`): the owner of a
+/// database, or a prepared database's `…_owner` role or `…_owner_user`. The global option
+/// leaves their passwords alone.
+pub fn is_database_owner(desired: &Desired, role: &str) -> bool {
+    desired.databases.values().any(|d| d.owner == role)
+        || desired
+            .roles
+            .get(role)
+            .is_some_and(|r| r.origin == Origin::PreparedDatabase && role.contains("_owner"))
+}
+
+/// Puts the dated roles of `rotated` (user → the role its Secret names now) into
+/// `desired`: each logs in with the Secret's password, is a member of its user and has the
+/// user's settings; the user itself keeps its attributes and memberships but its password
+/// is no longer managed (clients of the previous credentials keep working until it is
+/// rotated again).
+pub fn add_rotated_roles(desired: &mut Desired, rotated: &BTreeMap<String, (String, String)>) {
+    for (user, (role, password)) in rotated {
+        let Some(spec) = desired.roles.get_mut(user) else {
+            continue;
+        };
+        spec.password = None;
+        let dated = RoleSpec {
+            name: role.clone(),
+            flags: RoleFlags {
+                login: true,
+                ..spec.flags.clone()
+            },
+            password: Some(password.clone()),
+            member_of: BTreeSet::from([user.clone()]),
+            parameters: spec.parameters.clone(),
+            origin: spec.origin,
+        };
+        desired.roles.insert(role.clone(), dated);
+    }
 }
 
 #[cfg(test)]
@@ -736,5 +774,43 @@ mod tests {
             Some("foo261121")
         );
         assert_eq!(rotated_role_name("foo", &creds("foo", "pw", None)), None);
+    }
+
+    #[test]
+    fn dated_roles_join_the_desired_state() {
+        let pg = crate::roles::desired::tests::manifest(
+            "acid-r",
+            "  teamId: acid\n  numberOfInstances: 1\n  volume: {size: 1Gi}\n  postgresql: {version: \"15\"}\n  users:\n    app: [createdb]\n    owner: []\n  databases:\n    shop: owner\n  preparedDatabases:\n    bar:\n      defaultUsers: true\n",
+        );
+        let config = OperatorConfig::default();
+        let passwords = BTreeMap::from([("app".to_string(), "old".to_string())]);
+        let mut desired = crate::roles::desired::desired(&pg, &config, &passwords, Vec::new());
+        assert!(is_database_owner(&desired, "owner"));
+        assert!(is_database_owner(&desired, "bar_owner_user"));
+        assert!(!is_database_owner(&desired, "bar_reader_user"));
+        assert!(!is_database_owner(&desired, "app"));
+
+        let rotated = BTreeMap::from([
+            (
+                "app".to_string(),
+                ("app261121".to_string(), "new".to_string()),
+            ),
+            (
+                "ghost".to_string(),
+                ("ghost261121".to_string(), "x".to_string()),
+            ),
+        ]);
+        add_rotated_roles(&mut desired, &rotated);
+        let app = &desired.roles["app"];
+        assert_eq!(app.password, None, "the user's own password is left alone");
+        let dated = &desired.roles["app261121"];
+        assert_eq!(dated.password.as_deref(), Some("new"));
+        assert!(dated.flags.login && dated.flags.createdb);
+        assert_eq!(dated.member_of, BTreeSet::from(["app".to_string()]));
+        assert_eq!(dated.origin, Origin::Manifest);
+        assert!(
+            !desired.roles.contains_key("ghost261121"),
+            "no role for an unknown user"
+        );
     }
 }
