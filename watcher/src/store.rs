@@ -173,11 +173,9 @@ fn cluster_event(kind: ClusterEventType, object: &Value) -> ClusterEvent {
         name: meta(object, "name").to_string(),
         uid: meta(object, "uid").to_string(),
         resource_version: meta(object, "resourceVersion").to_string(),
-        manifest_json: if kind == ClusterEventType::Delete {
-            Vec::new()
-        } else {
-            serde_json::to_vec(object).unwrap_or_default()
-        },
+        // A DELETE carries the object's last state too: what it named outside its
+        // namespace (cross-namespace Secrets) is only known from it.
+        manifest_json: serde_json::to_vec(object).unwrap_or_default(),
     }
 }
 

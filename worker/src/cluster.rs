@@ -120,7 +120,7 @@ impl ClusterTask {
     pub fn take(&mut self, input: Input) {
         self.pending += 1;
         match input {
-            Input::Object(event) => {
+            Input::Object(mut event) => {
                 self.pending_event = event_name(event.r#type).to_string();
                 let recreated = self
                     .object
@@ -135,6 +135,11 @@ impl ClusterTask {
                     self.object_delete_count += 1;
                 }
                 if let Some(previous) = self.object.take() {
+                    if is_delete && event.manifest_json.is_empty() && previous.uid == event.uid {
+                        // A DELETE made up by the scheduler has no manifest: keep the last one
+                        // seen, which names what the cluster put in other namespaces.
+                        event.manifest_json = previous.manifest_json.clone();
+                    }
                     if !is_delete && previous.r#type == ClusterEventType::Delete as i32 {
                         // One deletion by name covers every DELETE received so far.
                         self.pending_delete = Some(previous);
