@@ -99,8 +99,8 @@ impl Current {
     }
 }
 
-/// A role as the server has it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A role as the server has it. Its `Debug` never shows the verifier.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct CurrentRole {
     pub name: String,
     pub flags: RoleFlags,
@@ -113,6 +113,22 @@ pub struct CurrentRole {
     /// Cluster-wide `ALTER ROLE … SET` settings, as stored (`search_path` →
     /// `"$user", data`).
     pub parameters: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for CurrentRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentRole")
+            .field("name", &self.name)
+            .field("flags", &self.flags)
+            .field(
+                "verifier",
+                &self.verifier.as_ref().map(|_| super::sql::REDACTED),
+            )
+            .field("member_of", &self.member_of)
+            .field("admin_of", &self.admin_of)
+            .field("parameters", &self.parameters)
+            .finish()
+    }
 }
 
 impl CurrentRole {

@@ -23,8 +23,9 @@ use super::{Attribute, RoleFlags, RoleProblem};
 /// password is set again with PostgreSQL's default of 4096).
 pub const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
 
-/// One SQL statement pgop runs; [`super::sql::render`] turns it into SQL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One SQL statement pgop runs; [`super::sql::render`] turns it into SQL. Its `Debug` is
+/// the SQL with verifiers redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Statement {
     /// `CREATE ROLE` with every attribute spelled out and the password's verifier
     /// (`PASSWORD NULL` without one).
@@ -125,6 +126,12 @@ pub enum Statement {
         schema: String,
         user: String,
     },
+}
+
+impl std::fmt::Debug for Statement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Statement({})", super::sql::redacted(self))
+    }
 }
 
 impl Statement {
@@ -927,17 +934,8 @@ mod tests {
         .collect()
     }
 
-    fn kinds(statements: &[Statement]) -> Vec<String> {
-        statements
-            .iter()
-            .map(|s| {
-                format!("{s:?}")
-                    .split([' ', '{'])
-                    .next()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
+    fn kinds(statements: &[Statement]) -> Vec<&'static str> {
+        statements.iter().map(Statement::kind).collect()
     }
 
     #[test]
@@ -967,19 +965,19 @@ mod tests {
         // Order: roles, settings, memberships, databases, then inside databases.
         let kinds = kinds(&statements);
         let rank = |k: &str| match k {
-            "CreateRole" | "AlterRoleFlags" | "SetPassword" => 0,
-            "SetParameter" | "ResetParameter" => 1,
-            "GrantMembership" => 2,
-            "CreateDatabase" | "AlterDatabaseOwner" => 3,
+            "create_role" | "alter_role" | "set_password" => 0,
+            "set_parameter" | "reset_parameter" => 1,
+            "grant_membership" => 2,
+            "create_database" | "alter_database_owner" => 3,
             _ => 4,
         };
         assert!(
-            kinds.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+            kinds.windows(2).all(|w| rank(w[0]) <= rank(w[1])),
             "{kinds:?}"
         );
         assert!(statements
             .iter()
-            .all(|s| rank(&kinds_of(s)) < 4 || s.database() == Some("bar")));
+            .all(|s| rank(s.kind()) < 4 || s.database() == Some("bar")));
 
         assert!(
             sql.contains(&s("ALTER ROLE \"postgres\" PASSWORD '<redacted>'")),
@@ -1079,10 +1077,6 @@ mod tests {
         assert!(unresolved
             .iter()
             .any(|p| p.role == "bar_owner" && p.reason.contains("\"admin\"")));
-    }
-
-    fn kinds_of(statement: &Statement) -> String {
-        kinds(std::slice::from_ref(statement)).remove(0)
     }
 
     #[test]

@@ -220,4 +220,32 @@ mod tests {
             "{shown}"
         );
     }
+
+    #[test]
+    fn statements_and_current_roles_never_show_verifiers() {
+        let verifier = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy".to_string();
+        let shown = [
+            format!(
+                "{:?}",
+                diff::Statement::SetPassword {
+                    name: "app".into(),
+                    verifier: verifier.clone(),
+                }
+            ),
+            format!(
+                "{:?}",
+                current::CurrentRole {
+                    name: "app".into(),
+                    verifier: Some(verifier.clone()),
+                    ..Default::default()
+                }
+            ),
+        ];
+        for shown in shown {
+            assert!(
+                !shown.contains("c3RvcmVk") && shown.contains("<redacted>"),
+                "{shown}"
+            );
+        }
+    }
 }
