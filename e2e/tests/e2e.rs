@@ -17,6 +17,8 @@ use pgop_e2e::{wait, Environment, EnvironmentOptions};
 
 #[path = "e2e/compat.rs"]
 mod compat;
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
 #[path = "e2e/operator.rs"]
 mod operator;
 #[path = "e2e/roles.rs"]
@@ -62,6 +64,9 @@ fn main() {
         ),
         ("roles_databases_and_passwords_inside_postgresql", || {
             block_on(roles::roles_and_databases())
+        }),
+        ("rolling_update_after_an_image_change_loses_no_row", || {
+            block_on(lifecycle::rolling_update_loses_no_row())
         }),
     ];
     let trials: Vec<Trial> = tests

@@ -83,7 +83,7 @@ fn hash_of(target: &Target, object: &impl Serialize) -> Result<String, ApplyErro
 }
 
 /// FNV-1a of the object's JSON: stable across processes and versions of pgop.
-fn content_hash(json: &str) -> String {
+pub fn content_hash(json: &str) -> String {
     let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });

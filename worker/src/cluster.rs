@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kube::Api;
 use pgop_common::config::OperatorConfig;
-use pgop_common::crd::Postgresql;
+use pgop_common::crd::{cluster_status as s, Postgresql};
 use pgop_proto::v1::{
     worker_message, ClusterEvent, ClusterEventType, ClusterStatus, PodState, WorkerMessage,
 };
@@ -19,6 +19,7 @@ use crate::builders::{statefulset::desired_instances, BuildError};
 use crate::context::{cluster_reference, Context};
 use crate::deletion::{delete_cluster, Progress};
 use crate::reconcile::{sync_objects, write_status, SyncError};
+use crate::rollout::{master_address, RollingProgress, Rollout};
 use crate::status::{next_status, pods_ready, SyncResult};
 use crate::view::now_rfc3339;
 
@@ -62,6 +63,10 @@ pub struct ClusterTask {
     /// waits for one "Deleted" per DELETE it sent.
     pending_delete_count: u32,
     object_delete_count: u32,
+    /// The rolling update's state between passes.
+    rollout: Rollout,
+    /// The manifest changed since the last pass: the status reads Updating meanwhile.
+    update_pending: bool,
     /// Role definitions the last database sync refused, as shown to the user.
     role_problems: String,
     pods: BTreeMap<String, PodState>,
@@ -75,6 +80,9 @@ pub struct ClusterTask {
     config: watch::Receiver<Arc<OperatorConfig>>,
     outbound: mpsc::UnboundedSender<WorkerMessage>,
 }
+
+/// How soon a cluster in a rolling update looks again when no pod event wakes it.
+const ROLLING_POLL: Duration = Duration::from_secs(2);
 
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60))
@@ -105,6 +113,8 @@ impl ClusterTask {
             pending_delete_count: 0,
             object_delete_count: 0,
             role_problems: String::new(),
+            rollout: Rollout::default(),
+            update_pending: false,
             pods: BTreeMap::new(),
             status: None,
             reported: None,
@@ -130,6 +140,7 @@ impl ClusterTask {
                     // Another object under the same name: what we knew of the old one is void.
                     self.status = None;
                 }
+                self.update_pending |= event.r#type == ClusterEventType::Update as i32;
                 let is_delete = event.r#type == ClusterEventType::Delete as i32;
                 if is_delete {
                     self.object_delete_count += 1;
@@ -329,6 +340,9 @@ impl ClusterTask {
                 if self.status.is_none() {
                     self.status = self.live_status(&pg).await;
                 }
+                if std::mem::take(&mut self.update_pending) {
+                    self.mark_updating().await;
+                }
                 let databases = crate::roles::database_names(&pg);
                 self.ctx.view.update(&self.key, |v| v.databases = databases);
                 let instances = desired_instances(&pg, &config).max(0) as u32;
@@ -342,17 +356,16 @@ impl ClusterTask {
                 )
                 .await
                 {
-                    Ok(written) => {
-                        if !written.0.is_empty() {
-                            tracing::info!(cluster = %self.key, written = ?written.0, "objects written");
+                    Ok(synced) => {
+                        let written = &synced.written.0;
+                        if !written.is_empty() {
+                            tracing::info!(cluster = %self.key, ?written, "objects written");
                             self.ctx
                                 .view
-                                .record(&self.key, "written", written.0.join(", "));
+                                .record(&self.key, "written", written.join(", "));
                         }
-                        let pods: Vec<&PodState> = self.pods.values().collect();
-                        SyncResult::Synced {
-                            pods_ready: pods_ready(&pods, instances),
-                        }
+                        self.roll(&reference, instances, &synced.restart_hash, &config)
+                            .await
                     }
                     Err(SyncError::Build(BuildError::Invalid(m))) => SyncResult::Invalid(m),
                     Err(e) => {
@@ -372,10 +385,13 @@ impl ClusterTask {
         let status = next_status(&previous, &result);
         let message = match &result {
             SyncResult::Invalid(m) | SyncResult::Failed(m) => m.clone(),
+            SyncResult::Updating(m) => format!("rolling update: {m}"),
             SyncResult::Synced { pods_ready: false } => "waiting for the pods' roles".into(),
             SyncResult::Synced { pods_ready: true } => self.role_problems.clone(),
         };
         let mut next = match &result {
+            // The next step of a rolling update; pod events usually come sooner.
+            SyncResult::Updating(_) => Next::RetryIn(ROLLING_POLL),
             SyncResult::Failed(m) => {
                 self.failures += 1;
                 tracing::warn!(cluster = %self.key, failures = self.failures, "sync failed: {m}");
@@ -427,13 +443,60 @@ impl ClusterTask {
         next
     }
 
-    /// The master's pod address, once Patroni has labelled one.
-    fn master_address(&self) -> Option<String> {
-        self.pods
-            .values()
-            .find(|p| !p.deleted && matches!(p.role.as_str(), "master" | "primary"))
-            .map(|p| p.pod_ip.clone())
-            .filter(|ip| !ip.is_empty())
+    /// A manifest change on a cluster that has run: the status reads Updating until the
+    /// change is carried out (Zalando writes it before acting on an update too).
+    async fn mark_updating(&mut self) {
+        let settled = matches!(
+            self.status.as_deref(),
+            Some(s::RUNNING | s::SYNC_FAILED | s::UPDATE_FAILED)
+        );
+        if !settled {
+            return;
+        }
+        match write_status(&self.ctx.client, &self.namespace, &self.name, s::UPDATING).await {
+            Ok(()) => {
+                self.status = Some(s::UPDATING.to_string());
+                self.ctx.view.record(&self.key, "status", s::UPDATING);
+            }
+            Err(e) => tracing::warn!(cluster = %self.key, "{e}"),
+        }
+    }
+
+    /// The objects are in sync: the pods follow (a rolling update, one step per pass).
+    async fn roll(
+        &mut self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        instances: u32,
+        restart_hash: &str,
+        config: &OperatorConfig,
+    ) -> SyncResult {
+        let pods: Vec<PodState> = self.pods.values().cloned().collect();
+        let progress = self
+            .rollout
+            .advance(
+                &self.ctx,
+                reference,
+                &pods,
+                instances,
+                restart_hash,
+                config.pod_label_wait_timeout,
+            )
+            .await;
+        match progress {
+            Ok(RollingProgress::Done) => {
+                let pods: Vec<&PodState> = pods.iter().collect();
+                SyncResult::Synced {
+                    pods_ready: pods_ready(&pods, instances),
+                }
+            }
+            Ok(RollingProgress::Acted(note)) => {
+                tracing::info!(cluster = %self.key, "rolling update: {note}");
+                self.ctx.view.record(&self.key, "rolling-update", &note);
+                SyncResult::Updating(note)
+            }
+            Ok(RollingProgress::Waiting(reason)) => SyncResult::Updating(reason),
+            Err(e) => SyncResult::Failed(e.to_string()),
+        }
     }
 
     /// Roles and databases inside PostgreSQL. Refused definitions do not fail the sync:
@@ -448,7 +511,7 @@ impl ClusterTask {
         if !config.enable_database_access {
             return Ok(());
         }
-        let Some(master) = self.master_address() else {
+        let Some(master) = master_address(&self.pods.values().cloned().collect::<Vec<_>>()) else {
             return Ok(());
         };
         // Bounded: a sync stuck on a lock or a vanished master must not hold the slot.

@@ -3,12 +3,15 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::Client;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::PostParams;
+use kube::{Api, Client};
 use pgop_common::metrics::Counters;
 use tokio::sync::Semaphore;
 
 use crate::discovery::ServedVersions;
+use crate::patroni::Patroni;
 use crate::view::View;
 
 pub struct Context {
@@ -24,40 +27,47 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Served on `metrics_addr`.
     pub metrics: Arc<Counters>,
-    recorder: Recorder,
+    /// Patroni's REST API on the pods.
+    pub patroni: Patroni,
+    /// One permit per cluster in a rolling update: a configuration change that alters every
+    /// pod rolls this many clusters at once, not the whole fleet.
+    pub rolling: Arc<Semaphore>,
 }
+
+/// The reporting controller of pgop's Events.
+const CONTROLLER: &str = "pgop-worker";
 
 impl Context {
     pub fn new(
         client: Client,
         view: View,
         concurrency: usize,
+        rolling_updates: usize,
         served: ServedVersions,
         operator_namespace: String,
         metrics: Arc<Counters>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "pgop-worker".into(),
-            instance: Some(view.worker_id().to_string()),
-        };
         metrics.describe(
             crate::role_sync::SQL_STATEMENTS,
             "SQL statements run by role and database syncs, by kind and outcome.",
         );
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
             view,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             served,
             operator_namespace,
+            patroni: Patroni::new(reqwest::Client::new()),
+            rolling: Arc::new(Semaphore::new(rolling_updates.max(1))),
             http: reqwest::Client::new(),
             metrics,
         }
     }
 
     /// A Kubernetes Event on the postgresql object. Failing to record one is logged, never
-    /// fatal: the status carries the same information.
+    /// fatal: the status carries the same information. Every call makes a new Event (callers
+    /// only report news): kube's Recorder would fold events of the same reason into one
+    /// series and keep the first note, losing what happened since.
     pub async fn event(
         &self,
         regarding: &ObjectReference,
@@ -65,23 +75,29 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let namespace = regarding.namespace.clone().unwrap_or_default();
+        let name = regarding.name.as_deref().unwrap_or(CONTROLLER);
         let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
+            metadata: ObjectMeta {
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
             },
-            reason: reason.to_string(),
+            event_time: Some(MicroTime(now)),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            reason: Some(reason.to_string()),
+            action: Some(reason.to_string()),
             // The Events API caps notes at 1 kB.
             note: Some(truncate(note, 1000)),
-            action: reason.to_string(),
-            secondary: None,
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(CONTROLLER.into()),
+            reporting_instance: Some(self.view.worker_id().to_string()),
+            ..Event::default()
         };
-        if let Err(e) = self.recorder.publish(&event, regarding).await {
-            tracing::warn!(
-                cluster = regarding.name.as_deref().unwrap_or_default(),
-                "recording event {reason}: {e}"
-            );
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(cluster = name, "recording event {reason}: {e}");
         }
     }
 }

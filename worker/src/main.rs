@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         client,
         view.clone(),
         settings.concurrency as usize,
+        settings.rolling_updates as usize,
         served,
         settings.namespace(),
         metrics.clone(),

@@ -16,7 +16,7 @@ use crate::apply::{
     FIELD_MANAGER,
 };
 use crate::builders::{
-    logical_backup, pdb, pooler, secrets, service_account, services,
+    logical_backup, pdb, pooler, restart, secrets, service_account, services,
     spilo_env::{self, PodEnvironment},
     statefulset,
     validate::validate,
@@ -57,6 +57,14 @@ impl SyncError {
 #[derive(Debug, Default)]
 pub struct Written(pub Vec<String>);
 
+/// What a reconcile of the objects leaves for the steps after it.
+#[derive(Debug)]
+pub struct Synced {
+    pub written: Written,
+    /// The pod template's restart hash: pods with another one are rolled.
+    pub restart_hash: String,
+}
+
 impl Written {
     fn note(&mut self, applied: Applied, kind: &str, name: Option<&String>) {
         if applied == Applied::Written {
@@ -81,10 +89,18 @@ pub async fn sync_objects(
     namespace: &str,
     pg: &Postgresql,
     config: &OperatorConfig,
-) -> Result<Written, SyncError> {
+) -> Result<Synced, SyncError> {
     validate(pg, config)?;
     let pod_env = pod_environment(client, namespace, config).await?;
     let statefulset = statefulset::desired_statefulset_with(pg, config, &pod_env)?;
+    let restart_hash = statefulset
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.metadata.as_ref())
+        .and_then(|meta| meta.annotations.as_ref())
+        .and_then(|annotations| annotations.get(restart::RESTART_HASH_ANNOTATION))
+        .cloned()
+        .unwrap_or_default();
     let account = service_account::desired_service_account(pg, config)?;
     let binding = service_account::desired_role_binding(pg, config)?;
     let cluster = pg.metadata.name.as_deref().unwrap_or_default();
@@ -172,7 +188,10 @@ pub async fn sync_objects(
         ));
     }
     tracing::debug!(%namespace, %cluster, written = ?written.0, "objects in sync");
-    Ok(written)
+    Ok(Synced {
+        written,
+        restart_hash,
+    })
 }
 
 /// The extra pod environment the configuration names (`pod_environment_configmap`, read from

@@ -8,6 +8,8 @@ use pgop_proto::v1::PodState;
 pub enum SyncResult {
     /// Every object is as desired; `pods_ready` when the pods carry their roles.
     Synced { pods_ready: bool },
+    /// The objects are as desired and a change is being rolled out to the pods.
+    Updating(String),
     /// The manifest cannot be acted on; a user has to change it.
     Invalid(String),
     /// A step failed; it is retried.
@@ -25,7 +27,12 @@ pub fn next_status(previous: &str, result: &SyncResult) -> &'static str {
         SyncResult::Failed(_) if still_creating(previous) => s::CREATE_FAILED,
         SyncResult::Failed(_) if previous == s::UPDATING => s::UPDATE_FAILED,
         SyncResult::Failed(_) => s::SYNC_FAILED,
-        SyncResult::Synced { pods_ready: false } if still_creating(previous) => s::CREATING,
+        SyncResult::Synced { pods_ready: false } | SyncResult::Updating(_)
+            if still_creating(previous) =>
+        {
+            s::CREATING
+        }
+        SyncResult::Updating(_) => s::UPDATING,
         SyncResult::Synced { .. } => s::RUNNING,
     }
 }
@@ -52,6 +59,7 @@ mod tests {
         let starting = SyncResult::Synced { pods_ready: false };
         let failed = SyncResult::Failed("x".into());
         let invalid = SyncResult::Invalid("x".into());
+        let updating = SyncResult::Updating("x".into());
         let table: &[(&str, &SyncResult, &str)] = &[
             ("", &starting, s::CREATING),
             ("", &synced, s::RUNNING),
@@ -67,6 +75,13 @@ mod tests {
             (s::UPDATING, &failed, s::UPDATE_FAILED),
             (s::SYNC_FAILED, &starting, s::RUNNING),
             (s::SYNC_FAILED, &failed, s::SYNC_FAILED),
+            (s::RUNNING, &updating, s::UPDATING),
+            (s::SYNC_FAILED, &updating, s::UPDATING),
+            (s::UPDATE_FAILED, &updating, s::UPDATING),
+            (s::CREATING, &updating, s::CREATING),
+            (s::UPDATING, &updating, s::UPDATING),
+            (s::UPDATING, &synced, s::RUNNING),
+            (s::UPDATING, &starting, s::RUNNING),
         ];
         for (previous, result, want) in table {
             assert_eq!(

@@ -7,6 +7,7 @@ pub mod labels;
 pub mod logical_backup;
 pub mod pdb;
 pub mod pooler;
+pub mod restart;
 pub mod secrets;
 pub mod service_account;
 pub mod services;

@@ -32,6 +32,7 @@ use pgop_common::crd::{AdditionalVolume, Postgresql, ResourceDescription, Tls};
 use super::labels::{
     inherited_annotations, object_labels, owner_references, propagated_annotations, selector_labels,
 };
+use super::restart::{restart_hash, RESTART_HASH_ANNOTATION};
 use super::spilo_env::{
     append_missing, pod_environment_sources, sidecar_env, spilo_env_with, PodEnvironment,
     POSTGRES_PORT,
@@ -289,6 +290,14 @@ pub fn desired_statefulset_with(
     metadata.labels = Some(object_labels(pg, config));
     metadata.annotations = non_empty(propagated_annotations(pg, config)?);
     metadata.owner_references = owner_references(pg, config);
+    let mut template = pod_template(pg, config, pod_env)?;
+    let hash = restart_hash(&template, config.enable_lazy_spilo_upgrade);
+    template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(RESTART_HASH_ANNOTATION.into(), hash);
     Ok(StatefulSet {
         metadata,
         spec: Some(StatefulSetSpec {
@@ -298,7 +307,7 @@ pub fn desired_statefulset_with(
                 match_expressions: None,
             },
             service_name: Some(cluster_name(pg).to_string()),
-            template: pod_template(pg, config, pod_env)?,
+            template,
             volume_claim_templates: Some(vec![volume_claim_template(pg, config)?]),
             update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("OnDelete".into()),
@@ -1312,6 +1321,13 @@ mod tests {
     use super::*;
     use crate::builders::labels::tests::{manifest, minimal};
 
+    /// The template's annotations other than pgop's restart hash.
+    fn user_annotations(template: &PodTemplateSpec) -> Option<BTreeMap<String, String>> {
+        let mut annotations = template.metadata.as_ref()?.annotations.clone()?;
+        annotations.remove(RESTART_HASH_ANNOTATION);
+        non_empty(annotations)
+    }
+
     fn container(sts: &StatefulSet) -> &Container {
         &sts.spec
             .as_ref()
@@ -1644,9 +1660,8 @@ mod tests {
                 when_scaled: Some("Retain".into()),
             })
         );
-        let annotations = spec.template.metadata.as_ref().unwrap().annotations.clone();
         assert_eq!(
-            annotations,
+            user_annotations(&spec.template),
             Some(BTreeMap::from([
                 ("iam.amazonaws.com/role".into(), "pg-role".into()),
                 ("owner".into(), "me".into()),
@@ -2504,9 +2519,8 @@ mod tests {
             ),
             ("postgresql", "uid-7", Some(true))
         );
-        let template_annotations = sts.spec.unwrap().template.metadata.unwrap().annotations;
         assert_eq!(
-            template_annotations,
+            user_annotations(&sts.spec.unwrap().template),
             Some(BTreeMap::from([("owner".into(), "db".into())])),
             "downscaler annotations stay on the StatefulSet"
         );
@@ -2564,7 +2578,7 @@ mod tests {
         let sts = desired_statefulset(&pg, &config).unwrap();
         let template = sts.spec.as_ref().unwrap().template.clone();
         assert_eq!(
-            template.metadata.unwrap().annotations,
+            user_annotations(&template),
             Some(BTreeMap::from([
                 ("a".into(), "pod".into()),
                 ("b".into(), "inherited".into()),

@@ -1,0 +1,325 @@
+//! The cluster lifecycle with real Patroni pods: rolling updates with one switchover while
+//! clients write, surviving a worker killed mid-rotation.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod};
+use kube::api::{ListParams, ObjectMeta};
+use kube::{Api, Client};
+use pgop_e2e::pgop::{Kubeconfigs, Pgop};
+use pgop_e2e::wait;
+
+use super::operator::{events_of, master_login, operator_namespace, wait_running};
+use super::{connect, env, is_ready, namespace};
+
+/// The operator ConfigMap `postgres-operator` in `system_ns`, applied (created or changed).
+fn operator_config(system_ns: &str, data: &[(&str, &str)]) -> Result<()> {
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("postgres-operator".into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    env().apply(system_ns, &serde_json::to_string(&cm)?)?;
+    Ok(())
+}
+
+fn manifest(ns: &str, name: &str, instances: u32) -> String {
+    format!(
+        "apiVersion: acid.zalan.do/v1\nkind: postgresql\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+         spec:\n  teamId: acid\n  numberOfInstances: {instances}\n  volume:\n    size: 1Gi\n\
+         \x20 postgresql:\n    version: \"15\"\n"
+    )
+}
+
+/// What one writing client saw.
+#[derive(Debug, Default)]
+struct Writes {
+    /// Rows whose INSERT was acknowledged.
+    acknowledged: Vec<i64>,
+    /// The longest time between two acknowledged writes.
+    longest_gap: Duration,
+    failed: u32,
+}
+
+/// The master's address as the master Service has it (Patroni keeps the Service's
+/// Endpoints pointing at the leader; there is no kube-proxy here to route the Service IP).
+async fn service_master(client: &Client, ns: &str, cluster: &str) -> Option<String> {
+    let endpoints = Api::<Endpoints>::namespaced(client.clone(), ns)
+        .get_opt(cluster)
+        .await
+        .ok()??;
+    endpoints
+        .subsets?
+        .into_iter()
+        .flat_map(|s| s.addresses.unwrap_or_default())
+        .map(|a| a.ip)
+        .next()
+}
+
+/// Inserts a row every 100 ms into `rolled` through the master Service until `stop`.
+async fn write_continuously(
+    client: Client,
+    ns: String,
+    cluster: String,
+    password: String,
+    stop: Arc<AtomicBool>,
+) -> Writes {
+    let mut writes = Writes::default();
+    let mut connection: Option<tokio_postgres::Client> = None;
+    let mut last_ack = Instant::now();
+    let mut id = 0i64;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        if connection.is_none() {
+            let Some(ip) = service_master(&client, &ns, &cluster).await else {
+                continue;
+            };
+            connection = tokio::time::timeout(Duration::from_secs(2), connect(&ip, &password))
+                .await
+                .ok()
+                .and_then(Result::ok);
+            if connection.is_none() {
+                continue;
+            }
+        }
+        let Some(db) = connection.as_ref() else {
+            continue;
+        };
+        id += 1;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let insert = db.execute("INSERT INTO rolled (id) VALUES ($1)", &params);
+        match tokio::time::timeout(Duration::from_secs(2), insert).await {
+            Ok(Ok(_)) => {
+                writes.acknowledged.push(id);
+                writes.longest_gap = writes.longest_gap.max(last_ack.elapsed());
+                last_ack = Instant::now();
+            }
+            _ => {
+                writes.failed += 1;
+                connection = None;
+            }
+        }
+    }
+    writes
+}
+
+/// The image of each pod of `cluster`: name → (uid, image, ready).
+async fn pod_images(
+    pods: &Api<Pod>,
+    cluster: &str,
+) -> Result<BTreeMap<String, (String, String, bool)>> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("cluster-name={cluster}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let image = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let ready = is_ready(&p);
+            (
+                p.metadata.name.unwrap_or_default(),
+                (p.metadata.uid.unwrap_or_default(), image, ready),
+            )
+        })
+        .collect())
+}
+
+/// Done when 1: a new image in the operator configuration rolls two 3-instance clusters
+/// while a client writes to each master every 100 ms: no acknowledged row is lost, one
+/// switchover per cluster, and a worker killed mid-rotation finishes it after a restart
+/// without recreating pods already updated.
+pub async fn rolling_update_loses_no_row() -> Result<()> {
+    let (system_ns, ns) = ("e2e-roll-system", "e2e-roll");
+    let clusters = ["acid-roll-a", "acid-roll-b"];
+    let (old_image, new_image) = (
+        "registry.local/spilo-15:e2e-1",
+        "registry.local/spilo-15:e2e-2",
+    );
+    let client = env().client().await?;
+    operator_namespace(&client, system_ns).await?;
+    namespace(&client, ns).await?;
+    operator_config(
+        system_ns,
+        &[("watched_namespace", ns), ("docker_image", old_image)],
+    )?;
+    let mut pgop = Pgop::start(
+        "roll",
+        system_ns,
+        1,
+        &env().state_dir,
+        &Kubeconfigs::admin(&env().kubeconfig),
+        None,
+    )?;
+    for cluster in clusters {
+        env().apply(ns, &manifest(ns, cluster, 3))?;
+    }
+    for cluster in clusters {
+        wait_running(ns, cluster, Duration::from_secs(180)).await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for cluster in clusters {
+        wait::until(
+            &format!("3 Ready pods of {cluster}"),
+            Duration::from_secs(120),
+            || async {
+                let images = pod_images(&pods, cluster).await?;
+                Ok(
+                    (images.len() == 3 && images.values().all(|(_, _, ready)| *ready))
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+    }
+
+    // A client per cluster, writing through the master Service.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for cluster in clusters {
+        let (ip, password) = master_login(&client, ns, cluster).await?;
+        connect(&ip, &password)
+            .await?
+            .batch_execute("CREATE TABLE rolled (id bigint PRIMARY KEY)")
+            .await?;
+        writers.push(tokio::spawn(write_continuously(
+            client.clone(),
+            ns.into(),
+            cluster.into(),
+            password,
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let started = Instant::now();
+    operator_config(
+        system_ns,
+        &[("watched_namespace", ns), ("docker_image", new_image)],
+    )?;
+    // Kill the worker once the first pods run the new image, then bring it back.
+    let updated_at_kill = wait::until(
+        "the first pod recreated with the new image",
+        Duration::from_secs(120),
+        || async {
+            let mut updated = BTreeMap::new();
+            for cluster in clusters {
+                for (name, (uid, image, ready)) in pod_images(&pods, cluster).await? {
+                    if image == new_image && ready {
+                        updated.insert(name, uid);
+                    }
+                }
+            }
+            Ok((!updated.is_empty()).then_some(updated))
+        },
+    )
+    .await?;
+    pgop.workers[0].kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pgop.workers[0].start_again()?;
+
+    for cluster in clusters {
+        wait::until(
+            &format!("every pod of {cluster} on the new image"),
+            Duration::from_secs(300),
+            || async {
+                let images = pod_images(&pods, cluster).await?;
+                let done = images.len() == 3
+                    && images
+                        .values()
+                        .all(|(_, image, ready)| image == new_image && *ready);
+                if done {
+                    Ok(Some(()))
+                } else {
+                    bail!("pods: {images:?}")
+                }
+            },
+        )
+        .await?;
+        wait_running(ns, cluster, Duration::from_secs(60)).await?;
+    }
+    let rolled_in = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+
+    let mut now = BTreeMap::new();
+    for cluster in clusters {
+        for (name, (uid, _, _)) in pod_images(&pods, cluster).await? {
+            now.insert(name, uid);
+        }
+    }
+    for (name, uid) in &updated_at_kill {
+        ensure!(
+            now.get(name) == Some(uid),
+            "pod {name}, already updated when the worker was killed, was recreated again"
+        );
+    }
+
+    for (cluster, writer) in clusters.into_iter().zip(writers) {
+        let writes = writer.await?;
+        ensure!(
+            writes.acknowledged.len() > 50,
+            "{cluster}: only {} writes acknowledged",
+            writes.acknowledged.len()
+        );
+        let (ip, password) = master_login(&client, ns, cluster).await?;
+        let rows: BTreeSet<i64> = connect(&ip, &password)
+            .await?
+            .query("SELECT id FROM rolled", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let lost: Vec<&i64> = writes
+            .acknowledged
+            .iter()
+            .filter(|id| !rows.contains(id))
+            .collect();
+        ensure!(
+            lost.is_empty(),
+            "{cluster}: acknowledged rows lost: {lost:?}"
+        );
+        let events = events_of(ns, cluster)?;
+        let switchovers = events
+            .lines()
+            .filter(|l| l.contains("RollingUpdate switched over"))
+            .count();
+        ensure!(
+            switchovers == 1,
+            "{cluster}: {switchovers} switchovers, one expected:\n{events}"
+        );
+        eprintln!(
+            "[e2e] rolling update of {cluster}: {} rows acknowledged, none lost, {} writes failed, longest write gap {:.1}s (whole rotation of both clusters {:.0}s)",
+            writes.acknowledged.len(),
+            writes.failed,
+            writes.longest_gap.as_secs_f64(),
+            rolled_in.as_secs_f64()
+        );
+    }
+    for cluster in clusters {
+        env().kubectl(&["delete", "pg", "-n", ns, cluster])?;
+    }
+    for cluster in clusters {
+        super::operator::wait_gone(&client, ns, cluster)
+            .await
+            .context("deleting the rolled clusters")?;
+    }
+    drop(pgop);
+    Ok(())
+}

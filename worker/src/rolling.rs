@@ -1,0 +1,431 @@
+//! The rolling update as a pure decision: given the pods as they are (and Patroni's view of
+//! the members), the one next step. Replicas are recreated first, one at a time, each back
+//! and streaming before the next; then the leadership is switched over to the best
+//! replica, and the old master is recreated last. A single-instance cluster has no one to
+//! switch over to: its pod is recreated in place.
+//!
+//! Each step is taken by a separate reconcile pass, so waiting never holds a reconcile slot,
+//! and every decision is made from observed state: a worker that restarts (or another that
+//! takes over) continues where the rotation stood.
+use pgop_proto::v1::PodState;
+
+use crate::builders::restart::{flag_set, RESTART_HASH_ANNOTATION, ROLLING_UPDATE_FLAG};
+use crate::patroni::Member;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// No pod is outdated.
+    Done,
+    /// Flag these outdated pods first (Zalando's annotation), so the plan is visible on the
+    /// pods and survives a change of the template before they are recreated.
+    Flag(Vec<String>),
+    /// Nothing to do until the cluster is whole and healthy again.
+    Wait(String),
+    /// Delete this pod (by name and uid); the StatefulSet recreates it from the new template.
+    Recreate { pod: String, uid: String },
+    /// Hand the leadership from the master to the candidate before recreating the master.
+    Switchover { master: String, candidate: String },
+    /// The rotation cannot go on without help (no replica to switch over to).
+    Blocked(String),
+}
+
+fn is_master(pod: &PodState) -> bool {
+    matches!(pod.role.as_str(), "master" | "primary")
+}
+
+/// Whether `pod` must be recreated: it carries Zalando's flag, or a restart hash other than
+/// the template's. A pod without a hash (made before pgop managed it) is left alone.
+pub fn outdated(pod: &PodState, desired_hash: &str) -> bool {
+    let annotation = |key: &str| pod.annotations.get(key).map(String::as_str);
+    annotation(ROLLING_UPDATE_FLAG).is_some_and(flag_set)
+        || annotation(RESTART_HASH_ANNOTATION).is_some_and(|hash| hash != desired_hash)
+}
+
+fn flagged(pod: &PodState) -> bool {
+    pod.annotations
+        .get(ROLLING_UPDATE_FLAG)
+        .is_some_and(|v| flag_set(v))
+}
+
+/// Patroni states of a replica that follows its leader.
+fn following(member: &Member) -> bool {
+    matches!(member.state.as_str(), "running" | "streaming")
+}
+
+/// The member to hand the leadership to: a synchronous standby if there is one, else a
+/// following replica; the least lag wins, unknown lag last; never an outdated pod.
+pub fn switchover_candidate<'a>(
+    members: &'a [Member],
+    pods: &[&PodState],
+    desired_hash: &str,
+) -> Option<&'a Member> {
+    let eligible = |m: &&Member| {
+        !matches!(m.role.as_str(), "leader" | "master" | "standby_leader")
+            && following(m)
+            && pods
+                .iter()
+                .any(|p| p.name == m.name && p.ready && !outdated(p, desired_hash))
+    };
+    let best = |sync: bool| {
+        members
+            .iter()
+            .filter(eligible)
+            .filter(|m| (m.role == "sync_standby") == sync)
+            .min_by_key(|m| m.lag.unwrap_or(u64::MAX))
+    };
+    best(true).or_else(|| best(false))
+}
+
+/// The next step of the rolling update of a cluster of `instances` pods. `members` is
+/// Patroni's view (None when it could not be asked); it is needed only to tell whether
+/// replicas follow the leader and whom to switch over to.
+pub fn next_step(
+    pods: &[PodState],
+    instances: u32,
+    desired_hash: &str,
+    members: Option<&[Member]>,
+) -> Step {
+    let mut live: Vec<&PodState> = pods.iter().filter(|p| !p.deleted).collect();
+    live.sort_by(|a, b| a.name.cmp(&b.name));
+    let stale: Vec<&PodState> = live
+        .iter()
+        .copied()
+        .filter(|p| outdated(p, desired_hash))
+        .collect();
+    if stale.is_empty() {
+        return Step::Done;
+    }
+    let unflagged: Vec<String> = stale
+        .iter()
+        .filter(|p| !flagged(p))
+        .map(|p| p.name.clone())
+        .collect();
+    if !unflagged.is_empty() {
+        return Step::Flag(unflagged);
+    }
+
+    // Only a whole, healthy cluster loses a pod.
+    if (live.len() as u32) < instances {
+        return Step::Wait(format!("{} of {instances} pods exist", live.len()));
+    }
+    if let Some(pod) = live.iter().find(|p| !p.ready || p.role.is_empty()) {
+        return Step::Wait(format!("pod {} is not ready", pod.name));
+    }
+    let masters: Vec<&&PodState> = live.iter().filter(|p| is_master(p)).collect();
+    let [master] = masters.as_slice() else {
+        return Step::Wait(format!("{} masters, waiting for one", masters.len()));
+    };
+    if live.len() > 1 {
+        let Some(members) = members else {
+            return Step::Wait("Patroni's member list is not available".into());
+        };
+        // Right after a switchover the labels lag behind Patroni: wait until they agree.
+        if let Some(leader) = members
+            .iter()
+            .find(|m| matches!(m.role.as_str(), "leader" | "master") && m.name != master.name)
+        {
+            return Step::Wait(format!(
+                "Patroni's leader is {}, the pod labelled master is {}",
+                leader.name, master.name
+            ));
+        }
+        for pod in live.iter().filter(|p| !is_master(p)) {
+            match members.iter().find(|m| m.name == pod.name) {
+                Some(m) if following(m) => {}
+                Some(m) => {
+                    return Step::Wait(format!("replica {} is {}", pod.name, m.state));
+                }
+                None => return Step::Wait(format!("replica {} is not a member yet", pod.name)),
+            }
+        }
+    }
+
+    if let Some(replica) = stale.iter().find(|p| !is_master(p)) {
+        return Step::Recreate {
+            pod: replica.name.clone(),
+            uid: replica.uid.clone(),
+        };
+    }
+    // Only the master is left.
+    if live.len() == 1 {
+        return Step::Recreate {
+            pod: master.name.clone(),
+            uid: master.uid.clone(),
+        };
+    }
+    match members.and_then(|m| switchover_candidate(m, &live, desired_hash)) {
+        Some(candidate) => Step::Switchover {
+            master: master.name.clone(),
+            candidate: candidate.name.clone(),
+        },
+        None => Step::Blocked(format!(
+            "no replica of master {} can take over (none ready, following and up to date)",
+            master.name
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NEW: &str = "new";
+
+    /// `name:role:hash[:flag][:notready]`
+    fn pod(spec: &str) -> PodState {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let mut pod = PodState {
+            name: parts[0].into(),
+            uid: format!("uid-{}", parts[0]),
+            role: parts[1].into(),
+            ready: !parts.contains(&"notready"),
+            ..Default::default()
+        };
+        if !parts[2].is_empty() {
+            pod.annotations
+                .insert(RESTART_HASH_ANNOTATION.into(), parts[2].into());
+        }
+        if parts.contains(&"flag") {
+            pod.annotations
+                .insert(ROLLING_UPDATE_FLAG.into(), "true".into());
+        }
+        pod
+    }
+
+    fn member(name: &str, role: &str, state: &str, lag: Option<u64>) -> Member {
+        Member {
+            name: name.into(),
+            role: role.into(),
+            state: state.into(),
+            lag,
+        }
+    }
+
+    fn healthy() -> Vec<Member> {
+        vec![
+            member("a-0", "leader", "running", None),
+            member("a-1", "replica", "streaming", Some(0)),
+            member("a-2", "replica", "streaming", Some(10)),
+        ]
+    }
+
+    fn recreate(name: &str) -> Step {
+        Step::Recreate {
+            pod: name.into(),
+            uid: format!("uid-{name}"),
+        }
+    }
+
+    #[test]
+    fn steps() {
+        let members = healthy();
+        let lagging = vec![
+            member("a-0", "leader", "running", None),
+            member("a-1", "replica", "streaming", Some(500)),
+            member("a-2", "replica", "streaming", Some(10)),
+        ];
+        let sync = vec![
+            member("a-0", "leader", "running", None),
+            member("a-1", "replica", "streaming", Some(0)),
+            member("a-2", "sync_standby", "streaming", Some(90)),
+        ];
+        let restarting = vec![
+            member("a-0", "leader", "running", None),
+            member("a-1", "replica", "starting", None),
+            member("a-2", "replica", "streaming", Some(0)),
+        ];
+        let switched = vec![
+            member("a-0", "replica", "streaming", Some(0)),
+            member("a-1", "leader", "running", None),
+            member("a-2", "replica", "streaming", Some(0)),
+        ];
+        // (what, pods, instances, members, next step)
+        type Case<'a> = (&'a str, Vec<&'a str>, u32, Option<&'a [Member]>, Step);
+        let table: Vec<Case> = vec![
+            (
+                "all up to date",
+                vec!["a-0:master:new", "a-1:replica:new", "a-2:replica:new"],
+                3,
+                Some(&members),
+                Step::Done,
+            ),
+            (
+                "pods without a hash are not pgop's to roll",
+                vec!["a-0:master:", "a-1:replica:"],
+                2,
+                Some(&members),
+                Step::Done,
+            ),
+            (
+                "outdated pods are flagged first",
+                vec!["a-0:master:old", "a-1:replica:old:flag", "a-2:replica:new"],
+                3,
+                Some(&members),
+                Step::Flag(vec!["a-0".into()]),
+            ),
+            (
+                "a flag set by hand rolls an up-to-date pod",
+                vec!["a-0:master:new", "a-1:replica:new:flag", "a-2:replica:new"],
+                3,
+                Some(&members),
+                recreate("a-1"),
+            ),
+            (
+                "replicas first, in name order",
+                vec![
+                    "a-0:master:old:flag",
+                    "a-1:replica:old:flag",
+                    "a-2:replica:old:flag",
+                ],
+                3,
+                Some(&members),
+                recreate("a-1"),
+            ),
+            (
+                "a missing pod is waited for",
+                vec!["a-0:master:old:flag", "a-2:replica:old:flag"],
+                3,
+                Some(&members),
+                Step::Wait("2 of 3 pods exist".into()),
+            ),
+            (
+                "a pod not ready is waited for",
+                vec![
+                    "a-0:master:old:flag",
+                    "a-1:replica:new:notready",
+                    "a-2:replica:old:flag",
+                ],
+                3,
+                Some(&members),
+                Step::Wait("pod a-1 is not ready".into()),
+            ),
+            (
+                "a pod without its role is waited for",
+                vec!["a-0:master:old:flag", "a-1::new", "a-2:replica:old:flag"],
+                3,
+                Some(&members),
+                Step::Wait("pod a-1 is not ready".into()),
+            ),
+            (
+                "a replica that does not follow yet is waited for",
+                vec![
+                    "a-0:master:old:flag",
+                    "a-1:replica:new",
+                    "a-2:replica:old:flag",
+                ],
+                3,
+                Some(&restarting),
+                Step::Wait("replica a-1 is starting".into()),
+            ),
+            (
+                "no member list, no step",
+                vec!["a-0:master:old:flag", "a-1:replica:new"],
+                2,
+                None,
+                Step::Wait("Patroni's member list is not available".into()),
+            ),
+            (
+                "two masters are waited out",
+                vec!["a-0:master:old:flag", "a-1:master:new"],
+                2,
+                Some(&members),
+                Step::Wait("2 masters, waiting for one".into()),
+            ),
+            (
+                "then the switchover, to the least lag",
+                vec!["a-0:master:old:flag", "a-1:replica:new", "a-2:replica:new"],
+                3,
+                Some(&lagging),
+                Step::Switchover {
+                    master: "a-0".into(),
+                    candidate: "a-2".into(),
+                },
+            ),
+            (
+                "a synchronous standby first",
+                vec!["a-0:master:old:flag", "a-1:replica:new", "a-2:replica:new"],
+                3,
+                Some(&sync),
+                Step::Switchover {
+                    master: "a-0".into(),
+                    candidate: "a-2".into(),
+                },
+            ),
+            (
+                "after the switchover the old master is a replica like any other",
+                vec!["a-0:replica:old:flag", "a-1:master:new", "a-2:replica:new"],
+                3,
+                Some(&switched),
+                recreate("a-0"),
+            ),
+            (
+                "labels not yet following a switchover",
+                vec!["a-0:master:old:flag", "a-1:replica:new", "a-2:replica:new"],
+                3,
+                Some(&switched),
+                Step::Wait("Patroni's leader is a-1, the pod labelled master is a-0".into()),
+            ),
+            (
+                "a single instance is recreated in place",
+                vec!["a-0:master:old:flag"],
+                1,
+                None,
+                recreate("a-0"),
+            ),
+            (
+                "a replica-less master of a larger cluster waits for its replicas",
+                vec!["a-0:master:old:flag"],
+                2,
+                Some(&members),
+                Step::Wait("1 of 2 pods exist".into()),
+            ),
+        ];
+        for (what, pods, instances, members, want) in table {
+            let pods: Vec<PodState> = pods.into_iter().map(pod).collect();
+            assert_eq!(next_step(&pods, instances, NEW, members), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn no_candidate_blocks_the_master() {
+        let pods: Vec<PodState> = ["a-0:master:old:flag", "a-1:replica:new"]
+            .into_iter()
+            .map(pod)
+            .collect();
+        let members = vec![
+            member("a-0", "leader", "running", None),
+            // Following, but an unknown member name: not one of our pods.
+            member("a-1", "replica", "running", Some(0)),
+        ];
+        let mut stray = members.clone();
+        stray[1].name = "elsewhere".into();
+        assert!(matches!(
+            next_step(&pods, 2, NEW, Some(&stray)),
+            Step::Wait(_)
+        ));
+        assert_eq!(
+            switchover_candidate(&members, &pods.iter().collect::<Vec<_>>(), NEW)
+                .map(|m| m.name.as_str()),
+            Some("a-1")
+        );
+        // The only replica is itself outdated (flagged by hand after its recreation).
+        let pods: Vec<PodState> = ["a-0:master:old:flag", "a-1:replica:new:flag"]
+            .into_iter()
+            .map(pod)
+            .collect();
+        assert_eq!(next_step(&pods, 2, NEW, Some(&members)), recreate("a-1"));
+        assert!(switchover_candidate(&members, &pods.iter().collect::<Vec<_>>(), NEW).is_none());
+        // Patroni names the only replica a standby leader (a standby cluster's view):
+        // nobody to hand over to.
+        let pods: Vec<PodState> = ["a-0:master:old:flag", "a-1:replica:new"]
+            .into_iter()
+            .map(pod)
+            .collect();
+        let mut confused = members.clone();
+        confused[1].role = "standby_leader".into();
+        assert!(matches!(
+            next_step(&pods, 2, NEW, Some(&confused)),
+            Step::Blocked(_)
+        ));
+    }
+}

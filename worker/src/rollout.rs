@@ -1,0 +1,250 @@
+//! Carries out the rolling update's next step ([`crate::rolling::next_step`]) for one
+//! cluster: flag outdated pods, recreate one pod, or switch the leadership over. One step
+//! per reconcile pass; the pass after it sees the result in the pods' events.
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::Api;
+use pgop_proto::v1::PodState;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::apply::FIELD_MANAGER;
+use crate::builders::restart::ROLLING_UPDATE_FLAG;
+use crate::context::Context;
+use crate::patroni::PatroniError;
+use crate::rolling::{next_step, Step};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("rolling update: {what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("rolling update: {0}")]
+    Patroni(#[from] PatroniError),
+    #[error("rolling update blocked: {0}")]
+    Blocked(String),
+    #[error("rolling update stuck for {}s: {reason}", .waited.as_secs())]
+    Stuck { reason: String, waited: Duration },
+}
+
+/// Where the rolling update of a cluster stands after this pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollingProgress {
+    /// No pod is outdated.
+    Done,
+    /// A step was taken (described).
+    Acted(String),
+    /// Waiting for the cluster (described); bounded by the caller.
+    Waiting(String),
+}
+
+/// What a cluster task keeps between passes of its rolling update.
+#[derive(Default)]
+pub struct Rollout {
+    /// The cluster's turn among the worker's rolling updates, held until it is done.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The pod (name, uid) last deleted: until it is gone, it is not deleted again.
+    recreating: Option<(String, String)>,
+    /// What the rotation waits for, and since when.
+    waiting: Option<(String, Instant)>,
+}
+
+impl Rollout {
+    pub fn in_progress(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    /// Takes the next step of the rolling update of a cluster of `instances` pods whose
+    /// template has `restart_hash`; waiting for the same thing longer than `timeout` is an
+    /// error (the rotation goes on at the next pass all the same).
+    pub async fn advance(
+        &mut self,
+        ctx: &Context,
+        reference: &ObjectReference,
+        pods: &[PodState],
+        instances: u32,
+        restart_hash: &str,
+        timeout: Duration,
+    ) -> Result<RollingProgress, RolloutError> {
+        let progress = self
+            .step(ctx, reference, pods, instances, restart_hash)
+            .await?;
+        let RollingProgress::Waiting(reason) = &progress else {
+            self.waiting = None;
+            return Ok(progress);
+        };
+        let since = match &self.waiting {
+            Some((waited_for, since)) if waited_for == reason => *since,
+            _ => self.waiting.insert((reason.clone(), Instant::now())).1,
+        };
+        if since.elapsed() > timeout {
+            self.waiting = None;
+            return Err(RolloutError::Stuck {
+                reason: reason.clone(),
+                waited: since.elapsed(),
+            });
+        }
+        Ok(progress)
+    }
+
+    async fn step(
+        &mut self,
+        ctx: &Context,
+        reference: &ObjectReference,
+        pods: &[PodState],
+        instances: u32,
+        restart_hash: &str,
+    ) -> Result<RollingProgress, RolloutError> {
+        // Most passes find nothing outdated: no Patroni request for those.
+        if next_step(pods, instances, restart_hash, None) == Step::Done {
+            self.permit = None;
+            self.recreating = None;
+            return Ok(RollingProgress::Done);
+        }
+        if let Some((name, uid)) = &self.recreating {
+            if pods.iter().any(|p| &p.name == name && &p.uid == uid) {
+                return Ok(RollingProgress::Waiting(format!(
+                    "pod {name} is being recreated"
+                )));
+            }
+            self.recreating = None;
+        }
+        let live = pods.iter().filter(|p| !p.deleted);
+        let members = match master_address(pods) {
+            Some(address) if live.count() > 1 => ctx.patroni.members(&address).await.ok(),
+            _ => None,
+        };
+        let namespace = reference.namespace.clone().unwrap_or_default();
+        match next_step(pods, instances, restart_hash, members.as_deref()) {
+            Step::Done => {
+                self.permit = None;
+                Ok(RollingProgress::Done)
+            }
+            Step::Flag(names) => {
+                flag(ctx, &namespace, &names).await?;
+                Ok(RollingProgress::Acted(format!(
+                    "pods to recreate: {}",
+                    names.join(", ")
+                )))
+            }
+            Step::Wait(reason) => Ok(RollingProgress::Waiting(reason)),
+            Step::Blocked(reason) => Err(RolloutError::Blocked(reason)),
+            Step::Recreate { pod, uid } => {
+                if !self.take_turn(ctx) {
+                    return Ok(no_turn());
+                }
+                self.recreate(ctx, &namespace, &pod, uid).await?;
+                let note = format!("recreating pod {pod} from the new template");
+                ctx.event(reference, false, "RollingUpdate", note.clone())
+                    .await;
+                Ok(RollingProgress::Acted(note))
+            }
+            Step::Switchover { master, candidate } => {
+                if !self.take_turn(ctx) {
+                    return Ok(no_turn());
+                }
+                let address = pods
+                    .iter()
+                    .find(|p| p.name == master)
+                    .map(|p| p.pod_ip.clone())
+                    .unwrap_or_default();
+                ctx.patroni
+                    .switchover(&address, &master, &candidate)
+                    .await?;
+                let note = format!("switched over from {master} to {candidate}");
+                ctx.event(reference, false, "RollingUpdate", note.clone())
+                    .await;
+                Ok(RollingProgress::Acted(note))
+            }
+        }
+    }
+
+    /// The cluster's turn among the worker's rolling updates; false while it must wait.
+    fn take_turn(&mut self, ctx: &Context) -> bool {
+        if self.permit.is_none() {
+            self.permit = ctx.rolling.clone().try_acquire_owned().ok();
+        }
+        self.permit.is_some()
+    }
+
+    async fn recreate(
+        &mut self,
+        ctx: &Context,
+        namespace: &str,
+        pod: &str,
+        uid: String,
+    ) -> Result<(), RolloutError> {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let params = DeleteParams {
+            // A pod recreated meanwhile (same name, new uid) is not touched.
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(pod, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => {}
+            Err(source) => {
+                return Err(RolloutError::Kube {
+                    what: format!("deleting pod {pod}"),
+                    source,
+                })
+            }
+        }
+        self.recreating = Some((pod.to_string(), uid));
+        Ok(())
+    }
+}
+
+fn no_turn() -> RollingProgress {
+    RollingProgress::Waiting("waiting for a turn: the worker's other clusters are rolling".into())
+}
+
+/// Sets Zalando's rolling-update flag on the pods `names`.
+async fn flag(ctx: &Context, namespace: &str, names: &[String]) -> Result<(), RolloutError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    for name in names {
+        let patch = Pod {
+            metadata: ObjectMeta {
+                annotations: Some(BTreeMap::from([(
+                    ROLLING_UPDATE_FLAG.to_string(),
+                    "true".to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        };
+        match api.patch(name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            // Gone meanwhile: its replacement comes from the new template.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(RolloutError::Kube {
+                    what: format!("flagging pod {name}"),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The address of the pod labelled master.
+pub fn master_address(pods: &[PodState]) -> Option<String> {
+    pods.iter()
+        .find(|p| !p.deleted && matches!(p.role.as_str(), "master" | "primary"))
+        .map(|p| p.pod_ip.clone())
+        .filter(|ip| !ip.is_empty())
+}
