@@ -68,6 +68,10 @@ fn main() {
         ("rolling_update_after_an_image_change_loses_no_row", || {
             block_on(lifecycle::rolling_update_loses_no_row())
         }),
+        (
+            "parameters_scaling_and_volumes_change_without_new_pods",
+            || block_on(lifecycle::manifest_changes_without_new_pods()),
+        ),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::builders::{statefulset::desired_instances, BuildError};
 use crate::context::{cluster_reference, Context};
 use crate::deletion::{delete_cluster, Progress};
+use crate::patroni_sync::{PatroniProgress, PatroniSync};
 use crate::reconcile::{sync_objects, write_status, SyncError};
 use crate::rollout::{master_address, RollingProgress, Rollout};
 use crate::status::{next_status, pods_ready, SyncResult};
@@ -67,6 +68,11 @@ pub struct ClusterTask {
     rollout: Rollout,
     /// The manifest changed since the last pass: the status reads Updating meanwhile.
     update_pending: bool,
+    patroni_sync: PatroniSync,
+    /// Why Patroni's configuration could not be synced, as last logged.
+    patroni_problem: String,
+    /// What the last pass refused of the manifest (a volume shrink), as shown to the user.
+    object_problems: String,
     /// Role definitions the last database sync refused, as shown to the user.
     role_problems: String,
     pods: BTreeMap<String, PodState>,
@@ -113,8 +119,11 @@ impl ClusterTask {
             pending_delete_count: 0,
             object_delete_count: 0,
             role_problems: String::new(),
+            object_problems: String::new(),
             rollout: Rollout::default(),
             update_pending: false,
+            patroni_sync: PatroniSync::default(),
+            patroni_problem: String::new(),
             pods: BTreeMap::new(),
             status: None,
             reported: None,
@@ -364,7 +373,9 @@ impl ClusterTask {
                                 .view
                                 .record(&self.key, "written", written.join(", "));
                         }
-                        self.roll(&reference, instances, &synced.restart_hash, &config)
+                        self.show_refusals(&reference, synced.problems.join("; "))
+                            .await;
+                        self.roll(&reference, &pg, instances, &synced.restart_hash, &config)
                             .await
                     }
                     Err(SyncError::Build(BuildError::Invalid(m))) => SyncResult::Invalid(m),
@@ -387,7 +398,12 @@ impl ClusterTask {
             SyncResult::Invalid(m) | SyncResult::Failed(m) => m.clone(),
             SyncResult::Updating(m) => format!("rolling update: {m}"),
             SyncResult::Synced { pods_ready: false } => "waiting for the pods' roles".into(),
-            SyncResult::Synced { pods_ready: true } => self.role_problems.clone(),
+            SyncResult::Synced { pods_ready: true } => [&self.object_problems, &self.role_problems]
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
         };
         let mut next = match &result {
             // The next step of a rolling update; pod events usually come sooner.
@@ -443,6 +459,25 @@ impl ClusterTask {
         next
     }
 
+    /// What the manifest asks for and pgop refuses while the rest is in sync (a volume
+    /// shrink): in the status message, and in a Warning Event when it changes.
+    async fn show_refusals(
+        &mut self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        problems: String,
+    ) {
+        if problems == self.object_problems {
+            return;
+        }
+        if !problems.is_empty() {
+            tracing::warn!(cluster = %self.key, "refused: {problems}");
+            self.ctx
+                .event(reference, true, "Refused", problems.clone())
+                .await;
+        }
+        self.object_problems = problems;
+    }
+
     /// A manifest change on a cluster that has run: the status reads Updating until the
     /// change is carried out (Zalando writes it before acting on an update too).
     async fn mark_updating(&mut self) {
@@ -466,6 +501,7 @@ impl ClusterTask {
     async fn roll(
         &mut self,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
+        pg: &Postgresql,
         instances: u32,
         restart_hash: &str,
         config: &OperatorConfig,
@@ -484,10 +520,13 @@ impl ClusterTask {
             .await;
         match progress {
             Ok(RollingProgress::Done) => {
-                let pods: Vec<&PodState> = pods.iter().collect();
-                SyncResult::Synced {
-                    pods_ready: pods_ready(&pods, instances),
+                let ready = pods_ready(&pods.iter().collect::<Vec<_>>(), instances);
+                if ready {
+                    if let Some(updating) = self.sync_patroni(reference, &pods, pg, config).await {
+                        return updating;
+                    }
                 }
+                SyncResult::Synced { pods_ready: ready }
             }
             Ok(RollingProgress::Acted(note)) => {
                 tracing::info!(cluster = %self.key, "rolling update: {note}");
@@ -496,6 +535,43 @@ impl ClusterTask {
             }
             Ok(RollingProgress::Waiting(reason)) => SyncResult::Updating(reason),
             Err(e) => SyncResult::Failed(e.to_string()),
+        }
+    }
+
+    /// Patroni's dynamic configuration as the manifest asks (see [`PatroniSync`]); Some
+    /// while a change is being applied. Patroni not answering is logged, not a failure:
+    /// everything else about the cluster can still be in sync.
+    async fn sync_patroni(
+        &mut self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        pods: &[PodState],
+        pg: &Postgresql,
+        config: &OperatorConfig,
+    ) -> Option<SyncResult> {
+        let progress = self
+            .patroni_sync
+            .advance(&self.ctx, reference, pods, pg, config)
+            .await;
+        let problem = match &progress {
+            Err(e) => e.to_string(),
+            Ok(_) => String::new(),
+        };
+        if problem != self.patroni_problem {
+            if !problem.is_empty() {
+                tracing::warn!(cluster = %self.key, "Patroni's configuration not synced: {problem}");
+            }
+            self.patroni_problem = problem;
+        }
+        match progress {
+            Ok(PatroniProgress::Acted(note)) => {
+                tracing::info!(cluster = %self.key, "{note}");
+                self.ctx.view.record(&self.key, "patroni", &note);
+                Some(SyncResult::Updating(note))
+            }
+            Ok(PatroniProgress::Settling) => Some(SyncResult::Updating(
+                "waiting for Patroni to apply its new configuration".into(),
+            )),
+            Ok(PatroniProgress::InSync) | Err(_) => None,
         }
     }
 

@@ -9,6 +9,8 @@ pub mod discovery;
 pub mod finalizer;
 pub mod manifest;
 pub mod patroni;
+pub mod patroni_config;
+pub mod patroni_sync;
 pub mod reconcile;
 pub mod registry;
 pub mod role_sync;

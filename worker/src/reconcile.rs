@@ -2,9 +2,15 @@
 //! ones that differ, and report what the cluster's status should be.
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Secret, Service, ServiceAccount};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service,
+    ServiceAccount, VolumeResourceRequirements,
+};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::{PostgresStatus, Postgresql};
@@ -20,7 +26,7 @@ use crate::builders::{
     spilo_env::{self, PodEnvironment},
     statefulset,
     validate::validate,
-    BuildError,
+    volumes, BuildError,
 };
 use crate::discovery::ServedVersions;
 
@@ -63,6 +69,9 @@ pub struct Synced {
     pub written: Written,
     /// The pod template's restart hash: pods with another one are rolled.
     pub restart_hash: String,
+    /// What the manifest asks for that is refused while the rest is in sync (shrinking a
+    /// volume).
+    pub problems: Vec<String>,
 }
 
 impl Written {
@@ -136,6 +145,7 @@ pub async fn sync_objects(
     let applied =
         apply_adjusted(&sts_api, &statefulset, statefulset::keep_immutable_fields).await?;
     written.note(applied, "StatefulSet", statefulset.metadata.name.as_ref());
+    let problems = resize_claims(client, namespace, pg, config, &mut written).await?;
     if let Some(user) = pooler::pooler_user(pg, config) {
         // The pooler's pods read its credentials: the Secret comes before the Deployment.
         let target = secrets::credential_secret(pg, config, &user);
@@ -191,7 +201,75 @@ pub async fn sync_objects(
     Ok(Synced {
         written,
         restart_hash,
+        problems,
     })
+}
+
+/// Grows the cluster's data volume claims to `volume.size` (`storage_resize_mode`); the
+/// refusals (a shrink) are returned for the status.
+async fn resize_claims(
+    client: &Client,
+    namespace: &str,
+    pg: &Postgresql,
+    config: &OperatorConfig,
+    written: &mut Written,
+) -> Result<Vec<String>, SyncError> {
+    if config.storage_resize_mode == "off" {
+        return Ok(Vec::new());
+    }
+    let cluster = pg.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let failed = |source| {
+        SyncError::Apply(ApplyError::Kube {
+            kind: "PersistentVolumeClaim".into(),
+            name: format!("of {cluster}"),
+            source,
+        })
+    };
+    let selector = crate::deletion::cluster_selector(config, cluster);
+    let claims: Vec<(String, Option<String>)> = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(failed)?
+        .items
+        .into_iter()
+        .map(|claim| {
+            let requested = claim
+                .spec
+                .and_then(|s| s.resources)
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("storage").map(|q| q.0.clone()));
+            (claim.metadata.name.unwrap_or_default(), requested)
+        })
+        .collect();
+    let resize = volumes::claim_resize(pg, config, &claims);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    for name in &resize.grow {
+        let patch = PersistentVolumeClaim {
+            spec: Some(PersistentVolumeClaimSpec {
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity(resize.size.clone()),
+                    )])),
+                    limits: None,
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        };
+        api.patch(name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(failed)?;
+        written.0.push(format!(
+            "PersistentVolumeClaim/{name} (resized to {})",
+            resize.size
+        ));
+    }
+    Ok(resize.problems)
 }
 
 /// The extra pod environment the configuration names (`pod_environment_configmap`, read from

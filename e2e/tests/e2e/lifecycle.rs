@@ -323,3 +323,224 @@ pub async fn rolling_update_loses_no_row() -> Result<()> {
     drop(pgop);
     Ok(())
 }
+
+/// `SHOW name` on the pod at `ip`.
+async fn show(ip: &str, password: &str, name: &str) -> Result<String> {
+    let db = connect(ip, password).await?;
+    let row = db.query_one(&format!("SHOW {name}"), &[]).await?;
+    Ok(row.get(0))
+}
+
+/// Patroni's member names as the pod at `ip` lists them.
+async fn patroni_members(ip: &str) -> Result<Vec<String>> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{ip}:8008/cluster"),
+        ])
+        .output()?;
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("Patroni /cluster: {}", String::from_utf8_lossy(&out.stdout)))?;
+    let mut names: Vec<String> = body["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn pg_patch(ns: &str, cluster: &str, patch: serde_json::Value) -> Result<()> {
+    env().kubectl(&[
+        "patch",
+        "pg",
+        "-n",
+        ns,
+        cluster,
+        "--type",
+        "merge",
+        "-p",
+        &patch.to_string(),
+    ])?;
+    Ok(())
+}
+
+/// A 2-instance cluster follows its manifest without new pods where none are needed: a
+/// Patroni parameter changed live (restart through Patroni, same pods), scaling 2→3→2 with
+/// Patroni's membership following, a volume resize, and a shrink refused with a message.
+pub async fn manifest_changes_without_new_pods() -> Result<()> {
+    let (system_ns, ns, cluster) = ("e2e-change-system", "e2e-change", "acid-change");
+    let client = env().client().await?;
+    operator_namespace(&client, system_ns).await?;
+    namespace(&client, ns).await?;
+    operator_config(system_ns, &[("watched_namespace", ns)])?;
+    let pgop = Pgop::start(
+        "change",
+        system_ns,
+        1,
+        &env().state_dir,
+        &Kubeconfigs::admin(&env().kubeconfig),
+        None,
+    )?;
+    env().apply(ns, &manifest(ns, cluster, 2))?;
+    wait_running(ns, cluster, Duration::from_secs(180)).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let ready_pods = |count: usize| {
+        let pods = pods.clone();
+        async move {
+            let images = pod_images(&pods, cluster).await?;
+            Ok(
+                (images.len() == count && images.values().all(|(_, _, ready)| *ready)).then(|| {
+                    images
+                        .into_iter()
+                        .map(|(name, (uid, _, _))| (name, uid))
+                        .collect::<BTreeMap<_, _>>()
+                }),
+            )
+        }
+    };
+    let before = wait::until("2 Ready pods", Duration::from_secs(120), || ready_pods(2)).await?;
+    let (_, password) = master_login(&client, ns, cluster).await?;
+
+    // A parameter Patroni keeps in its DCS that needs a restart, and one that does not.
+    pg_patch(
+        ns,
+        cluster,
+        serde_json::json!({"spec": {"postgresql": {"parameters": {"max_connections": "120", "work_mem": "8MB"}}}}),
+    )?;
+    for pod in before.keys() {
+        let ip = pod_images(&pods, cluster)
+            .await?
+            .contains_key(pod)
+            .then(|| pod.clone())
+            .context("pod gone")?;
+        let ip = pods
+            .get(&ip)
+            .await?
+            .status
+            .and_then(|s| s.pod_ip)
+            .context("pod without IP")?;
+        wait::until(
+            &format!("max_connections 120 and work_mem 8MB on {pod}"),
+            Duration::from_secs(90),
+            || async {
+                let max = show(&ip, &password, "max_connections").await?;
+                let work_mem = show(&ip, &password, "work_mem").await?;
+                Ok((max == "120" && work_mem == "8MB").then_some(()))
+            },
+        )
+        .await?;
+    }
+    wait_running(ns, cluster, Duration::from_secs(60)).await?;
+    let after = ready_pods(2)
+        .await?
+        .context("pods after the parameter change")?;
+    ensure!(
+        after == before,
+        "pods were recreated: {before:?} → {after:?}"
+    );
+    let events = events_of(ns, cluster)?;
+    ensure!(
+        events.contains("PatroniConfiguration Patroni configuration patched")
+            && events.contains("PatroniConfiguration restarted PostgreSQL"),
+        "no Patroni configuration events:\n{events}"
+    );
+    ensure!(
+        !events.contains("RollingUpdate"),
+        "a parameter change rolled pods:\n{events}"
+    );
+
+    // Scaling up and down; Patroni's membership follows.
+    pg_patch(
+        ns,
+        cluster,
+        serde_json::json!({"spec": {"numberOfInstances": 3}}),
+    )?;
+    let three = wait::until("3 Ready pods", Duration::from_secs(120), || ready_pods(3)).await?;
+    let (master_ip, _) = master_login(&client, ns, cluster).await?;
+    wait::until("3 Patroni members", Duration::from_secs(60), || async {
+        Ok((patroni_members(&master_ip).await?.len() == 3).then_some(()))
+    })
+    .await?;
+    pg_patch(
+        ns,
+        cluster,
+        serde_json::json!({"spec": {"numberOfInstances": 2}}),
+    )?;
+    let two = wait::until("back to 2 Ready pods", Duration::from_secs(120), || {
+        ready_pods(2)
+    })
+    .await?;
+    ensure!(
+        two.keys().all(|name| three.get(name) == two.get(name)),
+        "scaling down recreated pods: {three:?} → {two:?}"
+    );
+    let (master_ip, _) = master_login(&client, ns, cluster).await?;
+    wait::until("2 Patroni members", Duration::from_secs(90), || async {
+        let members = patroni_members(&master_ip).await?;
+        Ok((members == vec![format!("{cluster}-0"), format!("{cluster}-1")]).then_some(()))
+    })
+    .await?;
+    wait_running(ns, cluster, Duration::from_secs(60)).await?;
+
+    // The volume grows; a smaller size is refused with a message.
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), ns);
+    pg_patch(
+        ns,
+        cluster,
+        serde_json::json!({"spec": {"volume": {"size": "2Gi"}}}),
+    )?;
+    for i in 0..2 {
+        let name = format!("pgdata-{cluster}-{i}");
+        wait::until(
+            &format!("{name} resized to 2Gi"),
+            Duration::from_secs(60),
+            || async {
+                let claim = claims.get(&name).await?;
+                let capacity = claim
+                    .status
+                    .and_then(|s| s.capacity)
+                    .and_then(|c| c.get("storage").map(|q| q.0.clone()));
+                Ok((capacity.as_deref() == Some("2Gi")).then_some(()))
+            },
+        )
+        .await?;
+    }
+    pg_patch(
+        ns,
+        cluster,
+        serde_json::json!({"spec": {"volume": {"size": "1Gi"}}}),
+    )?;
+    wait::until("the shrink refused", Duration::from_secs(60), || async {
+        let events = events_of(ns, cluster)?;
+        Ok(events
+            .contains("Warning Refused volume.size 1Gi is smaller than the volume claim")
+            .then_some(()))
+    })
+    .await?;
+    let requested = claims
+        .get(&format!("pgdata-{cluster}-0"))
+        .await?
+        .spec
+        .and_then(|s| s.resources)
+        .and_then(|r| r.requests)
+        .and_then(|r| r.get("storage").map(|q| q.0.clone()));
+    ensure!(
+        requested.as_deref() == Some("2Gi"),
+        "the claim was shrunk: {requested:?}"
+    );
+    let after_all = ready_pods(2).await?.context("pods at the end")?;
+    ensure!(
+        after_all == two,
+        "volume changes recreated pods: {two:?} → {after_all:?}"
+    );
+
+    env().kubectl(&["delete", "pg", "-n", ns, cluster])?;
+    super::operator::wait_gone(&client, ns, cluster).await?;
+    drop(pgop);
+    Ok(())
+}

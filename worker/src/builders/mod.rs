@@ -14,6 +14,7 @@ pub mod services;
 pub mod spilo_env;
 pub mod statefulset;
 pub mod validate;
+pub mod volumes;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pgop_common::crd::Postgresql;

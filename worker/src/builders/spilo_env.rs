@@ -503,14 +503,14 @@ struct DcsPostgresql {
 /// The `SPILO_CONFIGURATION` JSON of Zalando's `generateSpiloJSONConfiguration`.
 pub fn spilo_configuration(pg: &Postgresql, config: &OperatorConfig) -> String {
     let patroni = pg.spec.patroni.clone().unwrap_or_default();
-    let (local, bootstrap): (BTreeMap<_, _>, BTreeMap<_, _>) = pg
+    let local: BTreeMap<String, String> = pg
         .spec
         .postgresql
         .parameters
-        .clone()
-        .into_iter()
-        .partition(|(name, _)| LOCAL_PARAMETERS.contains(&name.as_str()));
-    let positive = |v: Option<u32>| v.filter(|v| *v > 0);
+        .iter()
+        .filter(|(name, _)| LOCAL_PARAMETERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
     let document = SpiloConfiguration {
         postgresql: LocalConfiguration {
             // Spilo picks the binaries from PGVERSION when that is set; bin_dir would win.
@@ -529,27 +529,48 @@ pub fn spilo_configuration(pg: &Postgresql, config: &OperatorConfig) -> String {
                     options: vec!["CREATEDB".into(), "NOLOGIN".into()],
                 },
             )]),
-            dcs: Dcs {
-                ttl: positive(patroni.ttl),
-                loop_wait: positive(patroni.loop_wait),
-                retry_timeout: positive(patroni.retry_timeout),
-                maximum_lag_on_failover: patroni.maximum_lag_on_failover.filter(|v| *v > 0),
-                synchronous_mode: patroni.synchronous_mode.filter(|on| *on),
-                synchronous_mode_strict: patroni.synchronous_mode_strict.filter(|on| *on),
-                synchronous_node_count: positive(patroni.synchronous_node_count),
-                postgresql: (!bootstrap.is_empty()).then_some(DcsPostgresql {
-                    parameters: bootstrap,
-                }),
-                slots: patroni.slots.clone(),
-                failsafe_mode: Some(
-                    patroni
-                        .failsafe_mode
-                        .unwrap_or(config.enable_patroni_failsafe_mode),
-                ),
-            },
+            dcs: dcs(pg, config),
         },
     };
     serde_json::to_string(&document).unwrap_or_default()
+}
+
+/// Patroni's dynamic configuration the manifest asks for (`bootstrap.dcs`): the DCS
+/// parameters and the `patroni` section's timings, synchronous mode, slots and failsafe mode.
+fn dcs(pg: &Postgresql, config: &OperatorConfig) -> Dcs {
+    let patroni = pg.spec.patroni.clone().unwrap_or_default();
+    let bootstrap: BTreeMap<String, String> = pg
+        .spec
+        .postgresql
+        .parameters
+        .iter()
+        .filter(|(name, _)| !LOCAL_PARAMETERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let positive = |v: Option<u32>| v.filter(|v| *v > 0);
+    Dcs {
+        ttl: positive(patroni.ttl),
+        loop_wait: positive(patroni.loop_wait),
+        retry_timeout: positive(patroni.retry_timeout),
+        maximum_lag_on_failover: patroni.maximum_lag_on_failover.filter(|v| *v > 0),
+        synchronous_mode: patroni.synchronous_mode.filter(|on| *on),
+        synchronous_mode_strict: patroni.synchronous_mode_strict.filter(|on| *on),
+        synchronous_node_count: positive(patroni.synchronous_node_count),
+        postgresql: (!bootstrap.is_empty()).then_some(DcsPostgresql {
+            parameters: bootstrap,
+        }),
+        slots: patroni.slots.clone(),
+        failsafe_mode: Some(
+            patroni
+                .failsafe_mode
+                .unwrap_or(config.enable_patroni_failsafe_mode),
+        ),
+    }
+}
+
+/// [`dcs`] as JSON, as Patroni's `GET /config` shows it.
+pub fn dynamic_configuration(pg: &Postgresql, config: &OperatorConfig) -> serde_json::Value {
+    serde_json::to_value(dcs(pg, config)).unwrap_or_default()
 }
 
 /// Spilo's default initdb options with the manifest's merged in (sorted by name): a
