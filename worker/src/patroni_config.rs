@@ -149,7 +149,7 @@ pub fn config_patch(desired: &Value, current: &Value) -> Option<ConfigPatch> {
         );
     }
 
-    (!body.is_empty()).then(|| ConfigPatch {
+    (!body.is_empty()).then_some(ConfigPatch {
         body: Value::Object(body),
         parameters: changes,
         settings,

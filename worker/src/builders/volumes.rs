@@ -90,7 +90,13 @@ mod tests {
             ..OperatorConfig::default()
         };
         // (mode, claims, grown, problems)
-        let table: Vec<(&str, Vec<(&str, Option<&str>)>, Vec<&str>, usize)> = vec![
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, Option<&'a str>)>,
+            Vec<&'a str>,
+            usize,
+        );
+        let table: Vec<Case> = vec![
             (
                 "pvc",
                 vec![("a-0", Some("2Gi")), ("a-1", Some("2048Mi"))],
