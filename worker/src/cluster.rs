@@ -356,32 +356,23 @@ impl ClusterTask {
                 self.ctx.view.update(&self.key, |v| v.databases = databases);
                 let instances = desired_instances(&pg, &config).max(0) as u32;
                 let team = pg.spec.team_id.clone();
-                let mut result = match sync_objects(
-                    &self.ctx.client,
-                    &self.ctx.served,
-                    &self.namespace,
-                    &pg,
-                    &config,
-                )
-                .await
-                {
-                    Ok(synced) => {
-                        let written = &synced.written.0;
-                        if !written.is_empty() {
-                            tracing::info!(cluster = %self.key, ?written, "objects written");
-                            self.ctx
-                                .view
-                                .record(&self.key, "written", written.join(", "));
-                        }
-                        self.show_refusals(&reference, synced.problems.join("; "))
-                            .await;
-                        self.roll(&reference, &pg, instances, &synced.restart_hash, &config)
-                            .await
+                let pods: Vec<PodState> = self.pods.values().cloned().collect();
+                let handover = self
+                    .rollout
+                    .hand_over_before_scale_down(&self.ctx, &reference, &pods, instances)
+                    .await;
+                let mut result = match handover {
+                    Ok(Some(note)) => {
+                        tracing::info!(cluster = %self.key, "{note}");
+                        self.ctx.view.record(&self.key, "scale-down", &note);
+                        SyncResult::Updating(note)
                     }
-                    Err(SyncError::Build(BuildError::Invalid(m))) => SyncResult::Invalid(m),
-                    Err(e) => {
-                        permanent = e.needs_a_change();
-                        SyncResult::Failed(e.to_string())
+                    Err(e) => SyncResult::Failed(e.to_string()),
+                    Ok(None) => {
+                        let (result, needs_a_change) =
+                            self.sync(&reference, &pg, &config, instances).await;
+                        permanent = needs_a_change;
+                        result
                     }
                 };
                 if result == (SyncResult::Synced { pods_ready: true }) {
@@ -392,11 +383,62 @@ impl ClusterTask {
                 (result, team, instances)
             }
         };
+        self.conclude(result, team, instances, permanent, &reference)
+            .await
+    }
+
+    /// The objects, then the pods (a rolling update, Patroni's configuration). True with a
+    /// failure no retry can fix.
+    async fn sync(
+        &mut self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        pg: &Postgresql,
+        config: &OperatorConfig,
+        instances: u32,
+    ) -> (SyncResult, bool) {
+        let synced = sync_objects(
+            &self.ctx.client,
+            &self.ctx.served,
+            &self.namespace,
+            pg,
+            config,
+        )
+        .await;
+        match synced {
+            Ok(synced) => {
+                let written = &synced.written.0;
+                if !written.is_empty() {
+                    tracing::info!(cluster = %self.key, ?written, "objects written");
+                    self.ctx
+                        .view
+                        .record(&self.key, "written", written.join(", "));
+                }
+                self.show_refusals(reference, synced.problems.join("; "))
+                    .await;
+                let result = self
+                    .roll(reference, pg, instances, &synced.restart_hash, config)
+                    .await;
+                (result, false)
+            }
+            Err(SyncError::Build(BuildError::Invalid(m))) => (SyncResult::Invalid(m), false),
+            Err(e) => (SyncResult::Failed(e.to_string()), e.needs_a_change()),
+        }
+    }
+
+    /// Status, Events, the report to the scheduler and the view, from how the pass ended.
+    async fn conclude(
+        &mut self,
+        result: SyncResult,
+        team: String,
+        instances: u32,
+        permanent: bool,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+    ) -> Next {
         let previous = self.status.clone().unwrap_or_default();
         let status = next_status(&previous, &result);
         let message = match &result {
             SyncResult::Invalid(m) | SyncResult::Failed(m) => m.clone(),
-            SyncResult::Updating(m) => format!("rolling update: {m}"),
+            SyncResult::Updating(m) => m.clone(),
             SyncResult::Synced { pods_ready: false } => "waiting for the pods' roles".into(),
             SyncResult::Synced { pods_ready: true } => [&self.object_problems, &self.role_problems]
                 .into_iter()
@@ -436,7 +478,7 @@ impl ClusterTask {
                     self.ctx.view.record(&self.key, "status", status);
                     if matches!(result, SyncResult::Synced { .. }) {
                         self.ctx
-                            .event(&reference, false, status, format!("cluster is {status}"))
+                            .event(reference, false, status, format!("cluster is {status}"))
                             .await;
                     }
                 }
@@ -449,7 +491,7 @@ impl ClusterTask {
         }
         match &result {
             SyncResult::Invalid(m) | SyncResult::Failed(m) if news => {
-                self.ctx.event(&reference, true, status, m.clone()).await;
+                self.ctx.event(reference, true, status, m.clone()).await;
             }
             _ => {}
         }
@@ -531,9 +573,11 @@ impl ClusterTask {
             Ok(RollingProgress::Acted(note)) => {
                 tracing::info!(cluster = %self.key, "rolling update: {note}");
                 self.ctx.view.record(&self.key, "rolling-update", &note);
-                SyncResult::Updating(note)
+                SyncResult::Updating(format!("rolling update: {note}"))
             }
-            Ok(RollingProgress::Waiting(reason)) => SyncResult::Updating(reason),
+            Ok(RollingProgress::Waiting(reason)) => {
+                SyncResult::Updating(format!("rolling update: {reason}"))
+            }
             Err(e) => SyncResult::Failed(e.to_string()),
         }
     }

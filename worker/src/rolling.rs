@@ -165,6 +165,46 @@ pub fn next_step(
     }
 }
 
+/// The pod's ordinal in its StatefulSet (`acid-a-2` → 2).
+fn ordinal(pod: &PodState) -> Option<u32> {
+    pod.name.rsplit_once('-')?.1.parse().ok()
+}
+
+/// Whether the master is among the pods a StatefulSet of `instances` pods removes.
+pub fn master_leaves(pods: &[PodState], instances: u32) -> bool {
+    pods.iter()
+        .filter(|p| !p.deleted && is_master(p))
+        .any(|p| ordinal(p).is_some_and(|o| o >= instances))
+}
+
+/// Before a StatefulSet shrinks to `instances` pods: a master among the pods about to go
+/// hands the leadership to a replica that stays (Zalando's `preScaleDown`), so scaling
+/// down costs a switchover, not a failover. None when the master stays (or nobody fits).
+pub fn scale_down_handover(pods: &[PodState], instances: u32, members: &[Member]) -> Option<Step> {
+    if !master_leaves(pods, instances) {
+        return None;
+    }
+    let live: Vec<&PodState> = pods.iter().filter(|p| !p.deleted).collect();
+    let master = live.iter().find(|p| is_master(p))?;
+    let staying: Vec<&PodState> = live
+        .iter()
+        .copied()
+        .filter(|p| ordinal(p).is_some_and(|o| o < instances))
+        .collect();
+    members
+        .iter()
+        .filter(|m| {
+            !matches!(m.role.as_str(), "leader" | "master" | "standby_leader")
+                && following(m)
+                && staying.iter().any(|p| p.name == m.name && p.ready)
+        })
+        .min_by_key(|m| m.lag.unwrap_or(u64::MAX))
+        .map(|candidate| Step::Switchover {
+            master: master.name.clone(),
+            candidate: candidate.name.clone(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +467,43 @@ mod tests {
             next_step(&pods, 2, NEW, Some(&confused)),
             Step::Blocked(_)
         ));
+    }
+
+    #[test]
+    fn a_master_about_to_go_hands_over_first() {
+        let pods: Vec<PodState> = ["a-0:replica:new", "a-1:replica:new", "a-2:master:new"]
+            .into_iter()
+            .map(pod)
+            .collect();
+        let members = vec![
+            member("a-0", "replica", "streaming", Some(40)),
+            member("a-1", "replica", "streaming", Some(0)),
+            member("a-2", "leader", "running", None),
+        ];
+        assert_eq!(
+            scale_down_handover(&pods, 2, &members),
+            Some(Step::Switchover {
+                master: "a-2".into(),
+                candidate: "a-1".into()
+            })
+        );
+        assert_eq!(
+            scale_down_handover(&pods, 1, &members),
+            Some(Step::Switchover {
+                master: "a-2".into(),
+                candidate: "a-0".into()
+            }),
+            "only a pod that stays can take over"
+        );
+        assert_eq!(
+            scale_down_handover(&pods, 3, &members),
+            None,
+            "no scale-down"
+        );
+        let master_stays: Vec<PodState> = ["a-0:master:new", "a-1:replica:new", "a-2:replica:new"]
+            .into_iter()
+            .map(pod)
+            .collect();
+        assert_eq!(scale_down_handover(&master_stays, 2, &members), None);
     }
 }

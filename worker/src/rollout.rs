@@ -15,7 +15,7 @@ use crate::apply::FIELD_MANAGER;
 use crate::builders::restart::ROLLING_UPDATE_FLAG;
 use crate::context::Context;
 use crate::patroni::PatroniError;
-use crate::rolling::{next_step, Step};
+use crate::rolling::{master_leaves, next_step, scale_down_handover, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -163,6 +163,39 @@ impl Rollout {
                 Ok(RollingProgress::Acted(note))
             }
         }
+    }
+
+    /// Before the StatefulSet shrinks to `instances` pods: when the master is among the
+    /// pods about to go, hand its leadership to a replica that stays. Some(what was done).
+    pub async fn hand_over_before_scale_down(
+        &mut self,
+        ctx: &Context,
+        reference: &ObjectReference,
+        pods: &[PodState],
+        instances: u32,
+    ) -> Result<Option<String>, RolloutError> {
+        let live = pods.iter().filter(|p| !p.deleted).count() as u32;
+        let Some(address) = master_address(pods).filter(|_| live > instances) else {
+            return Ok(None);
+        };
+        // Only a master about to go costs a Patroni request.
+        if !master_leaves(pods, instances) {
+            return Ok(None);
+        }
+        let members = ctx.patroni.members(&address).await?;
+        let Some(Step::Switchover { master, candidate }) =
+            scale_down_handover(pods, instances, &members)
+        else {
+            return Err(RolloutError::Blocked(
+                "the master is among the pods scaling down removes and no remaining replica can take over (waiting for one to be ready and following)".into(),
+            ));
+        };
+        ctx.patroni
+            .switchover(&address, &master, &candidate)
+            .await?;
+        let note = format!("switched over from {master} to {candidate} before scaling down");
+        ctx.event(reference, false, "ScaleDown", note.clone()).await;
+        Ok(Some(note))
     }
 
     /// The cluster's turn among the worker's rolling updates; false while it must wait.

@@ -465,6 +465,34 @@ pub async fn manifest_changes_without_new_pods() -> Result<()> {
         Ok((patroni_members(&master_ip).await?.len() == 3).then_some(()))
     })
     .await?;
+    // The master on the pod that scaling down removes: it hands over first.
+    let leaving = format!("{cluster}-2");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-XPOST",
+            &format!("http://{master_ip}:8008/switchover"),
+            "-d",
+            &serde_json::json!({"leader": format!("{cluster}-0"), "candidate": leaving})
+                .to_string(),
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "switchover to {leaving}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait::until(
+        &format!("{leaving} labelled master"),
+        Duration::from_secs(60),
+        || async {
+            let pod = pods.get(&leaving).await?;
+            Ok((super::role(&pod) == Some("master") && is_ready(&pod)).then_some(()))
+        },
+    )
+    .await?;
     pg_patch(
         ns,
         cluster,
@@ -474,6 +502,11 @@ pub async fn manifest_changes_without_new_pods() -> Result<()> {
         ready_pods(2)
     })
     .await?;
+    let events = events_of(ns, cluster)?;
+    ensure!(
+        events.contains(&format!("ScaleDown switched over from {leaving} to")),
+        "no switchover before scaling down:\n{events}"
+    );
     ensure!(
         two.keys().all(|name| three.get(name) == two.get(name)),
         "scaling down recreated pods: {three:?} → {two:?}"
