@@ -9,9 +9,9 @@ use std::time::Duration;
 use pgop_proto::v1::scheduler_client::SchedulerClient;
 use pgop_proto::v1::worker_client::WorkerClient;
 use pgop_proto::v1::{
-    ClusterAssignment, ClusterState, EffectiveConfig, GetClusterRequest, GetConfigRequest,
-    GetQueueRequest, ListAssignmentsRequest, ListClustersRequest, ListWorkersRequest, QueueState,
-    WorkerInfo,
+    ClusterAssignment, ClusterHistory, ClusterLogs, ClusterState, EffectiveConfig,
+    GetClusterRequest, GetConfigRequest, GetQueueRequest, ListAssignmentsRequest,
+    ListClustersRequest, ListWorkersRequest, QueueState, SyncClusterResponse, WorkerInfo,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -234,6 +234,65 @@ impl Backend {
         Ok(response.clusters)
     }
 
+    /// The live worker that owns `namespace/name`; 404 when the scheduler does not know
+    /// the cluster, 503 while no live worker owns it (a move).
+    pub async fn owner(&self, namespace: &str, name: &str) -> Result<WorkerInfo, ApiError> {
+        let (assignment, workers) =
+            tokio::try_join!(self.assignment(namespace, name), self.workers())?;
+        workers
+            .into_iter()
+            .find(|w| !assignment.worker.is_empty() && w.worker_id == assignment.worker)
+            .ok_or_else(|| ApiError::Unavailable {
+                backend: "scheduler".into(),
+                message: format!("no live worker owns {namespace}/{name} right now"),
+            })
+    }
+
+    pub async fn sync_cluster(
+        &self,
+        worker: &WorkerInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<SyncClusterResponse, ApiError> {
+        let mut client = self.worker_client(worker)?;
+        self.call(
+            &worker_label(&worker.worker_id),
+            cluster_request(namespace, name),
+            |r| async move { client.sync_cluster(r).await },
+        )
+        .await
+    }
+
+    pub async fn cluster_logs(
+        &self,
+        worker: &WorkerInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ClusterLogs, ApiError> {
+        let mut client = self.worker_client(worker)?;
+        self.call(
+            &worker_label(&worker.worker_id),
+            cluster_request(namespace, name),
+            |r| async move { client.get_cluster_logs(r).await },
+        )
+        .await
+    }
+
+    pub async fn cluster_history(
+        &self,
+        worker: &WorkerInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ClusterHistory, ApiError> {
+        let mut client = self.worker_client(worker)?;
+        self.call(
+            &worker_label(&worker.worker_id),
+            cluster_request(namespace, name),
+            |r| async move { client.get_cluster_history(r).await },
+        )
+        .await
+    }
+
     pub async fn worker_queue(&self, worker: &WorkerInfo) -> Result<QueueState, ApiError> {
         let mut client = self.worker_client(worker)?;
         self.call(
@@ -242,6 +301,13 @@ impl Backend {
             |r| async move { client.get_queue(r).await },
         )
         .await
+    }
+}
+
+fn cluster_request(namespace: &str, name: &str) -> GetClusterRequest {
+    GetClusterRequest {
+        namespace: namespace.into(),
+        name: name.into(),
     }
 }
 

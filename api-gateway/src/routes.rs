@@ -15,6 +15,9 @@
 //! | `GET /clusters/{team}/` | `[cluster names]` of one team; 404 `{"error": "could not find clusters for the team"}` when it has none |
 //! | `GET /clusters/{namespace}/{cluster}/` | [`ClusterStatus`] of `namespace/cluster` (the full name); 404 when unknown |
 //! | `GET /clusters/{team}/{namespace}/{cluster}/` | the same for `{team}-{cluster}`, else `{cluster}`; 404 when neither exists with that team |
+//! | `GET /clusters/{namespace}/{cluster}/logs/` | [`LogLine`]s about the cluster, oldest first (`ring_log_lines`) |
+//! | `GET /clusters/{namespace}/{cluster}/history/` | [`HistoryEntry`]s, oldest first (`cluster_history_entries`) |
+//! | `POST /clusters/{namespace}/{cluster}/sync/` | 202 [`SyncAccepted`]: the owner reconciles the cluster now |
 //! | `GET /workers/` | a list of [`Worker`], sorted by id |
 //! | `GET /workers/all/queue/` | worker id → [`QueueDump`] or `{"error": …}` |
 //! | `GET /workers/{id}/queue/` | [`QueueDump`]; 404 when the scheduler does not list the worker |
@@ -47,13 +50,18 @@
 //! - A cluster's status carries pgop's data (assignment, pods, reconciles) instead of the
 //!   Kubernetes objects Zalando embeds (services, endpoints, StatefulSet, spec).
 //! - Errors carry their own status code (Zalando answers 500 to all of them).
-//! - No `/config/`, `/databases/`, `…/logs/`, `…/history/` or `/debug/pprof/`.
+//! - `…/logs/` lines are the owning worker's (a cluster that moved starts a new ring);
+//!   `…/history/` lists what pgop did (objects written, status changes, rolling-update
+//!   steps, SQL) with the event each pass was for, instead of Zalando's manifest diffs.
+//! - `POST /clusters/{namespace}/{cluster}/sync/` (pgop's) reconciles a cluster now: 202.
+//! - No `/debug/pprof/`.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::routing::{get, MethodRouter};
+use axum::http::StatusCode;
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use pgop_proto::v1::{ClusterAssignment, ClusterState, PodState, QueueState, WorkerInfo};
 use serde::Serialize;
@@ -66,7 +74,12 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// The router, with and without a trailing slash on every path.
 pub fn router(backend: Shared) -> Router {
-    let routes: [(&str, MethodRouter<Shared>); 12] = [
+    // Paths under one cluster name their parameters as the team path does: the router
+    // wants one name per position; the handlers read them by position.
+    let routes: [(&str, MethodRouter<Shared>); 15] = [
+        ("/clusters/{team}/{namespace}/logs", get(cluster_logs)),
+        ("/clusters/{team}/{namespace}/history", get(cluster_history)),
+        ("/clusters/{team}/{namespace}/sync", post(sync_cluster)),
         ("/status", get(status)),
         ("/databases", get(databases)),
         ("/config", get(config)),
@@ -491,6 +504,101 @@ async fn team_cluster_status(
     Err(ApiError::NotFound(format!(
         "could not find cluster {namespace}/{name} of team {team}"
     )))
+}
+
+/// One line of `GET /clusters/{namespace}/{cluster}/logs/` (Zalando's shape).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LogLine {
+    pub time: String,
+    pub level: String,
+    pub worker: String,
+    pub message: String,
+}
+
+/// One entry of `GET /clusters/{namespace}/{cluster}/history/`: what was done, when, and
+/// which event the pass was for.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HistoryEntry {
+    pub time: String,
+    pub trigger: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// The answer of `POST /clusters/{namespace}/{cluster}/sync/`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SyncAccepted {
+    pub cluster: String,
+    pub worker: String,
+}
+
+/// The owner of a cluster named by a `{namespace}/{cluster}/…` path.
+async fn cluster_owner(
+    backend: &Backend,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String, WorkerInfo), ApiError> {
+    let (namespace, name) = path(p)?;
+    check("namespace", &namespace, is_dns_label)?;
+    check("cluster name", &name, is_object_name)?;
+    let owner = backend.owner(&namespace, &name).await?;
+    Ok((namespace, name, owner))
+}
+
+async fn cluster_logs(
+    State(backend): State<Shared>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Vec<LogLine>> {
+    let (namespace, name, owner) = cluster_owner(&backend, p).await?;
+    let logs = backend.cluster_logs(&owner, &namespace, &name).await?;
+    Ok(Json(
+        logs.entries
+            .into_iter()
+            .map(|e| LogLine {
+                time: e.time,
+                level: e.level,
+                worker: logs.worker.clone(),
+                message: e.message,
+            })
+            .collect(),
+    ))
+}
+
+async fn cluster_history(
+    State(backend): State<Shared>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Vec<HistoryEntry>> {
+    let (namespace, name, owner) = cluster_owner(&backend, p).await?;
+    let history = backend.cluster_history(&owner, &namespace, &name).await?;
+    Ok(Json(
+        history
+            .entries
+            .into_iter()
+            .map(|e| HistoryEntry {
+                time: e.at,
+                trigger: e.trigger,
+                kind: e.kind,
+                detail: e.detail,
+            })
+            .collect(),
+    ))
+}
+
+async fn sync_cluster(
+    State(backend): State<Shared>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(StatusCode, Json<SyncAccepted>), ApiError> {
+    let (namespace, name, owner) = cluster_owner(&backend, p).await?;
+    let accepted = backend.sync_cluster(&owner, &namespace, &name).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SyncAccepted {
+            cluster: format!("{namespace}/{name}"),
+            worker: accepted.worker,
+        }),
+    ))
 }
 
 async fn workers(State(backend): State<Shared>) -> ApiResult<Vec<Worker>> {

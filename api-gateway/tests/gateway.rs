@@ -10,10 +10,11 @@ use pgop_api_gateway::routes;
 use pgop_proto::v1::scheduler_server::{Scheduler, SchedulerServer};
 use pgop_proto::v1::worker_server::{Worker, WorkerServer};
 use pgop_proto::v1::{
-    ClusterAssignment, ClusterState, EffectiveConfig, EventRecord, GetClusterRequest,
-    GetConfigRequest, GetQueueRequest, ListAssignmentsRequest, ListAssignmentsResponse,
-    ListClustersRequest, ListClustersResponse, ListWorkersRequest, ListWorkersResponse, PodState,
-    QueueEntry, QueueState, SchedulerMessage, WatchEventsRequest, WorkerInfo, WorkerMessage,
+    ClusterAssignment, ClusterHistory, ClusterLogs, ClusterState, EffectiveConfig, EventRecord,
+    GetClusterRequest, GetConfigRequest, GetQueueRequest, ListAssignmentsRequest,
+    ListAssignmentsResponse, ListClustersRequest, ListClustersResponse, ListWorkersRequest,
+    ListWorkersResponse, LogEntry, PodState, QueueEntry, QueueState, SchedulerMessage,
+    SyncClusterResponse, WatchEventsRequest, WorkerInfo, WorkerMessage,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -144,11 +145,66 @@ impl Worker for FakeWorker {
         Ok(Response::new(self.queue.clone()))
     }
 
+    async fn sync_cluster(
+        &self,
+        request: Request<GetClusterRequest>,
+    ) -> Result<Response<SyncClusterResponse>, Status> {
+        self.owned(request)?;
+        Ok(Response::new(SyncClusterResponse {
+            worker: self.id.clone(),
+        }))
+    }
+
+    async fn get_cluster_logs(
+        &self,
+        request: Request<GetClusterRequest>,
+    ) -> Result<Response<ClusterLogs>, Status> {
+        let key = self.owned(request)?;
+        Ok(Response::new(ClusterLogs {
+            worker: self.id.clone(),
+            entries: vec![LogEntry {
+                time: "2024-05-01T10:00:00Z".into(),
+                level: "INFO".into(),
+                message: format!("objects written for {key}"),
+            }],
+        }))
+    }
+
+    async fn get_cluster_history(
+        &self,
+        request: Request<GetClusterRequest>,
+    ) -> Result<Response<ClusterHistory>, Status> {
+        let key = self.owned(request)?;
+        Ok(Response::new(ClusterHistory {
+            worker: self.id.clone(),
+            entries: vec![EventRecord {
+                at: "2024-05-01T10:00:01Z".into(),
+                cluster: key,
+                kind: "status".into(),
+                detail: "Running".into(),
+                trigger: "UPDATE".into(),
+            }],
+        }))
+    }
+
     async fn watch_events(
         &self,
         _: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         Err(Status::unimplemented("fake"))
+    }
+}
+
+impl FakeWorker {
+    /// The requested cluster's key, if this worker owns it.
+    fn owned(&self, request: Request<GetClusterRequest>) -> Result<String, Status> {
+        let r = request.into_inner();
+        let key = format!("{}/{}", r.namespace, r.name);
+        if self.clusters.iter().any(|c| c.cluster == key) {
+            Ok(key)
+        } else {
+            Err(Status::not_found(format!("{} does not own {key}", self.id)))
+        }
     }
 }
 
@@ -820,4 +876,46 @@ async fn worker_channels_are_cached_by_address_and_pruned() {
         gw.backend.cached_worker_addresses(),
         vec![w1.address.clone()]
     );
+}
+
+#[tokio::test]
+async fn cluster_logs_history_and_sync_come_from_the_owner() {
+    let (gateway, _) = fixture().await;
+    assert_eq!(
+        gateway.ok("/clusters/default/acid-minimal/logs/").await,
+        json!([{"Time": "2024-05-01T10:00:00Z", "Level": "INFO", "Worker": "w-1",
+                "Message": "objects written for default/acid-minimal"}])
+    );
+    assert_eq!(
+        gateway.ok("/clusters/default/acid-minimal/history").await,
+        json!([{"Time": "2024-05-01T10:00:01Z", "Trigger": "UPDATE", "Kind": "status",
+                "Detail": "Running"}])
+    );
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/clusters/default/acid-minimal/sync/",
+            gateway.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"Cluster": "default/acid-minimal", "Worker": "w-1"})
+    );
+    // GET on the sync path is the wrong method.
+    let (status, _) = gateway.get("/clusters/default/acid-minimal/sync/").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    // Unknown to the scheduler: 404; known but owned by nobody: 503; owned by a worker
+    // that does not have it yet: the worker's 404.
+    let (status, body) = gateway.get("/clusters/default/nothing/logs/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = gateway.get("/clusters/prod/acid-orphan/history/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, body) = gateway.get("/clusters/default/acid-test/logs/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // The team path keeps working beside them.
+    let body = gateway.ok("/clusters/acid/default/minimal/").await;
+    assert_eq!(body["Cluster"], "acid-minimal");
 }

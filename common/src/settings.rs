@@ -40,8 +40,24 @@ pub enum StartError {
 /// What every pgop process does first: load its settings (`--config FILE` honoured), set up
 /// logging, and get the token that SIGTERM/SIGINT cancel.
 pub fn start<T: ProcessSettings>() -> Result<(T, tokio_util::sync::CancellationToken), StartError> {
+    start_with(tracing_subscriber::layer::Identity::new())
+}
+
+/// [`start`], with an extra logging layer (see [`crate::telemetry::init_with`]).
+pub fn start_with<T, L>(layer: L) -> Result<(T, tokio_util::sync::CancellationToken), StartError>
+where
+    T: ProcessSettings,
+    L: tracing_subscriber::Layer<
+            tracing_subscriber::layer::Layered<
+                tracing_subscriber::EnvFilter,
+                tracing_subscriber::Registry,
+            >,
+        > + Send
+        + Sync
+        + 'static,
+{
     let settings: T = load(config_flag().as_deref())?;
-    crate::telemetry::init(settings.log_format());
+    crate::telemetry::init_with(settings.log_format(), layer);
     let shutdown = crate::shutdown::on_signals()?;
     Ok((settings, shutdown))
 }

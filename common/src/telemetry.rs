@@ -1,15 +1,31 @@
 //! Logging for every pgop process: text or JSON lines, filtered by RUST_LOG.
+use tracing_subscriber::layer::{Layer, Layered, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry};
+
+/// What every process logs, and nothing else.
 pub fn init(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    init_with(format, tracing_subscriber::layer::Identity::new());
+}
+
+/// [`init`], with `extra` seeing every event that passes the filter too (the worker keeps
+/// each cluster's recent lines for its REST endpoint).
+pub fn init_with<L>(format: &str, extra: L)
+where
+    L: Layer<Layered<EnvFilter, Registry>> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn,tower=warn,h2=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let base = tracing_subscriber::registry().with(filter).with(extra);
     if format == "json" {
-        builder.json().init();
-    } else {
-        builder
-            .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        base.with(tracing_subscriber::fmt::layer().json().with_target(false))
             .init();
+    } else {
+        base.with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(std::env::var_os("NO_COLOR").is_none()),
+        )
+        .init();
     }
 }

@@ -72,6 +72,9 @@ fn main() {
             "parameters_scaling_and_volumes_change_without_new_pods",
             || block_on(lifecycle::manifest_changes_without_new_pods()),
         ),
+        ("pause_sync_now_history_and_delete_protection", || {
+            block_on(lifecycle::pause_sync_history_and_delete_protection())
+        }),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()

@@ -73,6 +73,7 @@ impl Actor {
             cluster: cluster.to_string(),
             kind: kind.to_string(),
             detail,
+            trigger: String::new(),
         });
     }
 

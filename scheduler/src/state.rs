@@ -63,6 +63,10 @@ pub struct WorkerEntry {
 #[derive(Debug, Default)]
 pub struct SchedulerState {
     pub clusters: BTreeMap<String, ClusterEntry>,
+    /// Pods of keys with no cluster: left by a deletion that kept its objects (delete
+    /// protection) or seen before their manifest. A cluster created under the key starts
+    /// with them, so its owner knows the pods it adopts.
+    pub unowned_pods: BTreeMap<String, BTreeMap<String, PodState>>,
     pub workers: BTreeMap<String, WorkerEntry>,
     config: Option<ConfigEvent>,
     /// Keys seen since the current watcher snapshot began.
@@ -260,7 +264,11 @@ impl SchedulerState {
             }
             entry.pending_delete = None;
             if entry.deleting() {
-                self.clusters.remove(cluster);
+                if let Some(entry) = self.clusters.remove(cluster) {
+                    if !entry.pods.is_empty() {
+                        self.unowned_pods.insert(cluster.to_string(), entry.pods);
+                    }
+                }
                 return true;
             }
             return false;
@@ -306,13 +314,14 @@ impl SchedulerState {
             // listened (the watcher reports such leftovers in its snapshot). A worker still
             // has to remove its objects, so it is placed like any other cluster.
             let pending_delete = is_delete(&c).then(|| c.clone());
+            let pods = self.unowned_pods.remove(&key).unwrap_or_default();
             self.clusters.insert(
                 key.clone(),
                 ClusterEntry {
                     current: c,
                     pending_delete,
                     unconfirmed_deletes: 0,
-                    pods: BTreeMap::new(),
+                    pods,
                     ownership: Ownership::Unassigned,
                     status: String::new(),
                     team: String::new(),
@@ -362,6 +371,15 @@ impl SchedulerState {
     fn pod_event(&mut self, p: PodState) -> Outbox {
         let key = cluster_key(&p.namespace, &p.cluster);
         let Some(entry) = self.clusters.get_mut(&key) else {
+            let pods = self.unowned_pods.entry(key.clone()).or_default();
+            if p.deleted {
+                pods.remove(&p.name);
+            } else {
+                pods.insert(p.name.clone(), p);
+            }
+            if pods.is_empty() {
+                self.unowned_pods.remove(&key);
+            }
             return Vec::new();
         };
         if p.deleted {
@@ -582,6 +600,35 @@ mod tests {
         assert_eq!(s.clusters.len(), 1, "kept until the owner confirms");
         assert!(s.cluster_status("w1", "ns0/c0", DELETED_STATUS.into(), String::new()));
         assert!(s.clusters.is_empty(), "forgotten once confirmed");
+    }
+
+    #[test]
+    fn pods_that_outlive_their_cluster_go_to_the_next_one_of_the_name() {
+        // Delete protection keeps the pods of a deleted manifest; the manifest comes back.
+        let mut s = with_clusters(1);
+        s.worker_joined("w1", "a".into(), 1);
+        let pod = |name: &str| WatchEvent {
+            sequence: 0,
+            event: Some(watch_event::Event::Pod(PodState {
+                namespace: "ns0".into(),
+                cluster: "c0".into(),
+                name: name.into(),
+                ..Default::default()
+            })),
+        };
+        s.watch_event(pod("c0-0"));
+        s.watch_event(cluster(ClusterEventType::Delete, "ns0", "c0"));
+        assert!(s.cluster_status("w1", "ns0/c0", DELETED_STATUS.into(), String::new()));
+        assert!(s.clusters.is_empty());
+        // A pod event while no cluster has the name is kept too.
+        s.watch_event(pod("c0-1"));
+        let out = s.watch_event(cluster(ClusterEventType::Add, "ns0", "c0"));
+        let Some(scheduler_message::Message::Assign(a)) = &out[0].1.message else {
+            panic!("{out:?}")
+        };
+        let names: Vec<&str> = a.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["c0-0", "c0-1"]);
+        assert!(s.unowned_pods.is_empty());
     }
 
     #[test]

@@ -29,6 +29,8 @@ use crate::view::now_rfc3339;
 pub enum Input {
     Object(ClusterEvent),
     Pod(PodState),
+    /// Someone asked for a pass now (Worker/SyncCluster).
+    SyncRequest,
 }
 
 /// The status a worker reports once a deleted cluster's objects are gone; the scheduler
@@ -68,6 +70,8 @@ pub struct ClusterTask {
     rollout: Rollout,
     /// The manifest changed since the last pass: the status reads Updating meanwhile.
     update_pending: bool,
+    /// The manifest pauses the cluster (see [`crate::manifest::paused`]).
+    paused: bool,
     patroni_sync: PatroniSync,
     /// Why Patroni's configuration could not be synced, as last logged.
     patroni_problem: String,
@@ -122,6 +126,7 @@ impl ClusterTask {
             object_problems: String::new(),
             rollout: Rollout::default(),
             update_pending: false,
+            paused: false,
             patroni_sync: PatroniSync::default(),
             patroni_problem: String::new(),
             pods: BTreeMap::new(),
@@ -168,6 +173,7 @@ impl ClusterTask {
                 }
                 self.object = Some(event);
             }
+            Input::SyncRequest => self.pending_event = "SYNC-REQUEST".into(),
             Input::Pod(pod) => {
                 if self.pending_event.is_empty() {
                     self.pending_event = "POD".into();
@@ -255,10 +261,13 @@ impl ClusterTask {
 
     fn mark_running(&mut self) {
         self.pending = 0;
-        self.pending_event.clear();
+        let trigger = std::mem::take(&mut self.pending_event);
         self.ctx.view.update(&self.key, |v| {
             v.running = true;
             v.pending = 0;
+            if !trigger.is_empty() {
+                v.trigger = trigger;
+            }
         });
     }
 
@@ -326,6 +335,18 @@ impl ClusterTask {
             };
         }
         if object.r#type == ClusterEventType::Delete as i32 {
+            let deleted = crate::manifest::parse(&object.manifest_json).ok();
+            if let Some(reason) = self
+                .deletion_refused(&object, deleted.as_ref(), &config)
+                .await
+            {
+                // The manifest is gone: its objects stay, as Zalando leaves them.
+                tracing::warn!(cluster = %self.key, "deletion refused, the cluster's objects stay: {reason}");
+                for _ in 0..std::mem::take(&mut self.object_delete_count) {
+                    self.report(DELETED, "", "");
+                }
+                return Next::Finished;
+            }
             let next = self
                 .delete(&object, &config, self.object_delete_count)
                 .await;
@@ -345,7 +366,20 @@ impl ClusterTask {
             Ok(pg) if pg.metadata.deletion_timestamp.is_some() => {
                 return self.finalize(&object, &pg, &config).await;
             }
+            Ok(pg) if crate::manifest::paused(&pg) => return self.pause(&reference, &pg).await,
             Ok(pg) => {
+                if self.paused {
+                    self.paused = false;
+                    self.ctx.view.record(&self.key, "resumed", "");
+                    self.ctx
+                        .event(
+                            &reference,
+                            false,
+                            "Resumed",
+                            "pgop manages the cluster again".into(),
+                        )
+                        .await;
+                }
                 if self.status.is_none() {
                     self.status = self.live_status(&pg).await;
                 }
@@ -499,6 +533,30 @@ impl ClusterTask {
         self.report(&current, &team, &message);
         self.finish_view(&message, instances);
         next
+    }
+
+    /// The manifest pauses the cluster: nothing is written for it until the annotation goes.
+    async fn pause(
+        &mut self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        pg: &Postgresql,
+    ) -> Next {
+        let message = format!(
+            "paused: pgop leaves the cluster alone while the annotation {} is \"true\"",
+            crate::manifest::PAUSED_ANNOTATION
+        );
+        if !self.paused {
+            self.paused = true;
+            tracing::info!(cluster = %self.key, "{message}");
+            self.ctx.view.record(&self.key, "paused", "");
+            self.ctx
+                .event(reference, false, "Paused", message.clone())
+                .await;
+        }
+        let status = self.status.clone().unwrap_or_default();
+        self.report(&status, &pg.spec.team_id, &message);
+        self.finish_view(&message, 0);
+        Next::Idle
     }
 
     /// What the manifest asks for and pgop refuses while the rest is in sync (a volume
@@ -701,6 +759,14 @@ impl ClusterTask {
         if !crate::finalizer::has_finalizer(pg) {
             return Next::Idle;
         }
+        if let Some(reason) = self.deletion_refused(object, Some(pg), config).await {
+            // The finalizer holds the manifest until the annotations allow the deletion.
+            let message = format!("deletion waits for its annotations: {reason}");
+            let status = self.status.clone().unwrap_or_default();
+            self.report(&status, &pg.spec.team_id, &message);
+            self.finish_view(&message, 0);
+            return Next::Idle;
+        }
         match self.delete(object, config, 0).await {
             Next::Finished => {
                 match crate::finalizer::set(&self.ctx.client, &self.namespace, &self.name, false)
@@ -716,6 +782,30 @@ impl ClusterTask {
             }
             other => other,
         }
+    }
+
+    /// Why the deleted cluster's objects must stay (delete protection); shown in a Warning
+    /// Event when it is news.
+    async fn deletion_refused(
+        &mut self,
+        object: &ClusterEvent,
+        pg: Option<&Postgresql>,
+        config: &OperatorConfig,
+    ) -> Option<String> {
+        let reason = crate::delete_protection::deletion_refused(
+            pg,
+            config,
+            chrono::Utc::now().date_naive(),
+        )?;
+        if self.object_problems != reason {
+            let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
+            self.ctx
+                .event(&reference, true, "DeleteRefused", reason.clone())
+                .await;
+            self.ctx.view.record(&self.key, "delete-refused", &reason);
+            self.object_problems = reason.clone();
+        }
+        Some(reason)
     }
 
     /// Whether a manifest other than the deleted object now has this name: a DELETE that

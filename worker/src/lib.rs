@@ -2,8 +2,10 @@
 pub mod apply;
 pub mod builders;
 pub mod cluster;
+pub mod cluster_log;
 pub mod context;
 pub mod database;
+pub mod delete_protection;
 pub mod deletion;
 pub mod discovery;
 pub mod finalizer;

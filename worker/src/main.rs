@@ -4,6 +4,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pgop_common::metrics::{counting_kube_client, Counters};
 use pgop_proto::v1::worker_server::WorkerServer;
+use pgop_worker::cluster_log::ClusterLogLayer;
 use pgop_worker::context::Context;
 use pgop_worker::registry::Registry;
 use pgop_worker::service::WorkerService;
@@ -13,7 +14,9 @@ use pgop_worker::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (settings, shutdown) = pgop_common::settings::start::<Settings>()?;
+    let cluster_logs = ClusterLogLayer::default();
+    let (settings, shutdown) =
+        pgop_common::settings::start_with::<Settings, _>(cluster_logs.clone())?;
     let worker_id = settings.worker_id();
     let metrics = Counters::new();
     let client = counting_kube_client(metrics.clone())
@@ -25,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         .context("discovering the API versions the cluster serves")?;
     tracing::info!(?served, "API versions");
     let view = View::new(worker_id.clone());
+    cluster_logs.attach(view.clone());
     let ctx = Arc::new(Context::new(
         client,
         view.clone(),
@@ -47,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
             capacity: settings.concurrency,
             heartbeat_interval: Duration::from_secs(settings.heartbeat_interval_seconds.max(1)),
         },
-        registry,
+        registry.clone(),
         view.clone(),
         shutdown.clone(),
     ));
@@ -66,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         .add_service(reflection_v1alpha)
         .add_service(WorkerServer::new(WorkerService {
             view,
+            registry,
             shutdown: shutdown.clone(),
         }))
         .serve_with_shutdown(addr, shutdown.clone().cancelled_owned())

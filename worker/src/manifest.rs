@@ -3,6 +3,19 @@
 //! field but never repeats its value, which could be a password.
 use pgop_common::crd::Postgresql;
 
+/// The annotation that pauses a cluster: while it is `"true"`, pgop writes nothing for the
+/// cluster (deleting the manifest still removes it).
+pub const PAUSED_ANNOTATION: &str = "pgop.io/paused";
+
+/// Whether the manifest pauses its cluster.
+pub fn paused(pg: &Postgresql) -> bool {
+    pg.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PAUSED_ANNOTATION))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 pub fn parse(json: &[u8]) -> Result<Postgresql, String> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
@@ -37,6 +50,29 @@ fn without_value(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pause_annotation() {
+        for (annotation, want) in [
+            (None, false),
+            (Some("true"), true),
+            (Some("True"), true),
+            (Some("false"), false),
+            (Some("yes"), false),
+        ] {
+            let mut pg: Postgresql = serde_json::from_value(serde_json::json!({
+                "apiVersion": "acid.zalan.do/v1", "kind": "postgresql",
+                "metadata": {"name": "acid-p"},
+                "spec": {"teamId": "acid", "numberOfInstances": 1, "volume": {"size": "1Gi"}, "postgresql": {"version": "15"}}
+            }))
+            .unwrap();
+            if let Some(value) = annotation {
+                pg.metadata.annotations =
+                    Some([(PAUSED_ANNOTATION.to_string(), value.to_string())].into());
+            }
+            assert_eq!(paused(&pg), want, "{annotation:?}");
+        }
+    }
 
     fn manifest(spec_extra: &str) -> Vec<u8> {
         format!(

@@ -21,6 +21,8 @@ pub enum Command {
     /// Stop every cluster task (the session is gone: the scheduler may give the clusters
     /// to another worker) and answer once they have all stopped.
     Fence(oneshot::Sender<()>),
+    /// Reconcile a cluster now; answers whether this worker owns it.
+    Sync(String, oneshot::Sender<bool>),
 }
 
 struct Running {
@@ -103,6 +105,8 @@ impl Registry {
             Command::SessionStarted(outbound) => self.outbound = Some(outbound),
             Command::Assign(assign) => {
                 let key = assign.cluster.clone();
+                // The cluster is shown (and keeps history) from its assignment on.
+                self.ctx.view.update(&key, |_| {});
                 tracing::info!(cluster = %key, pods = assign.pods.len(), "assigned");
                 self.ctx.view.record(&key, "assigned", "");
                 if let Some(current) = assign.current {
@@ -135,6 +139,13 @@ impl Registry {
                 self.fence().await;
                 let _ = done.send(());
             }
+            Command::Sync(key, owned) => {
+                let sent = self
+                    .tasks
+                    .get(&key)
+                    .is_some_and(|running| running.tx.send(Input::SyncRequest).is_ok());
+                let _ = owned.send(sent);
+            }
         }
     }
 
@@ -150,6 +161,9 @@ impl Registry {
             Ok(config) => {
                 if **self.config.borrow() != config {
                     tracing::info!("operator configuration changed");
+                    self.ctx
+                        .view
+                        .set_limits(config.cluster_history_entries, config.ring_log_lines);
                     self.config.send_replace(Arc::new(config));
                 }
             }

@@ -4,16 +4,19 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use pgop_proto::v1::worker_server::Worker;
 use pgop_proto::v1::{
-    ClusterState, EventRecord, GetClusterRequest, GetQueueRequest, ListClustersRequest,
-    ListClustersResponse, QueueState, WatchEventsRequest,
+    ClusterHistory, ClusterLogs, ClusterState, EventRecord, GetClusterRequest, GetQueueRequest,
+    ListClustersRequest, ListClustersResponse, QueueState, SyncClusterResponse, WatchEventsRequest,
 };
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::registry::{Command, RegistryHandle};
 use crate::view::View;
 
 pub struct WorkerService {
     pub view: View,
+    pub registry: RegistryHandle,
     /// Ends event streams on shutdown; they would otherwise hold up a graceful stop.
     pub shutdown: CancellationToken,
 }
@@ -37,17 +40,54 @@ impl Worker for WorkerService {
         &self,
         request: Request<GetClusterRequest>,
     ) -> Result<Response<ClusterState>, Status> {
-        let r = request.into_inner();
-        if r.namespace.is_empty() || r.name.is_empty() {
-            return Err(Status::invalid_argument("namespace and name are required"));
+        let key = cluster_key(request)?;
+        self.view
+            .cluster(&key)
+            .map(Response::new)
+            .ok_or_else(|| self.not_owned(&key))
+    }
+
+    async fn sync_cluster(
+        &self,
+        request: Request<GetClusterRequest>,
+    ) -> Result<Response<SyncClusterResponse>, Status> {
+        let key = cluster_key(request)?;
+        let (tx, rx) = oneshot::channel();
+        self.registry.send(Command::Sync(key.clone(), tx));
+        match rx.await {
+            Ok(true) => Ok(Response::new(SyncClusterResponse {
+                worker: self.view.worker_id().to_string(),
+            })),
+            Ok(false) => Err(self.not_owned(&key)),
+            Err(_) => Err(Status::unavailable("the worker is shutting down")),
         }
-        let key = format!("{}/{}", r.namespace, r.name);
-        self.view.cluster(&key).map(Response::new).ok_or_else(|| {
-            Status::not_found(format!(
-                "cluster {key} is not owned by worker {}",
-                self.view.worker_id()
-            ))
-        })
+    }
+
+    async fn get_cluster_logs(
+        &self,
+        request: Request<GetClusterRequest>,
+    ) -> Result<Response<ClusterLogs>, Status> {
+        let key = cluster_key(request)?;
+        let entries = self.view.logs(&key).ok_or_else(|| self.not_owned(&key))?;
+        Ok(Response::new(ClusterLogs {
+            worker: self.view.worker_id().to_string(),
+            entries,
+        }))
+    }
+
+    async fn get_cluster_history(
+        &self,
+        request: Request<GetClusterRequest>,
+    ) -> Result<Response<ClusterHistory>, Status> {
+        let key = cluster_key(request)?;
+        let entries = self
+            .view
+            .history(&key)
+            .ok_or_else(|| self.not_owned(&key))?;
+        Ok(Response::new(ClusterHistory {
+            worker: self.view.worker_id().to_string(),
+            entries,
+        }))
     }
 
     async fn get_queue(&self, _: Request<GetQueueRequest>) -> Result<Response<QueueState>, Status> {
@@ -69,4 +109,22 @@ impl Worker for WorkerService {
             stream.take_until(self.shutdown.clone().cancelled_owned()),
         )))
     }
+}
+
+impl WorkerService {
+    fn not_owned(&self, key: &str) -> Status {
+        Status::not_found(format!(
+            "cluster {key} is not owned by worker {}",
+            self.view.worker_id()
+        ))
+    }
+}
+
+/// `namespace/name` of a request naming one cluster.
+fn cluster_key(request: Request<GetClusterRequest>) -> Result<String, Status> {
+    let r = request.into_inner();
+    if r.namespace.is_empty() || r.name.is_empty() {
+        return Err(Status::invalid_argument("namespace and name are required"));
+    }
+    Ok(format!("{}/{}", r.namespace, r.name))
 }

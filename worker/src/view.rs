@@ -1,10 +1,11 @@
 //! What the worker shows about itself: one entry per owned cluster, written by the
 //! cluster's task and read by the inspection RPCs and heartbeats. A plain mutex: it is only
 //! held to copy small values, never across an await.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pgop_proto::v1::{ClusterState, EventRecord, PodState, QueueEntry};
+use pgop_proto::v1::{ClusterState, EventRecord, LogEntry, PodState, QueueEntry};
 use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, Default)]
@@ -24,6 +25,26 @@ pub struct ClusterView {
     /// Since when the cluster waits for a reconcile slot or is being reconciled.
     pub queued_since: Option<std::time::Instant>,
     pub running: bool,
+    /// What the current (or last) pass is for: ADD, UPDATE, SYNC, POD, SYNC-REQUEST.
+    pub trigger: String,
+    /// What was done to the cluster, oldest first (`cluster_history_entries`).
+    pub history: VecDeque<EventRecord>,
+    /// Log lines about the cluster, oldest first (`ring_log_lines`).
+    pub logs: VecDeque<LogEntry>,
+}
+
+/// How many history entries and log lines each cluster keeps (the operator
+/// configuration's `cluster_history_entries` and `ring_log_lines`).
+struct Limits {
+    history: AtomicUsize,
+    logs: AtomicUsize,
+}
+
+fn push_capped<T>(ring: &mut VecDeque<T>, item: T, cap: usize) {
+    ring.push_back(item);
+    while ring.len() > cap {
+        ring.pop_front();
+    }
 }
 
 #[derive(Clone)]
@@ -31,6 +52,7 @@ pub struct View {
     worker_id: String,
     clusters: Arc<Mutex<BTreeMap<String, ClusterView>>>,
     events: broadcast::Sender<EventRecord>,
+    limits: Arc<Limits>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -43,6 +65,10 @@ impl View {
             worker_id,
             clusters: Arc::default(),
             events: broadcast::channel(4096).0,
+            limits: Arc::new(Limits {
+                history: AtomicUsize::new(1000),
+                logs: AtomicUsize::new(100),
+            }),
         }
     }
 
@@ -74,13 +100,52 @@ impl View {
         (map.len() as u32, queued as u32)
     }
 
+    /// How many history entries and log lines each cluster keeps from now on.
+    pub fn set_limits(&self, history: usize, logs: usize) {
+        self.limits.history.store(history, Ordering::Relaxed);
+        self.limits.logs.store(logs, Ordering::Relaxed);
+    }
+
+    /// Something done to an owned cluster: into its history and onto the event stream.
     pub fn record(&self, cluster: &str, kind: &str, detail: impl Into<String>) {
-        let _ = self.events.send(EventRecord {
+        let mut record = EventRecord {
             at: now_rfc3339(),
             cluster: cluster.to_string(),
             kind: kind.to_string(),
             detail: detail.into(),
-        });
+            trigger: String::new(),
+        };
+        if let Some(view) = self.lock().get_mut(cluster) {
+            record.trigger = view.trigger.clone();
+            let cap = self.limits.history.load(Ordering::Relaxed);
+            push_capped(&mut view.history, record.clone(), cap);
+        }
+        let _ = self.events.send(record);
+    }
+
+    /// A log line about an owned cluster (others are not kept).
+    pub fn log(&self, cluster: &str, level: &str, message: String) {
+        if let Some(view) = self.lock().get_mut(cluster) {
+            let cap = self.limits.logs.load(Ordering::Relaxed);
+            let entry = LogEntry {
+                time: now_rfc3339(),
+                level: level.to_string(),
+                message,
+            };
+            push_capped(&mut view.logs, entry, cap);
+        }
+    }
+
+    pub fn history(&self, cluster: &str) -> Option<Vec<EventRecord>> {
+        self.lock()
+            .get(cluster)
+            .map(|v| v.history.iter().cloned().collect())
+    }
+
+    pub fn logs(&self, cluster: &str) -> Option<Vec<LogEntry>> {
+        self.lock()
+            .get(cluster)
+            .map(|v| v.logs.iter().cloned().collect())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
@@ -129,5 +194,35 @@ impl View {
             })
             .collect();
         (entries, running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_keep_the_newest_entries_of_owned_clusters_only() {
+        let view = View::new("w".into());
+        view.set_limits(2, 3);
+        view.update("ns/a", |v| v.trigger = "UPDATE".into());
+        for i in 0..4 {
+            view.record("ns/a", "written", format!("step {i}"));
+            view.log("ns/a", "INFO", format!("line {i}"));
+        }
+        view.record("ns/unowned", "written", "x");
+        view.log("ns/unowned", "INFO", "x".into());
+        let history = view.history("ns/a").unwrap();
+        let details: Vec<&str> = history.iter().map(|r| r.detail.as_str()).collect();
+        assert_eq!(details, ["step 2", "step 3"]);
+        assert!(history.iter().all(|r| r.trigger == "UPDATE"));
+        let logs: Vec<String> = view
+            .logs("ns/a")
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert_eq!(logs, ["line 1", "line 2", "line 3"]);
+        assert!(view.history("ns/unowned").is_none() && view.logs("ns/unowned").is_none());
     }
 }

@@ -577,3 +577,174 @@ pub async fn manifest_changes_without_new_pods() -> Result<()> {
     drop(pgop);
     Ok(())
 }
+
+fn http_post(addr: &str, path: &str) -> Result<(u16, serde_json::Value)> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-XPOST",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{addr}{path}"),
+        ])
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let (body, code) = text.rsplit_once('\n').context("curl without a status")?;
+    Ok((code.trim().parse()?, serde_json::from_str(body)?))
+}
+
+fn replicas(ns: &str, cluster: &str) -> Result<String> {
+    env().kubectl(&[
+        "get",
+        "statefulset",
+        "-n",
+        ns,
+        cluster,
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ])
+}
+
+/// Pausing a cluster, syncing one now (REST), its logs and history (REST), and delete
+/// protection: a deletion without the annotations keeps the objects, one with them
+/// removes everything.
+pub async fn pause_sync_history_and_delete_protection() -> Result<()> {
+    let (system_ns, ns, cluster) = ("e2e-ctl-system", "e2e-ctl", "acid-ctl");
+    let client = env().client().await?;
+    operator_namespace(&client, system_ns).await?;
+    namespace(&client, ns).await?;
+    operator_config(
+        system_ns,
+        &[
+            ("watched_namespace", ns),
+            ("delete_annotation_date_key", "delete-date"),
+            ("delete_annotation_name_key", "delete-clustername"),
+            ("enable_persistent_volume_claim_deletion", "true"),
+        ],
+    )?;
+    let pgop = Pgop::start(
+        "ctl",
+        system_ns,
+        1,
+        &env().state_dir,
+        &Kubeconfigs::admin(&env().kubeconfig),
+        None,
+    )?;
+    env().apply(ns, &manifest(ns, cluster, 1))?;
+    wait_running(ns, cluster, Duration::from_secs(180)).await?;
+    let gateway = pgop.gateway_addr.clone();
+
+    // Paused: a change is not carried out until the annotation goes.
+    env().kubectl(&["annotate", "pg", "-n", ns, cluster, "pgop.io/paused=true"])?;
+    wait::until("the cluster paused", Duration::from_secs(30), || async {
+        let (_, status) =
+            super::operator::http_get(&gateway, &format!("/clusters/{ns}/{cluster}/"))?;
+        Ok(status["Message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("paused"))
+            .then_some(()))
+    })
+    .await?;
+    pg_patch(
+        ns,
+        cluster,
+        serde_json::json!({"spec": {"numberOfInstances": 2}}),
+    )?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ensure!(
+        replicas(ns, cluster)? == "1",
+        "a paused cluster was changed"
+    );
+    env().kubectl(&["annotate", "pg", "-n", ns, cluster, "pgop.io/paused-"])?;
+    wait::until(
+        "the change carried out once resumed",
+        Duration::from_secs(30),
+        || async { Ok((replicas(ns, cluster)? == "2").then_some(())) },
+    )
+    .await?;
+
+    // Sync now: a Service removed behind pgop's back comes back at once on request.
+    env().kubectl(&["delete", "service", "-n", ns, &format!("{cluster}-repl")])?;
+    let (code, body) = http_post(&gateway, &format!("/clusters/{ns}/{cluster}/sync/"))?;
+    ensure!(code == 202, "sync request: {code} {body}");
+    wait::until(
+        "the replica Service recreated",
+        Duration::from_secs(20),
+        || async {
+            let found = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), ns)
+                .get_opt(&format!("{cluster}-repl"))
+                .await?;
+            Ok(found.map(|_| ()))
+        },
+    )
+    .await?;
+
+    // Logs and history over REST.
+    let (code, history) =
+        super::operator::http_get(&gateway, &format!("/clusters/{ns}/{cluster}/history/"))?;
+    ensure!(code == 200, "history: {code} {history}");
+    let entries = history.as_array().context("history is a list")?;
+    // Trigger None: any event.
+    let has = |kind: &str, trigger: Option<&str>, detail: &str| {
+        entries.iter().any(|e| {
+            e["Kind"] == kind
+                && trigger.is_none_or(|t| e["Trigger"] == t)
+                && e["Detail"].as_str().is_some_and(|d| d.contains(detail))
+        })
+    };
+    ensure!(
+        has("status", None, "Running")
+            && has("paused", Some("UPDATE"), "")
+            && has(
+                "written",
+                Some("SYNC-REQUEST"),
+                &format!("Service/{cluster}-repl")
+            ),
+        "history lacks entries: {history:#}"
+    );
+    let (code, logs) =
+        super::operator::http_get(&gateway, &format!("/clusters/{ns}/{cluster}/logs/"))?;
+    ensure!(code == 200, "logs: {code} {logs}");
+    ensure!(
+        logs.as_array()
+            .is_some_and(|lines| lines.iter().any(|l| l["Message"]
+                .as_str()
+                .is_some_and(|m| m.contains("objects written")))),
+        "logs lack the writes: {logs:#}"
+    );
+
+    // Delete protection: without the annotations the objects stay.
+    env().kubectl(&["delete", "pg", "-n", ns, cluster])?;
+    wait::until("the deletion refused", Duration::from_secs(30), || async {
+        Ok(events_of(ns, cluster)?
+            .contains("Warning DeleteRefused annotation delete-date is not set")
+            .then_some(()))
+    })
+    .await?;
+    ensure!(
+        replicas(ns, cluster)? == "2",
+        "the StatefulSet of a protected cluster was removed"
+    );
+    // With them (and the manifest back), everything goes.
+    let today = today_utc()?;
+    let annotated = manifest(ns, cluster, 2).replace(
+        "metadata:\n",
+        &format!(
+            "metadata:\n  annotations:\n    delete-date: \"{today}\"\n    delete-clustername: {cluster}\n"
+        ),
+    );
+    env().apply(ns, &annotated)?;
+    wait_running(ns, cluster, Duration::from_secs(120)).await?;
+    env().kubectl(&["delete", "pg", "-n", ns, cluster])?;
+    super::operator::wait_gone(&client, ns, cluster).await?;
+    drop(pgop);
+    Ok(())
+}
+
+/// Today as `YYYY-MM-DD` in UTC.
+fn today_utc() -> Result<String> {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}

@@ -1,0 +1,100 @@
+//! Keeps each owned cluster's recent log lines for `GET /clusters/{ns}/{name}/logs/`: every
+//! event with a `cluster` field goes into that cluster's ring in the [`View`] (as Zalando's
+//! operator keeps `ring_log_lines` per cluster).
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+
+use crate::view::View;
+
+/// The view is made after logging starts; lines before that are not kept.
+#[derive(Clone, Default)]
+pub struct ClusterLogLayer {
+    view: Arc<OnceLock<View>>,
+}
+
+impl ClusterLogLayer {
+    pub fn attach(&self, view: View) {
+        let _ = self.view.set(view);
+    }
+}
+
+#[derive(Default)]
+struct Line {
+    cluster: Option<String>,
+    message: String,
+    fields: String,
+}
+
+impl Visit for Line {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "cluster" => self.cluster = Some(value.to_string()),
+            "message" => self.message = value.to_string(),
+            name => {
+                let _ = write!(self.fields, " {name}={value}");
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "cluster" => self.cluster = Some(format!("{value:?}")),
+            "message" => self.message = format!("{value:?}"),
+            name => {
+                let _ = write!(self.fields, " {name}={value:?}");
+            }
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for ClusterLogLayer {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let Some(view) = self.view.get() else {
+            return;
+        };
+        let mut line = Line::default();
+        event.record(&mut line);
+        if let Some(cluster) = line.cluster {
+            let level = event.metadata().level().as_str();
+            view.log(&cluster, level, format!("{}{}", line.message, line.fields));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn lines_with_a_cluster_field_land_in_its_ring() {
+        let view = View::new("w".into());
+        view.update("ns/a", |_| {});
+        let layer = ClusterLogLayer::default();
+        layer.attach(view.clone());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let key = "ns/a".to_string();
+            tracing::info!(cluster = %key, statements = 3, "database in sync");
+            tracing::warn!(cluster = "ns/a", "sync failed: {}", "boom");
+            tracing::info!("no cluster here");
+        });
+        let logs = view.logs("ns/a").unwrap();
+        let lines: Vec<(&str, &str)> = logs
+            .iter()
+            .map(|l| (l.level.as_str(), l.message.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("INFO", "database in sync statements=3"),
+                ("WARN", "sync failed: boom")
+            ]
+        );
+    }
+}
