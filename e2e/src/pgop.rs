@@ -267,6 +267,21 @@ impl Pgop {
     }
 }
 
+impl Pgop {
+    /// Write requests (create, update, patch, delete) the workers sent to the API server.
+    pub fn kube_writes(&self) -> Result<u64> {
+        let mut total = 0;
+        for verb in ["create", "update", "patch", "delete"] {
+            total += counter(
+                &self.worker_metrics_addrs,
+                "pgop_kube_requests_total",
+                &[("verb", verb)],
+            )?;
+        }
+        Ok(total)
+    }
+}
+
 /// The sum over `addrs` of the counter `name` with exactly `labels` (e.g.
 /// `verb="patch"`), read from each process's `GET /metrics`; a process not serving counts 0.
 pub fn counter(addrs: &[String], name: &str, labels: &[(&str, &str)]) -> Result<u64> {

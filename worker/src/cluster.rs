@@ -488,8 +488,9 @@ impl ClusterTask {
                 self.failures += 1;
                 tracing::warn!(cluster = %self.key, failures = self.failures, "sync failed: {m}");
                 if permanent {
-                    // Retrying cannot help: the next change of manifest or configuration will.
-                    Next::Idle
+                    // Retrying soon cannot help: the next change of manifest or configuration
+                    // will; meanwhile it is repaired at the pace of `repair_period`.
+                    Next::RetryIn(self.config.borrow().repair_period)
                 } else {
                     Next::RetryIn(backoff(self.failures))
                 }

@@ -731,6 +731,61 @@ pub async fn clusters_move_between_workers() -> Result<()> {
         "an in-sync cluster was written: {before:?} → {after:?}"
     );
 
+    // A full resync of the fleet in sync (a sync of every cluster, requested over REST)
+    // writes nothing at all to the API server.
+    let mut fleet: Vec<(String, String)> = clusters
+        .iter()
+        .filter(|(_, n)| *n != deleted)
+        .map(|(ns, n)| (ns.to_string(), n.clone()))
+        .collect();
+    fleet.push((namespaces[0].to_string(), "acid-sim-new".into()));
+    let reconciles = |ns: &str, name: &str| -> Result<u64> {
+        let (_, status) = http_get(&pgop.gateway_addr, &format!("/clusters/{ns}/{name}/"))?;
+        Ok(status["Reconciles"].as_u64().unwrap_or_default())
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes_before = pgop.kube_writes()?;
+    let mut passes_before = Vec::new();
+    for (ns, name) in &fleet {
+        passes_before.push(reconciles(ns, name)?);
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-XPOST",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{}/clusters/{ns}/{name}/sync/", pgop.gateway_addr),
+            ])
+            .output()?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout) == "202",
+            "sync of {ns}/{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    wait::until(
+        "a pass of every cluster after the sync requests",
+        Duration::from_secs(60),
+        || async {
+            for ((ns, name), before) in fleet.iter().zip(&passes_before) {
+                if reconciles(ns, name)? <= *before {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    let writes_after = pgop.kube_writes()?;
+    ensure!(
+        writes_after == writes_before,
+        "a resync of {} clusters in sync wrote {} times to the API server",
+        fleet.len(),
+        writes_after - writes_before
+    );
+
     for (ns, name) in clusters.iter().filter(|(_, n)| *n != deleted) {
         env().kubectl(&["delete", "pg", "-n", ns, name, "--wait=false"])?;
     }

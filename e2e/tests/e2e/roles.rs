@@ -349,7 +349,7 @@ spec:
     // Nothing to do: a sync issues no statement and writes nothing to Kubernetes.
     let log = env().state_dir.join("logs/roles-worker-0.log");
     let before = sync_counts(&log, cluster).len();
-    let writes_before = kube_writes(&pgop)?;
+    let writes_before = pgop.kube_writes()?;
     ensure!(
         counter(
             &pgop.worker_metrics_addrs,
@@ -366,9 +366,9 @@ spec:
     .await?;
     ensure!(counts.last() == Some(&0), "statements per sync: {counts:?}");
     ensure!(
-        kube_writes(&pgop)? == writes_before,
+        pgop.kube_writes()? == writes_before,
         "an in-sync resync wrote to Kubernetes: {writes_before} writes before, {} after",
-        kube_writes(&pgop)?
+        pgop.kube_writes()?
     );
 
     // A Secret in another namespace for `<namespace>.user`, without owner references.
@@ -421,19 +421,6 @@ spec:
     .await?;
     drop(pgop);
     Ok(())
-}
-
-/// Write requests pgop's workers sent to the API server so far.
-fn kube_writes(pgop: &Pgop) -> Result<u64> {
-    let mut total = 0;
-    for verb in ["create", "update", "patch", "delete"] {
-        total += counter(
-            &pgop.worker_metrics_addrs,
-            "pgop_kube_requests_total",
-            &[("verb", verb)],
-        )?;
-    }
-    Ok(total)
 }
 
 /// Password rotation: a due dated rotation creates `<user>YYMMDD` (member of the user) and
