@@ -304,6 +304,7 @@ fn pod(name: &str, role: &str, ip: &str) -> PodState {
         pod_ip: ip.into(),
         deleted: false,
         annotations: Default::default(),
+        node_name: "pgop-node-1".into(),
     }
 }
 

@@ -75,6 +75,9 @@ fn main() {
         ("pause_sync_now_history_and_delete_protection", || {
             block_on(lifecycle::pause_sync_history_and_delete_protection())
         }),
+        ("a_node_losing_its_readiness_label_moves_the_master", || {
+            block_on(lifecycle::node_losing_readiness_moves_the_master())
+        }),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()

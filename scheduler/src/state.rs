@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pgop_proto::v1::{
-    scheduler_message, watch_event, Assign, ClusterEvent, ClusterEventType, ConfigEvent, PodState,
-    Release, SchedulerMessage, WatchEvent,
+    scheduler_message, watch_event, Assign, ClusterEvent, ClusterEventType, ConfigEvent, NodeState,
+    PodState, Release, SchedulerMessage, WatchEvent,
 };
 
 use crate::sharding;
@@ -69,6 +69,8 @@ pub struct SchedulerState {
     pub unowned_pods: BTreeMap<String, BTreeMap<String, PodState>>,
     pub workers: BTreeMap<String, WorkerEntry>,
     config: Option<ConfigEvent>,
+    /// Every node as the watcher reported it, for workers that join later.
+    nodes: BTreeMap<String, NodeState>,
     /// Keys seen since the current watcher snapshot began.
     snapshot_seen: Option<BTreeSet<String>>,
 }
@@ -175,6 +177,13 @@ impl SchedulerState {
             out.push((
                 id.to_string(),
                 event(watch_event::Event::Config(config.clone())),
+            ));
+        }
+        // Every worker knows every node: a cluster it gets may have a master on any of them.
+        for node in self.nodes.values() {
+            out.push((
+                id.to_string(),
+                event(watch_event::Event::Node(node.clone())),
             ));
         }
         if reconnect {
@@ -294,6 +303,18 @@ impl SchedulerState {
             Some(watch_event::Event::Config(c)) => {
                 self.config = Some(c.clone());
                 let msg = event(watch_event::Event::Config(c));
+                self.workers
+                    .keys()
+                    .map(|w| (w.clone(), msg.clone()))
+                    .collect()
+            }
+            Some(watch_event::Event::Node(n)) => {
+                if n.deleted {
+                    self.nodes.remove(&n.name);
+                } else {
+                    self.nodes.insert(n.name.clone(), n.clone());
+                }
+                let msg = event(watch_event::Event::Node(n));
                 self.workers
                     .keys()
                     .map(|w| (w.clone(), msg.clone()))

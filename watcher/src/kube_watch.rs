@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::ListParams;
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
@@ -210,6 +210,27 @@ impl Tracked for Pod {
     }
 }
 
+/// Nodes are cluster-scoped: one watch whatever the watched namespaces. Workers move
+/// masters off nodes that are drained or lose their readiness labels.
+impl Tracked for Node {
+    const WHAT: &'static str = "node";
+    fn api(client: Client, _: Option<&str>) -> Api<Self> {
+        Api::all(client)
+    }
+    fn apply(store: &Store, object: Self) {
+        store.apply_node(&object, false);
+    }
+    fn delete(store: &Store, object: &Self) {
+        store.apply_node(object, true);
+    }
+    fn known(store: &Store) -> Vec<String> {
+        store.node_keys()
+    }
+    fn forget(store: &Store, key: &str) {
+        store.delete_node_by_key(key);
+    }
+}
+
 /// One watch per watched namespace (or one for all), each with its own relist tracking.
 async fn watch_each_namespace<K: Tracked>(
     client: Client,
@@ -287,6 +308,23 @@ pub async fn watch_pods(
 ) {
     let config = watcher::Config::default().labels(&selector);
     watch_each_namespace::<Pod>(client, namespaces, config, store, lists, shutdown).await
+}
+
+pub async fn watch_nodes(
+    client: Client,
+    store: Arc<Store>,
+    lists: Arc<InitialLists>,
+    shutdown: CancellationToken,
+) {
+    watch_each_namespace::<Node>(
+        client,
+        WatchedNamespaces::All,
+        watcher::Config::default(),
+        store,
+        lists,
+        shutdown,
+    )
+    .await
 }
 
 fn config_map_raw(cm: ConfigMap) -> RawConfig {

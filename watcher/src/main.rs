@@ -75,12 +75,13 @@ async fn main() -> anyhow::Result<()> {
         store.apply_raw_config(Some(raw))?;
     }
 
-    // The configuration watch, and one cluster and one pod watch per watched namespace.
+    // The configuration and node watches, and one cluster and one pod watch per watched
+    // namespace.
     let streams = match &namespaces {
         WatchedNamespaces::All => 1,
         WatchedNamespaces::Some(list) => list.len(),
     };
-    let lists = Arc::new(kube_watch::InitialLists::new(1 + 2 * streams));
+    let lists = Arc::new(kube_watch::InitialLists::new(2 + 2 * streams));
     tokio::spawn(kube_watch::watch_config(
         client.clone(),
         settings.namespace.clone(),
@@ -100,6 +101,12 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         namespaces.clone(),
         selector,
+        store.clone(),
+        lists.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(kube_watch::watch_nodes(
+        client.clone(),
         store.clone(),
         lists.clone(),
         shutdown.clone(),

@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use pgop_common::config::{ConfigError, OperatorConfig, SECRET_KEYS};
 use pgop_proto::v1::{
-    watch_event, ClusterEvent, ClusterEventType, ConfigEvent, PodState, SnapshotDone, WatchEvent,
+    watch_event, ClusterEvent, ClusterEventType, ConfigEvent, NodeState, PodState, SnapshotDone,
+    WatchEvent,
 };
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -132,6 +133,8 @@ struct Inner {
     clusters: BTreeMap<String, (Value, Value)>,
     /// namespace/pod → state
     pods: BTreeMap<String, PodState>,
+    /// node name → what workers need of it
+    nodes: BTreeMap<String, NodeState>,
     config: Option<ConfigEvent>,
     sequence: u64,
 }
@@ -179,6 +182,26 @@ fn cluster_event(kind: ClusterEventType, object: &Value) -> ClusterEvent {
     }
 }
 
+/// What workers need of a node.
+pub fn node_state(node: &Node, deleted: bool) -> NodeState {
+    let spec = node.spec.as_ref();
+    NodeState {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+        labels: node
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        no_execute: spec
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute")),
+        deleted,
+    }
+}
+
 /// The routing summary of a pod, or None when it belongs to no cluster.
 pub fn pod_state(pod: &Pod, labels: &PodLabels, deleted: bool) -> Option<PodState> {
     let meta = &pod.metadata;
@@ -200,6 +223,11 @@ pub fn pod_state(pod: &Pod, labels: &PodLabels, deleted: bool) -> Option<PodStat
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect::<HashMap<_, _>>();
     Some(PodState {
+        node_name: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_default(),
         cluster,
         name: meta.name.clone().unwrap_or_default(),
@@ -220,6 +248,7 @@ impl Store {
             inner: Mutex::new(Inner {
                 clusters: BTreeMap::new(),
                 pods: BTreeMap::new(),
+                nodes: BTreeMap::new(),
                 config: None,
                 sequence: 0,
             }),
@@ -328,6 +357,37 @@ impl Store {
         }
     }
 
+    /// Records a node's state; an event only when it changed for workers (scheduling,
+    /// labels, NoExecute taints), not for the node's status heartbeats.
+    pub fn apply_node(&self, node: &Node, deleted: bool) {
+        let state = node_state(node, deleted);
+        let mut inner = self.lock();
+        if deleted {
+            if inner.nodes.remove(&state.name).is_some() {
+                self.publish(&mut inner, watch_event::Event::Node(state));
+            }
+            return;
+        }
+        if inner.nodes.get(&state.name) == Some(&state) {
+            return;
+        }
+        inner.nodes.insert(state.name.clone(), state.clone());
+        self.publish(&mut inner, watch_event::Event::Node(state));
+    }
+
+    /// Node keys as the watch loop names them (`/name`: nodes have no namespace).
+    pub fn node_keys(&self) -> Vec<String> {
+        self.lock().nodes.keys().map(|n| format!("/{n}")).collect()
+    }
+
+    pub fn delete_node_by_key(&self, key: &str) {
+        let mut inner = self.lock();
+        if let Some(mut state) = inner.nodes.remove(key.trim_start_matches('/')) {
+            state.deleted = true;
+            self.publish(&mut inner, watch_event::Event::Node(state));
+        }
+    }
+
     /// Records the operator configuration as its source holds it (None: the object is gone,
     /// defaults apply): an OperatorConfiguration that does not flatten is refused like
     /// ConfigMap data that does not parse, and the last good configuration stays.
@@ -375,6 +435,9 @@ impl Store {
         };
         if let Some(c) = &inner.config {
             push(watch_event::Event::Config(c.clone()));
+        }
+        for node in inner.nodes.values() {
+            push(watch_event::Event::Node(node.clone()));
         }
         for (pg, _) in inner.clusters.values() {
             push(watch_event::Event::Cluster(cluster_event(
@@ -452,6 +515,7 @@ mod tests {
                 watch_event::Event::Pod(p) => format!("POD:{}:{}:{}", p.name, p.role, p.deleted),
                 watch_event::Event::Config(_) => "CONFIG".into(),
                 watch_event::Event::SnapshotDone(_) => "DONE".into(),
+                watch_event::Event::Node(n) => format!("NODE:{}:{}", n.name, n.deleted),
             });
         }
         out
@@ -585,6 +649,7 @@ mod tests {
                 watch_event::Event::Config(_) => "CONFIG".into(),
                 watch_event::Event::SnapshotDone(d) => format!("DONE:{}", d.clusters),
                 watch_event::Event::Pod(_) => "POD".into(),
+                watch_event::Event::Node(_) => "NODE".into(),
             })
             .collect();
         assert_eq!(
@@ -940,5 +1005,41 @@ mod tests {
                 some(&[if env.is_empty() { "own" } else { env }])
             );
         }
+    }
+
+    #[test]
+    fn nodes_are_news_only_when_workers_care() {
+        let store = Store::new(PodLabels::default());
+        let (_, mut rx) = store.subscribe();
+        let node = |unschedulable: bool, ready_label: bool, heartbeat: &str| -> Node {
+            serde_json::from_value(json!({
+                "metadata": {"name": "n1", "labels": if ready_label { json!({"ready": "true"}) } else { json!({}) }},
+                "spec": {"unschedulable": unschedulable},
+                "status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}]}
+            }))
+            .unwrap()
+        };
+        store.apply_node(&node(false, true, "2026-01-01T00:00:00Z"), false);
+        // A status heartbeat changes nothing workers act on.
+        store.apply_node(&node(false, true, "2026-01-01T00:00:10Z"), false);
+        store.apply_node(&node(true, true, "2026-01-01T00:00:20Z"), false);
+        store.apply_node(&node(true, false, "2026-01-01T00:00:20Z"), false);
+        store.delete_node_by_key("/n1");
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "NODE:n1:false",
+                "NODE:n1:false",
+                "NODE:n1:false",
+                "NODE:n1:true"
+            ]
+        );
+        assert!(store.node_keys().is_empty());
+        // A later subscriber gets the nodes in its snapshot.
+        store.apply_node(&node(false, true, "2026-01-01T00:00:30Z"), false);
+        let (snapshot, _) = store.subscribe();
+        assert!(snapshot
+            .iter()
+            .any(|e| matches!(&e.event, Some(watch_event::Event::Node(n)) if n.name == "n1")));
     }
 }

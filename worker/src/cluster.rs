@@ -9,7 +9,8 @@ use kube::Api;
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::{cluster_status as s, Postgresql};
 use pgop_proto::v1::{
-    worker_message, ClusterEvent, ClusterEventType, ClusterStatus, PodState, WorkerMessage,
+    worker_message, ClusterEvent, ClusterEventType, ClusterStatus, NodeState, PodState,
+    WorkerMessage,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -18,11 +19,16 @@ use tokio_util::sync::CancellationToken;
 use crate::builders::{statefulset::desired_instances, BuildError};
 use crate::context::{cluster_reference, Context};
 use crate::deletion::{delete_cluster, Progress};
+use crate::maintenance::in_maintenance_window;
 use crate::patroni_sync::{PatroniProgress, PatroniSync};
 use crate::reconcile::{sync_objects, write_status, SyncError};
-use crate::rollout::{master_address, RollingProgress, Rollout};
+use crate::rolling::leaving_node;
+use crate::rollout::{master_address, PodGoal, RollingProgress, Rollout};
 use crate::status::{next_status, pods_ready, SyncResult};
 use crate::view::now_rfc3339;
+
+/// Every node by name, as the watcher last reported it.
+pub type Nodes = BTreeMap<String, NodeState>;
 
 /// What the scheduler sends about one cluster.
 #[derive(Debug)]
@@ -88,6 +94,7 @@ pub struct ClusterTask {
     pending_event: String,
     ctx: Arc<Context>,
     config: watch::Receiver<Arc<OperatorConfig>>,
+    nodes: watch::Receiver<Arc<Nodes>>,
     outbound: mpsc::UnboundedSender<WorkerMessage>,
 }
 
@@ -110,6 +117,7 @@ impl ClusterTask {
         task_id: u64,
         ctx: Arc<Context>,
         config: watch::Receiver<Arc<OperatorConfig>>,
+        nodes: watch::Receiver<Arc<Nodes>>,
         outbound: mpsc::UnboundedSender<WorkerMessage>,
     ) -> Self {
         let (namespace, name) = key.split_once('/').unwrap_or(("", &key));
@@ -137,6 +145,7 @@ impl ClusterTask {
             pending_event: String::new(),
             ctx,
             config,
+            nodes,
             outbound,
         }
     }
@@ -206,6 +215,11 @@ impl ClusterTask {
                         None => return,
                     },
                     changed = self.config.changed() => if changed.is_err() { return },
+                    changed = self.nodes.changed() => {
+                        if changed.is_err() { return }
+                        // Most node changes concern other clusters' pods.
+                        if !self.on_leaving_node() { continue }
+                    }
                     _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
                 }
             }
@@ -248,6 +262,16 @@ impl ClusterTask {
                 }
             }
         }
+    }
+
+    /// Whether one of the cluster's pods is on a node pods must leave.
+    fn on_leaving_node(&self) -> bool {
+        let config = self.config.borrow().clone();
+        let nodes = self.nodes.borrow().clone();
+        self.pods.values().any(|p| {
+            !p.node_name.is_empty()
+                && leaving_node(&nodes, &config.node_readiness_label, &p.node_name)
+        })
     }
 
     fn mark_queued(&self) {
@@ -447,10 +471,19 @@ impl ClusterTask {
                         .view
                         .record(&self.key, "written", written.join(", "));
                 }
-                self.show_refusals(reference, synced.problems.join("; "))
-                    .await;
+                let (window_open, mut problems) =
+                    in_maintenance_window(pg, config, chrono::Utc::now());
+                problems.extend(synced.problems);
+                self.show_refusals(reference, problems.join("; ")).await;
                 let result = self
-                    .roll(reference, pg, instances, &synced.restart_hash, config)
+                    .roll(
+                        reference,
+                        pg,
+                        instances,
+                        &synced.restart_hash,
+                        config,
+                        window_open,
+                    )
                     .await;
                 (result, false)
             }
@@ -606,19 +639,20 @@ impl ClusterTask {
         instances: u32,
         restart_hash: &str,
         config: &OperatorConfig,
+        window_open: bool,
     ) -> SyncResult {
         let pods: Vec<PodState> = self.pods.values().cloned().collect();
-        let progress = self
-            .rollout
-            .advance(
-                &self.ctx,
-                reference,
-                &pods,
-                instances,
-                restart_hash,
-                config.pod_label_wait_timeout,
-            )
-            .await;
+        let nodes = self.nodes.borrow().clone();
+        let leaving = |node: &str| leaving_node(&nodes, &config.node_readiness_label, node);
+        let goal = PodGoal {
+            pods: &pods,
+            instances,
+            restart_hash,
+            leaving_node: &leaving,
+            window_open,
+            timeout: config.pod_label_wait_timeout,
+        };
+        let progress = self.rollout.advance(&self.ctx, reference, &goal).await;
         match progress {
             Ok(RollingProgress::Done) => {
                 let ready = pods_ready(&pods.iter().collect::<Vec<_>>(), instances);
@@ -630,13 +664,14 @@ impl ClusterTask {
                 SyncResult::Synced { pods_ready: ready }
             }
             Ok(RollingProgress::Acted(note)) => {
-                tracing::info!(cluster = %self.key, "rolling update: {note}");
-                self.ctx.view.record(&self.key, "rolling-update", &note);
-                SyncResult::Updating(format!("rolling update: {note}"))
+                tracing::info!(cluster = %self.key, "{note}");
+                self.ctx.view.record(&self.key, "pods", &note);
+                SyncResult::Updating(note)
             }
             Ok(RollingProgress::Waiting(reason)) => {
-                SyncResult::Updating(format!("rolling update: {reason}"))
+                SyncResult::Updating(format!("replacing pods: {reason}"))
             }
+            Ok(RollingProgress::Held(reason)) => SyncResult::Updating(reason),
             Err(e) => SyncResult::Failed(e.to_string()),
         }
     }

@@ -9,6 +9,7 @@ pub mod delete_protection;
 pub mod deletion;
 pub mod discovery;
 pub mod finalizer;
+pub mod maintenance;
 pub mod manifest;
 pub mod patroni;
 pub mod patroni_config;

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ClusterTask, Finished, Input};
+use crate::cluster::{ClusterTask, Finished, Input, Nodes};
 use crate::context::Context;
 
 pub enum Command {
@@ -40,6 +40,7 @@ pub struct Registry {
     /// Releases whose tasks are still stopping.
     releasing: Vec<JoinHandle<()>>,
     config: watch::Sender<Arc<OperatorConfig>>,
+    nodes: watch::Sender<Arc<Nodes>>,
     finished_tx: mpsc::UnboundedSender<Finished>,
     finished_rx: mpsc::UnboundedReceiver<Finished>,
 }
@@ -71,6 +72,7 @@ impl Registry {
             outbound: None,
             releasing: Vec::new(),
             config: watch::Sender::new(Arc::new(OperatorConfig::default())),
+            nodes: watch::Sender::new(Arc::default()),
             finished_tx,
             finished_rx,
         };
@@ -132,6 +134,14 @@ impl Registry {
                     }
                 }
                 Some(watch_event::Event::Config(c)) => self.configure(c),
+                Some(watch_event::Event::Node(node)) => self.nodes.send_modify(|nodes| {
+                    let nodes = Arc::make_mut(nodes);
+                    if node.deleted {
+                        nodes.remove(&node.name);
+                    } else {
+                        nodes.insert(node.name.clone(), node);
+                    }
+                }),
                 Some(watch_event::Event::SnapshotDone(_)) | None => {}
             },
             Command::Release(key) => self.release(key),
@@ -201,6 +211,7 @@ impl Registry {
             task_id,
             self.ctx.clone(),
             self.config.subscribe(),
+            self.nodes.subscribe(),
             outbound,
         );
         let handle = tokio::spawn(task.run(rx, cancel.clone(), self.finished_tx.clone()));

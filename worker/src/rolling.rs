@@ -7,7 +7,9 @@
 //! Each step is taken by a separate reconcile pass, so waiting never holds a reconcile slot,
 //! and every decision is made from observed state: a worker that restarts (or another that
 //! takes over) continues where the rotation stood.
-use pgop_proto::v1::PodState;
+use std::collections::BTreeMap;
+
+use pgop_proto::v1::{NodeState, PodState};
 
 use crate::builders::restart::{flag_set, RESTART_HASH_ANNOTATION, ROLLING_UPDATE_FLAG};
 use crate::patroni::Member;
@@ -53,18 +55,18 @@ fn following(member: &Member) -> bool {
 }
 
 /// The member to hand the leadership to: a synchronous standby if there is one, else a
-/// following replica; the least lag wins, unknown lag last; never an outdated pod.
+/// following replica; the least lag wins, unknown lag last; never a pod that is `leaving`.
 pub fn switchover_candidate<'a>(
     members: &'a [Member],
     pods: &[&PodState],
-    desired_hash: &str,
+    leaving: &dyn Fn(&PodState) -> bool,
 ) -> Option<&'a Member> {
     let eligible = |m: &&Member| {
         !matches!(m.role.as_str(), "leader" | "master" | "standby_leader")
             && following(m)
             && pods
                 .iter()
-                .any(|p| p.name == m.name && p.ready && !outdated(p, desired_hash))
+                .any(|p| p.name == m.name && p.ready && !leaving(p))
     };
     let best = |sync: bool| {
         members
@@ -85,13 +87,46 @@ pub fn next_step(
     desired_hash: &str,
     members: Option<&[Member]>,
 ) -> Step {
+    plan(
+        pods,
+        instances,
+        members,
+        &|p: &PodState| outdated(p, desired_hash),
+        true,
+    )
+}
+
+/// The next step of moving a cluster's pods off the nodes `leaving_node` names (drained,
+/// tainted NoExecute, or without the readiness labels): the master hands over to a replica
+/// on a node that stays, and each pod there is recreated elsewhere, one at a time.
+pub fn next_move(
+    pods: &[PodState],
+    instances: u32,
+    members: Option<&[Member]>,
+    leaving_node: &dyn Fn(&str) -> bool,
+) -> Step {
+    plan(
+        pods,
+        instances,
+        members,
+        &|p: &PodState| !p.node_name.is_empty() && leaving_node(&p.node_name),
+        false,
+    )
+}
+
+/// The one next step that replaces every pod `leaving` says must go, keeping the cluster
+/// whole: replicas first, then a switchover, then the old master. With `flag_first`, pods
+/// to replace are flagged with Zalando's annotation before anything else.
+fn plan(
+    pods: &[PodState],
+    instances: u32,
+    members: Option<&[Member]>,
+    leaving: &dyn Fn(&PodState) -> bool,
+    flag_first: bool,
+) -> Step {
     let mut live: Vec<&PodState> = pods.iter().filter(|p| !p.deleted).collect();
     live.sort_by(|a, b| a.name.cmp(&b.name));
-    let stale: Vec<&PodState> = live
-        .iter()
-        .copied()
-        .filter(|p| outdated(p, desired_hash))
-        .collect();
+    let stale: Vec<&PodState> = live.iter().copied().filter(|p| leaving(p)).collect();
     if stale.is_empty() {
         return Step::Done;
     }
@@ -100,7 +135,7 @@ pub fn next_step(
         .filter(|p| !flagged(p))
         .map(|p| p.name.clone())
         .collect();
-    if !unflagged.is_empty() {
+    if flag_first && !unflagged.is_empty() {
         return Step::Flag(unflagged);
     }
 
@@ -153,16 +188,32 @@ pub fn next_step(
             uid: master.uid.clone(),
         };
     }
-    match members.and_then(|m| switchover_candidate(m, &live, desired_hash)) {
+    match members.and_then(|m| switchover_candidate(m, &live, leaving)) {
         Some(candidate) => Step::Switchover {
             master: master.name.clone(),
             candidate: candidate.name.clone(),
         },
         None => Step::Blocked(format!(
-            "no replica of master {} can take over (none ready, following and up to date)",
+            "no replica of master {} can take over (none ready, following and staying)",
             master.name
         )),
     }
+}
+
+/// Whether pods must leave the node `name`: it is cordoned, tainted NoExecute, or lacks
+/// one of the readiness labels (`node_readiness_label`). A node not reported (yet) is not.
+pub fn leaving_node(
+    nodes: &BTreeMap<String, NodeState>,
+    readiness: &BTreeMap<String, String>,
+    name: &str,
+) -> bool {
+    nodes.get(name).is_some_and(|node| {
+        node.unschedulable
+            || node.no_execute
+            || readiness
+                .iter()
+                .any(|(key, value)| node.labels.get(key) != Some(value))
+    })
 }
 
 /// The pod's ordinal in its StatefulSet (`acid-a-2` → 2).
@@ -444,8 +495,12 @@ mod tests {
             Step::Wait(_)
         ));
         assert_eq!(
-            switchover_candidate(&members, &pods.iter().collect::<Vec<_>>(), NEW)
-                .map(|m| m.name.as_str()),
+            switchover_candidate(
+                &members,
+                &pods.iter().collect::<Vec<_>>(),
+                &|p: &PodState| outdated(p, NEW)
+            )
+            .map(|m| m.name.as_str()),
             Some("a-1")
         );
         // The only replica is itself outdated (flagged by hand after its recreation).
@@ -454,7 +509,12 @@ mod tests {
             .map(pod)
             .collect();
         assert_eq!(next_step(&pods, 2, NEW, Some(&members)), recreate("a-1"));
-        assert!(switchover_candidate(&members, &pods.iter().collect::<Vec<_>>(), NEW).is_none());
+        assert!(switchover_candidate(
+            &members,
+            &pods.iter().collect::<Vec<_>>(),
+            &|p: &PodState| outdated(p, NEW)
+        )
+        .is_none());
         // Patroni names the only replica a standby leader (a standby cluster's view):
         // nobody to hand over to.
         let pods: Vec<PodState> = ["a-0:master:old:flag", "a-1:replica:new"]
@@ -505,5 +565,103 @@ mod tests {
             .map(pod)
             .collect();
         assert_eq!(scale_down_handover(&master_stays, 2, &members), None);
+    }
+
+    #[test]
+    fn pods_leave_draining_nodes_master_last() {
+        let on = |spec: &str, node: &str| {
+            let mut p = pod(spec);
+            p.node_name = node.into();
+            p
+        };
+        let pods = vec![
+            on("a-0:master:h", "n1"),
+            on("a-1:replica:h", "n2"),
+            on("a-2:replica:h", "n3"),
+        ];
+        let members = healthy();
+        let draining = |names: &'static [&'static str]| move |n: &str| names.contains(&n);
+        assert_eq!(
+            next_move(&pods, 3, Some(&members), &draining(&[])),
+            Step::Done
+        );
+        assert_eq!(
+            next_move(&pods, 3, Some(&members), &draining(&["n3"])),
+            recreate("a-2"),
+            "a replica on a leaving node is recreated elsewhere, no flag first"
+        );
+        assert_eq!(
+            next_move(&pods, 3, Some(&members), &draining(&["n1"])),
+            Step::Switchover {
+                master: "a-0".into(),
+                candidate: "a-1".into()
+            },
+            "the master hands over to the best replica that stays"
+        );
+        assert_eq!(
+            next_move(&pods, 3, Some(&members), &draining(&["n1", "n2"])),
+            recreate("a-1"),
+            "replicas first"
+        );
+        assert!(matches!(
+            next_move(&pods[..2], 2, Some(&members[..2]), &draining(&["n1", "n2"])),
+            Step::Recreate { .. }
+        ));
+        let all = next_move(&pods[..2], 2, Some(&members[..2]), &draining(&["n1"]));
+        assert_eq!(
+            all,
+            Step::Switchover {
+                master: "a-0".into(),
+                candidate: "a-1".into()
+            }
+        );
+        let alone = vec![on("a-0:master:h", "n1")];
+        assert_eq!(
+            next_move(&alone, 1, None, &draining(&["n1"])),
+            recreate("a-0"),
+            "a single instance moves with downtime"
+        );
+    }
+
+    #[test]
+    fn nodes_pods_must_leave() {
+        let node = |name: &str, unschedulable: bool, no_execute: bool, labels: &[(&str, &str)]| {
+            (
+                name.to_string(),
+                NodeState {
+                    name: name.into(),
+                    unschedulable,
+                    no_execute,
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    deleted: false,
+                },
+            )
+        };
+        let nodes: BTreeMap<String, NodeState> = [
+            node("ready", false, false, &[("lifecycle", "ready")]),
+            node("cordoned", true, false, &[("lifecycle", "ready")]),
+            node("tainted", false, true, &[("lifecycle", "ready")]),
+            node("unlabelled", false, false, &[]),
+        ]
+        .into();
+        let readiness = BTreeMap::from([("lifecycle".to_string(), "ready".to_string())]);
+        let none = BTreeMap::new();
+        for (name, with_label, without) in [
+            ("ready", false, false),
+            ("cordoned", true, true),
+            ("tainted", true, true),
+            ("unlabelled", true, false),
+            ("unknown", false, false),
+        ] {
+            assert_eq!(leaving_node(&nodes, &readiness, name), with_label, "{name}");
+            assert_eq!(
+                leaving_node(&nodes, &none, name),
+                without,
+                "{name} without readiness labels"
+            );
+        }
     }
 }

@@ -14,8 +14,9 @@ use tokio::time::Instant;
 use crate::apply::FIELD_MANAGER;
 use crate::builders::restart::ROLLING_UPDATE_FLAG;
 use crate::context::Context;
+use crate::patroni::Member;
 use crate::patroni::PatroniError;
-use crate::rolling::{master_leaves, next_step, scale_down_handover, Step};
+use crate::rolling::{master_leaves, next_move, next_step, scale_down_handover, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -40,8 +41,23 @@ pub enum RollingProgress {
     Done,
     /// A step was taken (described).
     Acted(String),
-    /// Waiting for the cluster (described); bounded by the caller.
+    /// Waiting for the cluster (described); bounded by the timeout.
     Waiting(String),
+    /// Held back until a maintenance window (described); not bounded.
+    Held(String),
+}
+
+/// What the pods of a cluster should be: `instances` pods from the template with
+/// `restart_hash`, none on a node `leaving_node` names.
+pub struct PodGoal<'a> {
+    pub pods: &'a [PodState],
+    pub instances: u32,
+    pub restart_hash: &'a str,
+    pub leaving_node: &'a (dyn Fn(&str) -> bool + Sync),
+    /// A master may move off its node now (a maintenance window is open, or none is set).
+    pub window_open: bool,
+    /// How long one wait may last before it is reported as stuck.
+    pub timeout: Duration,
 }
 
 /// What a cluster task keeps between passes of its rolling update.
@@ -56,25 +72,15 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    pub fn in_progress(&self) -> bool {
-        self.permit.is_some()
-    }
-
-    /// Takes the next step of the rolling update of a cluster of `instances` pods whose
-    /// template has `restart_hash`; waiting for the same thing longer than `timeout` is an
-    /// error (the rotation goes on at the next pass all the same).
+    /// Takes the next step towards `goal`; waiting for the same thing longer than its
+    /// timeout is an error (the replacement goes on at the next pass all the same).
     pub async fn advance(
         &mut self,
         ctx: &Context,
         reference: &ObjectReference,
-        pods: &[PodState],
-        instances: u32,
-        restart_hash: &str,
-        timeout: Duration,
+        goal: &PodGoal<'_>,
     ) -> Result<RollingProgress, RolloutError> {
-        let progress = self
-            .step(ctx, reference, pods, instances, restart_hash)
-            .await?;
+        let progress = self.step(ctx, reference, goal).await?;
         let RollingProgress::Waiting(reason) = &progress else {
             self.waiting = None;
             return Ok(progress);
@@ -83,7 +89,7 @@ impl Rollout {
             Some((waited_for, since)) if waited_for == reason => *since,
             _ => self.waiting.insert((reason.clone(), Instant::now())).1,
         };
-        if since.elapsed() > timeout {
+        if since.elapsed() > goal.timeout {
             self.waiting = None;
             return Err(RolloutError::Stuck {
                 reason: reason.clone(),
@@ -97,12 +103,24 @@ impl Rollout {
         &mut self,
         ctx: &Context,
         reference: &ObjectReference,
-        pods: &[PodState],
-        instances: u32,
-        restart_hash: &str,
+        goal: &PodGoal<'_>,
     ) -> Result<RollingProgress, RolloutError> {
-        // Most passes find nothing outdated: no Patroni request for those.
-        if next_step(pods, instances, restart_hash, None) == Step::Done {
+        let PodGoal {
+            pods,
+            instances,
+            restart_hash,
+            leaving_node,
+            window_open,
+            ..
+        } = *goal;
+        // Rolling updates first; moves off leaving nodes once the pods are up to date.
+        let plan =
+            |members: Option<&[Member]>| match next_step(pods, instances, restart_hash, members) {
+                Step::Done => (Why::Move, next_move(pods, instances, members, leaving_node)),
+                step => (Why::Update, step),
+            };
+        // Most passes find nothing to do: no Patroni request for those.
+        if plan(None).1 == Step::Done {
             self.permit = None;
             self.recreating = None;
             return Ok(RollingProgress::Done);
@@ -121,7 +139,8 @@ impl Rollout {
             _ => None,
         };
         let namespace = reference.namespace.clone().unwrap_or_default();
-        match next_step(pods, instances, restart_hash, members.as_deref()) {
+        let (why, step) = plan(members.as_deref());
+        match step {
             Step::Done => {
                 self.permit = None;
                 Ok(RollingProgress::Done)
@@ -136,18 +155,27 @@ impl Rollout {
             Step::Wait(reason) => Ok(RollingProgress::Waiting(reason)),
             Step::Blocked(reason) => Err(RolloutError::Blocked(reason)),
             Step::Recreate { pod, uid } => {
-                if !self.take_turn(ctx) {
+                // Moving off a leaving node does not wait for the rolling updates' turns.
+                if why == Why::Update && !self.take_turn(ctx) {
                     return Ok(no_turn());
                 }
                 self.recreate(ctx, &namespace, &pod, uid).await?;
-                let note = format!("recreating pod {pod} from the new template");
-                ctx.event(reference, false, "RollingUpdate", note.clone())
+                let note = match why {
+                    Why::Update => format!("recreating pod {pod} from the new template"),
+                    Why::Move => format!("recreating pod {pod} to move it off its node"),
+                };
+                ctx.event(reference, false, why.reason(), note.clone())
                     .await;
                 Ok(RollingProgress::Acted(note))
             }
             Step::Switchover { master, candidate } => {
-                if !self.take_turn(ctx) {
+                if why == Why::Update && !self.take_turn(ctx) {
                     return Ok(no_turn());
+                }
+                if why == Why::Move && !window_open {
+                    return Ok(RollingProgress::Held(format!(
+                        "moving master {master} off its node waits for the maintenance window"
+                    )));
                 }
                 let address = pods
                     .iter()
@@ -158,7 +186,7 @@ impl Rollout {
                     .switchover(&address, &master, &candidate)
                     .await?;
                 let note = format!("switched over from {master} to {candidate}");
-                ctx.event(reference, false, "RollingUpdate", note.clone())
+                ctx.event(reference, false, why.reason(), note.clone())
                     .await;
                 Ok(RollingProgress::Acted(note))
             }
@@ -234,6 +262,24 @@ impl Rollout {
         }
         self.recreating = Some((pod.to_string(), uid));
         Ok(())
+    }
+}
+
+/// Why pods are replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Their template changed.
+    Update,
+    /// Their node is drained, tainted NoExecute or lost its readiness labels.
+    Move,
+}
+
+impl Why {
+    fn reason(self) -> &'static str {
+        match self {
+            Why::Update => "RollingUpdate",
+            Why::Move => "NodeDecommission",
+        }
     }
 }
 

@@ -748,3 +748,185 @@ fn today_utc() -> Result<String> {
         .output()?;
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
+
+/// The process kubelet's nodes, labelled ready for `label` (the simulated ones are not).
+async fn label_nodes(label: &str) -> Result<Vec<String>> {
+    let nodes = env().kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
+    ])?;
+    let names: Vec<String> = nodes
+        .lines()
+        .filter(|n| n.starts_with("pgop-node-"))
+        .map(str::to_string)
+        .collect();
+    for name in &names {
+        env().kubectl(&[
+            "label",
+            "node",
+            name,
+            &format!("{label}=true"),
+            "--overwrite",
+        ])?;
+    }
+    Ok(names)
+}
+
+/// Done when: a node that hosts a master loses its readiness label; the master is switched
+/// over to a replica on a ready node and the old master's pod moves off the node.
+pub async fn node_losing_readiness_moves_the_master() -> Result<()> {
+    let (system_ns, ns, cluster) = ("e2e-drain-system", "e2e-drain", "acid-drain");
+    let label = "pgop-e2e-ready";
+    let client = env().client().await?;
+    operator_namespace(&client, system_ns).await?;
+    namespace(&client, ns).await?;
+    label_nodes(label).await?;
+    operator_config(
+        system_ns,
+        &[
+            ("watched_namespace", ns),
+            ("node_readiness_label", &format!("{label}:true")),
+            ("enable_pod_antiaffinity", "true"),
+        ],
+    )?;
+    let pgop = Pgop::start(
+        "drain",
+        system_ns,
+        1,
+        &env().state_dir,
+        &Kubeconfigs::admin(&env().kubeconfig),
+        None,
+    )?;
+    env().apply(ns, &manifest(ns, cluster, 2))?;
+    wait_running(ns, cluster, Duration::from_secs(180)).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let placement = || async {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("cluster-name={cluster}")))
+            .await?;
+        Ok::<_, anyhow::Error>(
+            list.items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| {
+                    let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                    let ready = is_ready(&p);
+                    let role = super::role(&p).map(str::to_string);
+                    (p.metadata.name.unwrap_or_default(), node, role, ready)
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let before = wait::until(
+        "2 Ready pods with roles",
+        Duration::from_secs(120),
+        || async {
+            let now = placement().await?;
+            Ok((now.len() == 2
+                && now
+                    .iter()
+                    .all(|(_, n, r, ready)| n.is_some() && r.is_some() && *ready))
+            .then_some(now))
+        },
+    )
+    .await?;
+    let (master, node) = before
+        .iter()
+        .find(|(_, _, role, _)| role.as_deref() == Some("master"))
+        .map(|(name, node, _, _)| (name.clone(), node.clone().unwrap_or_default()))
+        .context("no master")?;
+
+    // A maintenance window that is not now holds the master's move back.
+    let today = std::process::Command::new("date")
+        .args(["-u", "+%a"])
+        .output()?;
+    let today = String::from_utf8(today.stdout)?.trim().to_string();
+    let other_day = if today == "Mon" { "Tue" } else { "Mon" };
+    pg_patch(
+        ns,
+        cluster,
+        serde_json::json!({"spec": {"maintenanceWindows": [format!("{other_day}:00:00-23:59")]}}),
+    )?;
+    env().kubectl(&["label", "node", &node, &format!("{label}-")])?;
+    let held = wait::until(
+        "the master move held back",
+        Duration::from_secs(30),
+        || async {
+            let (_, status) = super::operator::http_get(
+                &pgop.gateway_addr,
+                &format!("/clusters/{ns}/{cluster}/"),
+            )?;
+            Ok(status["Message"]
+                .as_str()
+                .is_some_and(|m| m.contains("waits for the maintenance window"))
+                .then_some(()))
+        },
+    )
+    .await;
+    let still = placement().await?;
+    ensure!(
+        still
+            .iter()
+            .any(|(name, n, _, _)| *name == master && n.as_deref() == Some(node.as_str())),
+        "the master moved outside the maintenance window: {still:?}"
+    );
+    if let Err(e) = held {
+        env().kubectl(&[
+            "label",
+            "node",
+            &node,
+            &format!("{label}=true"),
+            "--overwrite",
+        ])?;
+        return Err(e);
+    }
+    pg_patch(
+        ns,
+        cluster,
+        serde_json::json!({"spec": {"maintenanceWindows": ["00:00-23:59"]}}),
+    )?;
+    let moved = wait::until(
+        &format!("the master off {node} and no pod left there"),
+        Duration::from_secs(120),
+        || async {
+            let now = placement().await?;
+            let off = now
+                .iter()
+                .all(|(_, n, _, _)| n.as_deref() != Some(node.as_str()));
+            let whole = now.len() == 2
+                && now
+                    .iter()
+                    .all(|(_, n, r, ready)| n.is_some() && r.is_some() && *ready);
+            let master_elsewhere = now.iter().any(|(_, n, r, _)| {
+                r.as_deref() == Some("master") && n.as_deref() != Some(node.as_str())
+            });
+            if off && whole && master_elsewhere {
+                Ok(Some(now))
+            } else {
+                bail!("pods: {now:?}")
+            }
+        },
+    )
+    .await;
+    // The node gets its label back whatever happened.
+    env().kubectl(&[
+        "label",
+        "node",
+        &node,
+        &format!("{label}=true"),
+        "--overwrite",
+    ])?;
+    let moved = moved?;
+    let events = events_of(ns, cluster)?;
+    ensure!(
+        events.contains(&format!("NodeDecommission switched over from {master} to")),
+        "no switchover before the move:\n{events}\n{moved:?}"
+    );
+    wait_running(ns, cluster, Duration::from_secs(60)).await?;
+    env().kubectl(&["delete", "pg", "-n", ns, cluster])?;
+    super::operator::wait_gone(&client, ns, cluster).await?;
+    drop(pgop);
+    Ok(())
+}
