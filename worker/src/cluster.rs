@@ -407,9 +407,6 @@ impl ClusterTask {
                 if self.status.is_none() {
                     self.status = self.live_status(&pg).await;
                 }
-                if std::mem::take(&mut self.update_pending) {
-                    self.mark_updating().await;
-                }
                 let databases = crate::roles::database_names(&pg);
                 self.ctx.view.update(&self.key, |v| v.databases = databases);
                 let instances = desired_instances(&pg, &config).max(0) as u32;
@@ -441,6 +438,7 @@ impl ClusterTask {
                 (result, team, instances)
             }
         };
+        self.update_pending = false;
         self.conclude(result, team, instances, permanent, &reference)
             .await
     }
@@ -465,6 +463,11 @@ impl ClusterTask {
         match synced {
             Ok(synced) => {
                 let written = &synced.written.0;
+                // A manifest change that changes objects reads Updating until carried out;
+                // one that changes nothing (an annotation pgop ignores) writes nothing.
+                if std::mem::take(&mut self.update_pending) && !written.is_empty() {
+                    self.mark_updating().await;
+                }
                 if !written.is_empty() {
                     tracing::info!(cluster = %self.key, ?written, "objects written");
                     self.ctx
