@@ -33,6 +33,30 @@ fn operator_config(system_ns: &str, data: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
+/// The operator's namespace with its configuration (`watched_namespace: ns` and `config`),
+/// the clusters' namespace, and pgop with one worker running as the admin.
+async fn start_pgop(
+    client: &Client,
+    name: &str,
+    system_ns: &str,
+    ns: &str,
+    config: &[(&str, &str)],
+) -> Result<Pgop> {
+    operator_namespace(client, system_ns).await?;
+    namespace(client, ns).await?;
+    let mut data = vec![("watched_namespace", ns)];
+    data.extend_from_slice(config);
+    operator_config(system_ns, &data)?;
+    Pgop::start(
+        name,
+        system_ns,
+        1,
+        &env().state_dir,
+        &Kubeconfigs::admin(&env().kubeconfig),
+        None,
+    )
+}
+
 fn manifest(ns: &str, name: &str, instances: u32) -> String {
     format!(
         "apiVersion: acid.zalan.do/v1\nkind: postgresql\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
@@ -154,20 +178,14 @@ pub async fn rolling_update_loses_no_row() -> Result<()> {
         "registry.local/spilo-15:e2e-2",
     );
     let client = env().client().await?;
-    operator_namespace(&client, system_ns).await?;
-    namespace(&client, ns).await?;
-    operator_config(
-        system_ns,
-        &[("watched_namespace", ns), ("docker_image", old_image)],
-    )?;
-    let mut pgop = Pgop::start(
+    let mut pgop = start_pgop(
+        &client,
         "roll",
         system_ns,
-        1,
-        &env().state_dir,
-        &Kubeconfigs::admin(&env().kubeconfig),
-        None,
-    )?;
+        ns,
+        &[("docker_image", old_image)],
+    )
+    .await?;
     for cluster in clusters {
         env().apply(ns, &manifest(ns, cluster, 3))?;
     }
@@ -374,17 +392,7 @@ fn pg_patch(ns: &str, cluster: &str, patch: serde_json::Value) -> Result<()> {
 pub async fn manifest_changes_without_new_pods() -> Result<()> {
     let (system_ns, ns, cluster) = ("e2e-change-system", "e2e-change", "acid-change");
     let client = env().client().await?;
-    operator_namespace(&client, system_ns).await?;
-    namespace(&client, ns).await?;
-    operator_config(system_ns, &[("watched_namespace", ns)])?;
-    let pgop = Pgop::start(
-        "change",
-        system_ns,
-        1,
-        &env().state_dir,
-        &Kubeconfigs::admin(&env().kubeconfig),
-        None,
-    )?;
+    let pgop = start_pgop(&client, "change", system_ns, ns, &[]).await?;
     env().apply(ns, &manifest(ns, cluster, 2))?;
     wait_running(ns, cluster, Duration::from_secs(180)).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -611,25 +619,18 @@ fn replicas(ns: &str, cluster: &str) -> Result<String> {
 pub async fn pause_sync_history_and_delete_protection() -> Result<()> {
     let (system_ns, ns, cluster) = ("e2e-ctl-system", "e2e-ctl", "acid-ctl");
     let client = env().client().await?;
-    operator_namespace(&client, system_ns).await?;
-    namespace(&client, ns).await?;
-    operator_config(
+    let pgop = start_pgop(
+        &client,
+        "ctl",
         system_ns,
+        ns,
         &[
-            ("watched_namespace", ns),
             ("delete_annotation_date_key", "delete-date"),
             ("delete_annotation_name_key", "delete-clustername"),
             ("enable_persistent_volume_claim_deletion", "true"),
         ],
-    )?;
-    let pgop = Pgop::start(
-        "ctl",
-        system_ns,
-        1,
-        &env().state_dir,
-        &Kubeconfigs::admin(&env().kubeconfig),
-        None,
-    )?;
+    )
+    .await?;
     env().apply(ns, &manifest(ns, cluster, 1))?;
     wait_running(ns, cluster, Duration::from_secs(180)).await?;
     let gateway = pgop.gateway_addr.clone();
@@ -780,25 +781,18 @@ pub async fn node_losing_readiness_moves_the_master() -> Result<()> {
     let (system_ns, ns, cluster) = ("e2e-drain-system", "e2e-drain", "acid-drain");
     let label = "pgop-e2e-ready";
     let client = env().client().await?;
-    operator_namespace(&client, system_ns).await?;
-    namespace(&client, ns).await?;
     label_nodes(label).await?;
-    operator_config(
+    let pgop = start_pgop(
+        &client,
+        "drain",
         system_ns,
+        ns,
         &[
-            ("watched_namespace", ns),
             ("node_readiness_label", &format!("{label}:true")),
             ("enable_pod_antiaffinity", "true"),
         ],
-    )?;
-    let pgop = Pgop::start(
-        "drain",
-        system_ns,
-        1,
-        &env().state_dir,
-        &Kubeconfigs::admin(&env().kubeconfig),
-        None,
-    )?;
+    )
+    .await?;
     env().apply(ns, &manifest(ns, cluster, 2))?;
     wait_running(ns, cluster, Duration::from_secs(180)).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
