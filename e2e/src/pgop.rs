@@ -188,6 +188,27 @@ impl Pgop {
         kubeconfigs: &Kubeconfigs,
         watched_namespace: Option<&str>,
     ) -> Result<Self> {
+        Self::start_with(
+            name,
+            namespace,
+            workers,
+            state_dir,
+            kubeconfigs,
+            watched_namespace,
+            &[],
+        )
+    }
+
+    /// [`Pgop::start`] with more scheduler settings (`PGOP_*`).
+    pub fn start_with(
+        name: &str,
+        namespace: &str,
+        workers: usize,
+        state_dir: &Path,
+        kubeconfigs: &Kubeconfigs,
+        watched_namespace: Option<&str>,
+        scheduler_settings: &[(&str, String)],
+    ) -> Result<Self> {
         let addr = || -> Result<String> { Ok(format!("127.0.0.1:{}", free_port()?)) };
         let (watcher_addr, scheduler_addr, gateway_addr) = (addr()?, addr()?, addr()?);
         let mut watcher_env = vec![
@@ -204,15 +225,17 @@ impl Pgop {
             state_dir,
             &kubeconfigs.watcher,
         )?;
+        let mut scheduler_env = vec![
+            ("PGOP_GRPC_ADDR", scheduler_addr.clone()),
+            ("PGOP_WATCHER_ADDR", format!("http://{watcher_addr}")),
+            // A killed worker's TCP session ends at once; this only catches hung ones.
+            ("PGOP_HEARTBEAT_TIMEOUT_SECONDS", "6".into()),
+        ];
+        scheduler_env.extend(scheduler_settings.iter().cloned());
         let scheduler = PgopProcess::start(
             &format!("{name}-scheduler"),
             "pgop-scheduler",
-            &[
-                ("PGOP_GRPC_ADDR", scheduler_addr.clone()),
-                ("PGOP_WATCHER_ADDR", format!("http://{watcher_addr}")),
-                // A killed worker's TCP session ends at once; this only catches hung ones.
-                ("PGOP_HEARTBEAT_TIMEOUT_SECONDS", "6".into()),
-            ],
+            &scheduler_env,
             state_dir,
             &kubeconfigs.none,
         )?;

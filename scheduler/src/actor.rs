@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pgop_proto::v1::{
-    worker_message, ClusterAssignment, EventRecord, SchedulerMessage, WatchEvent, WorkerInfo,
-    WorkerMessage,
+    scheduler_message, worker_message, ClusterAssignment, EventRecord, RollingTurn,
+    SchedulerMessage, WatchEvent, WorkerInfo, WorkerMessage,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::state::{Outbox, Ownership, SchedulerState};
+use crate::turns::{Grants, RollingTurns};
 
 pub type WorkerTx = mpsc::UnboundedSender<Result<SchedulerMessage, tonic::Status>>;
 
@@ -48,6 +49,7 @@ struct Session {
 
 pub struct Actor {
     state: SchedulerState,
+    turns: RollingTurns,
     sessions: HashMap<String, Session>,
     heartbeat_timeout: Duration,
     events: broadcast::Sender<EventRecord>,
@@ -58,9 +60,14 @@ fn now_rfc3339() -> String {
 }
 
 impl Actor {
-    pub fn new(heartbeat_timeout: Duration, events: broadcast::Sender<EventRecord>) -> Self {
+    pub fn new(
+        heartbeat_timeout: Duration,
+        rolling_updates: usize,
+        events: broadcast::Sender<EventRecord>,
+    ) -> Self {
         Self {
             state: SchedulerState::default(),
+            turns: RollingTurns::new(rolling_updates),
             sessions: HashMap::new(),
             heartbeat_timeout,
             events,
@@ -94,6 +101,26 @@ impl Actor {
                 let _ = session.tx.send(Ok(message));
             }
         }
+    }
+
+    /// Sends each granted turn to its worker.
+    fn grant(&mut self, grants: Grants) {
+        let out = grants
+            .into_iter()
+            .map(|(worker, cluster)| {
+                self.record(&cluster, "rolling-turn", format!("to {worker}"));
+                (
+                    worker,
+                    SchedulerMessage {
+                        message: Some(scheduler_message::Message::RollingTurn(RollingTurn {
+                            cluster,
+                            done: false,
+                        })),
+                    },
+                )
+            })
+            .collect();
+        self.dispatch(out);
     }
 
     pub async fn run(
@@ -208,6 +235,14 @@ impl Actor {
                             self.record(&st.cluster, "deleted", format!("confirmed by {id}"));
                         }
                     }
+                    Some(worker_message::Message::RollingTurn(turn)) => {
+                        let grants = if turn.done {
+                            self.turns.done(&id, &turn.cluster)
+                        } else {
+                            self.turns.request(&id, &turn.cluster)
+                        };
+                        self.grant(grants);
+                    }
                     Some(worker_message::Message::Hello(_)) | None => {}
                 }
             }
@@ -216,8 +251,10 @@ impl Actor {
                     tracing::warn!(worker = %id, "worker session ended: moving its clusters");
                     self.sessions.remove(&id);
                     let out = self.state.worker_left(&id);
+                    let grants = self.turns.worker_left(&id);
                     self.record("", "worker-left", id);
                     self.dispatch(out);
+                    self.grant(grants);
                 }
             }
             Input::Assignments(reply) => {
@@ -298,7 +335,7 @@ mod tests {
     #[test]
     fn a_newer_session_ends_the_previous_one_which_cannot_remove_it() {
         let (events, _) = broadcast::channel(16);
-        let mut actor = Actor::new(Duration::from_secs(10), events);
+        let mut actor = Actor::new(Duration::from_secs(10), 4, events);
         let mut old = joined(&mut actor, 1);
         let _new = joined(&mut actor, 2);
         match old.try_recv() {

@@ -3,6 +3,7 @@ pub mod actor;
 pub mod service;
 pub mod sharding;
 pub mod state;
+pub mod turns;
 pub mod watcher_client;
 
 /// Settings (defaults < `--config FILE` < `PGOP_*` environment).
@@ -12,6 +13,8 @@ pub struct Settings {
     pub watcher_addr: String,
     /// A worker silent for this long is declared dead and its clusters move.
     pub heartbeat_timeout_seconds: u64,
+    /// Clusters of the whole fleet replacing pods (rolling updates) at once.
+    pub rolling_updates: u32,
     pub log_format: String,
 }
 
@@ -21,6 +24,7 @@ impl Default for Settings {
             grpc_addr: "127.0.0.1:50051".into(),
             watcher_addr: "http://127.0.0.1:50050".into(),
             heartbeat_timeout_seconds: 10,
+            rolling_updates: 4,
             log_format: "text".into(),
         }
     }

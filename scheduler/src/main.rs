@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
     let (events, _) = broadcast::channel(4096);
     let actor = Actor::new(
         Duration::from_secs(settings.heartbeat_timeout_seconds),
+        settings.rolling_updates as usize,
         events.clone(),
     );
     tokio::spawn(actor.run(inputs_rx, shutdown.clone()));

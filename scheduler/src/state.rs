@@ -482,6 +482,9 @@ mod tests {
                 Some(scheduler_message::Message::Release(r)) => {
                     (w.clone(), "release", r.cluster.clone())
                 }
+                Some(scheduler_message::Message::RollingTurn(t)) => {
+                    (w.clone(), "turn", t.cluster.clone())
+                }
                 Some(scheduler_message::Message::Event(e)) => match &e.event {
                     Some(watch_event::Event::Cluster(c)) => {
                         (w.clone(), "cluster", cluster_key(&c.namespace, &c.name))

@@ -37,6 +37,8 @@ pub enum Input {
     Pod(PodState),
     /// Someone asked for a pass now (Worker/SyncCluster).
     SyncRequest,
+    /// The scheduler granted the cluster's turn to replace pods.
+    TurnGranted,
 }
 
 /// The status a worker reports once a deleted cluster's objects are gone; the scheduler
@@ -78,6 +80,8 @@ pub struct ClusterTask {
     update_pending: bool,
     /// The manifest pauses the cluster (see [`crate::manifest::paused`]).
     paused: bool,
+    /// The last pass was held back rather than waiting on the pods.
+    held: bool,
     patroni_sync: PatroniSync,
     /// Why Patroni's configuration could not be synced, as last logged.
     patroni_problem: String,
@@ -100,6 +104,8 @@ pub struct ClusterTask {
 
 /// How soon a cluster in a rolling update looks again when no pod event wakes it.
 const ROLLING_POLL: Duration = Duration::from_secs(2);
+/// How soon a cluster held back (waiting for a turn or a maintenance window) looks again.
+const HELD_POLL: Duration = Duration::from_secs(60);
 
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60))
@@ -121,6 +127,7 @@ impl ClusterTask {
         outbound: mpsc::UnboundedSender<WorkerMessage>,
     ) -> Self {
         let (namespace, name) = key.split_once('/').unwrap_or(("", &key));
+        let rollout = Rollout::new(key.clone(), outbound.clone());
         Self {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -132,9 +139,10 @@ impl ClusterTask {
             object_delete_count: 0,
             role_problems: String::new(),
             object_problems: String::new(),
-            rollout: Rollout::default(),
+            rollout,
             update_pending: false,
             paused: false,
+            held: false,
             patroni_sync: PatroniSync::default(),
             patroni_problem: String::new(),
             pods: BTreeMap::new(),
@@ -183,6 +191,10 @@ impl ClusterTask {
                 self.object = Some(event);
             }
             Input::SyncRequest => self.pending_event = "SYNC-REQUEST".into(),
+            Input::TurnGranted => {
+                self.rollout.granted();
+                self.pending_event = "TURN".into();
+            }
             Input::Pod(pod) => {
                 if self.pending_event.is_empty() {
                     self.pending_event = "POD".into();
@@ -518,6 +530,8 @@ impl ClusterTask {
                 .join("; "),
         };
         let mut next = match &result {
+            // Held back (a turn's grant wakes the task; a maintenance window opens later).
+            SyncResult::Updating(_) if std::mem::take(&mut self.held) => Next::RetryIn(HELD_POLL),
             // The next step of a rolling update; pod events usually come sooner.
             SyncResult::Updating(_) => Next::RetryIn(ROLLING_POLL),
             SyncResult::Failed(m) => {
@@ -674,7 +688,10 @@ impl ClusterTask {
             Ok(RollingProgress::Waiting(reason)) => {
                 SyncResult::Updating(format!("replacing pods: {reason}"))
             }
-            Ok(RollingProgress::Held(reason)) => SyncResult::Updating(reason),
+            Ok(RollingProgress::Held(reason)) => {
+                self.held = true;
+                SyncResult::Updating(reason)
+            }
             Err(e) => SyncResult::Failed(e.to_string()),
         }
     }

@@ -29,9 +29,6 @@ pub struct Context {
     pub metrics: Arc<Counters>,
     /// Patroni's REST API on the pods.
     pub patroni: Patroni,
-    /// One permit per cluster in a rolling update: a configuration change that alters every
-    /// pod rolls this many clusters at once, not the whole fleet.
-    pub rolling: Arc<Semaphore>,
 }
 
 /// The reporting controller of pgop's Events.
@@ -42,7 +39,6 @@ impl Context {
         client: Client,
         view: View,
         concurrency: usize,
-        rolling_updates: usize,
         served: ServedVersions,
         operator_namespace: String,
         metrics: Arc<Counters>,
@@ -58,7 +54,6 @@ impl Context {
             served,
             operator_namespace,
             patroni: Patroni::new(reqwest::Client::new()),
-            rolling: Arc::new(Semaphore::new(rolling_updates.max(1))),
             http: reqwest::Client::new(),
             metrics,
         }

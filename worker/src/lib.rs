@@ -40,8 +40,6 @@ pub struct Settings {
     pub namespace: String,
     /// Clusters reconciled at once.
     pub concurrency: u32,
-    /// Clusters in a rolling update at once (the others wait for a turn).
-    pub rolling_updates: u32,
     pub heartbeat_interval_seconds: u64,
     pub log_format: String,
     /// Where `GET /metrics` is served (Prometheus text); empty: not served.
@@ -57,7 +55,6 @@ impl Default for Settings {
             scheduler_addr: "http://127.0.0.1:50051".into(),
             namespace: String::new(),
             concurrency: 8,
-            rolling_updates: 4,
             heartbeat_interval_seconds: 2,
             log_format: "text".into(),
             metrics_addr: String::new(),

@@ -33,7 +33,6 @@ async fn main() -> anyhow::Result<()> {
         client,
         view.clone(),
         settings.concurrency as usize,
-        settings.rolling_updates as usize,
         served,
         settings.namespace(),
         metrics.clone(),

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pgop_common::config::{from_config_map_data, OperatorConfig};
-use pgop_proto::v1::{watch_event, worker_message, Assign, Released, WatchEvent, WorkerMessage};
+use pgop_proto::v1::{
+    watch_event, worker_message, Assign, Released, RollingTurn, WatchEvent, WorkerMessage,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,8 @@ pub enum Command {
     Fence(oneshot::Sender<()>),
     /// Reconcile a cluster now; answers whether this worker owns it.
     Sync(String, oneshot::Sender<bool>),
+    /// The scheduler granted a cluster's turn to replace pods.
+    TurnGranted(String),
 }
 
 struct Running {
@@ -149,6 +153,22 @@ impl Registry {
                 self.fence().await;
                 let _ = done.send(());
             }
+            Command::TurnGranted(key) => match self.tasks.get(&key) {
+                Some(running) => {
+                    let _ = running.tx.send(Input::TurnGranted);
+                }
+                // The cluster left meanwhile: its turn goes back at once.
+                None => {
+                    if let Some(outbound) = &self.outbound {
+                        let _ = outbound.send(WorkerMessage {
+                            message: Some(worker_message::Message::RollingTurn(RollingTurn {
+                                cluster: key,
+                                done: true,
+                            })),
+                        });
+                    }
+                }
+            },
             Command::Sync(key, owned) => {
                 let sent = self
                     .tasks

@@ -6,9 +6,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Api;
 use pgop_proto::v1::PodState;
+use pgop_proto::v1::{worker_message, RollingTurn, WorkerMessage};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::apply::FIELD_MANAGER;
@@ -60,18 +61,44 @@ pub struct PodGoal<'a> {
     pub timeout: Duration,
 }
 
+/// The cluster's turn among the fleet's rolling updates (the scheduler grants them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    None,
+    Asked,
+    Granted,
+}
+
 /// What a cluster task keeps between passes of its rolling update.
-#[derive(Default)]
 pub struct Rollout {
-    /// The cluster's turn among the worker's rolling updates, held until it is done.
-    permit: Option<OwnedSemaphorePermit>,
+    cluster: String,
+    /// Where turns are asked for and given back: the scheduler session.
+    outbound: mpsc::UnboundedSender<WorkerMessage>,
+    turn: Turn,
     /// The pod (name, uid) last deleted: until it is gone, it is not deleted again.
     recreating: Option<(String, String)>,
     /// What the rotation waits for, and since when.
     waiting: Option<(String, Instant)>,
 }
 
+impl Drop for Rollout {
+    /// A task that ends (released, deleted, fenced) gives its turn back.
+    fn drop(&mut self) {
+        self.give_turn_back();
+    }
+}
+
 impl Rollout {
+    pub fn new(cluster: String, outbound: mpsc::UnboundedSender<WorkerMessage>) -> Self {
+        Self {
+            cluster,
+            outbound,
+            turn: Turn::None,
+            recreating: None,
+            waiting: None,
+        }
+    }
+
     /// Takes the next step towards `goal`; waiting for the same thing longer than its
     /// timeout is an error (the replacement goes on at the next pass all the same).
     pub async fn advance(
@@ -120,10 +147,16 @@ impl Rollout {
                 step => (Why::Update, step),
             };
         // Most passes find nothing to do: no Patroni request for those.
-        if plan(None).1 == Step::Done {
-            self.permit = None;
+        let (why, step) = plan(None);
+        if step == Step::Done {
+            self.give_turn_back();
             self.recreating = None;
             return Ok(RollingProgress::Done);
+        }
+        // A rolling update waits for the cluster's turn before anything else (the grant
+        // wakes the task); flagging the pods needs none.
+        if why == Why::Update && !matches!(step, Step::Flag(_)) && !self.take_turn() {
+            return Ok(no_turn());
         }
         if let Some((name, uid)) = &self.recreating {
             if pods.iter().any(|p| &p.name == name && &p.uid == uid) {
@@ -142,7 +175,7 @@ impl Rollout {
         let (why, step) = plan(members.as_deref());
         match step {
             Step::Done => {
-                self.permit = None;
+                self.give_turn_back();
                 Ok(RollingProgress::Done)
             }
             Step::Flag(names) => {
@@ -156,7 +189,7 @@ impl Rollout {
             Step::Blocked(reason) => Err(RolloutError::Blocked(reason)),
             Step::Recreate { pod, uid } => {
                 // Moving off a leaving node does not wait for the rolling updates' turns.
-                if why == Why::Update && !self.take_turn(ctx) {
+                if why == Why::Update && !self.take_turn() {
                     return Ok(no_turn());
                 }
                 self.recreate(ctx, &namespace, &pod, uid).await?;
@@ -169,7 +202,7 @@ impl Rollout {
                 Ok(RollingProgress::Acted(note))
             }
             Step::Switchover { master, candidate } => {
-                if why == Why::Update && !self.take_turn(ctx) {
+                if why == Why::Update && !self.take_turn() {
                     return Ok(no_turn());
                 }
                 if why == Why::Move && !window_open {
@@ -226,12 +259,36 @@ impl Rollout {
         Ok(Some(note))
     }
 
-    /// The cluster's turn among the worker's rolling updates; false while it must wait.
-    fn take_turn(&mut self, ctx: &Context) -> bool {
-        if self.permit.is_none() {
-            self.permit = ctx.rolling.clone().try_acquire_owned().ok();
+    /// The cluster's turn among the fleet's rolling updates; false while it must wait (the
+    /// scheduler's grant wakes the task).
+    fn take_turn(&mut self) -> bool {
+        if self.turn == Turn::None {
+            self.send_turn(false);
+            self.turn = Turn::Asked;
         }
-        self.permit.is_some()
+        self.turn == Turn::Granted
+    }
+
+    /// The scheduler granted the cluster's turn.
+    pub fn granted(&mut self) {
+        self.turn = Turn::Granted;
+    }
+
+    fn give_turn_back(&mut self) {
+        if self.turn != Turn::None {
+            self.send_turn(true);
+            self.turn = Turn::None;
+        }
+    }
+
+    fn send_turn(&self, done: bool) {
+        // A closed session fences the worker: its turns end with it at the scheduler.
+        let _ = self.outbound.send(WorkerMessage {
+            message: Some(worker_message::Message::RollingTurn(RollingTurn {
+                cluster: self.cluster.clone(),
+                done,
+            })),
+        });
     }
 
     async fn recreate(
@@ -284,7 +341,10 @@ impl Why {
 }
 
 fn no_turn() -> RollingProgress {
-    RollingProgress::Waiting("waiting for a turn: the worker's other clusters are rolling".into())
+    RollingProgress::Held(
+        "waiting for a turn: the fleet's limit of clusters replacing pods at once is reached"
+            .into(),
+    )
 }
 
 /// Sets Zalando's rolling-update flag on the pods `names`.

@@ -122,6 +122,7 @@ async fn session(
                     Some(scheduler_message::Message::Assign(a)) => registry.send(Command::Assign(a)),
                     Some(scheduler_message::Message::Event(e)) => registry.send(Command::Event(e)),
                     Some(scheduler_message::Message::Release(r)) => registry.send(Command::Release(r.cluster)),
+                    Some(scheduler_message::Message::RollingTurn(t)) => registry.send(Command::TurnGranted(t.cluster)),
                     None => {}
                 },
             },

@@ -41,19 +41,21 @@ async fn start_pgop(
     system_ns: &str,
     ns: &str,
     config: &[(&str, &str)],
+    scheduler_settings: &[(&str, String)],
 ) -> Result<Pgop> {
     operator_namespace(client, system_ns).await?;
     namespace(client, ns).await?;
     let mut data = vec![("watched_namespace", ns)];
     data.extend_from_slice(config);
     operator_config(system_ns, &data)?;
-    Pgop::start(
+    Pgop::start_with(
         name,
         system_ns,
         1,
         &env().state_dir,
         &Kubeconfigs::admin(&env().kubeconfig),
         None,
+        scheduler_settings,
     )
 }
 
@@ -166,10 +168,10 @@ async fn pod_images(
         .collect())
 }
 
-/// Done when 1: a new image in the operator configuration rolls two 3-instance clusters
-/// while a client writes to each master every 100 ms: no acknowledged row is lost, one
-/// switchover per cluster, and a worker killed mid-rotation finishes it after a restart
-/// without recreating pods already updated.
+/// Done when 1: a new image in the operator configuration rolls two 3-instance clusters,
+/// one at a time (the fleet's limit is one), while a client writes to each master every
+/// 100 ms: no acknowledged row is lost, one switchover per cluster, and a worker killed
+/// mid-rotation finishes it after a restart without recreating pods already updated.
 pub async fn rolling_update_loses_no_row() -> Result<()> {
     let (system_ns, ns) = ("e2e-roll-system", "e2e-roll");
     let clusters = ["acid-roll-a", "acid-roll-b"];
@@ -184,6 +186,8 @@ pub async fn rolling_update_loses_no_row() -> Result<()> {
         system_ns,
         ns,
         &[("docker_image", old_image)],
+        // One cluster of the fleet replaces pods at a time.
+        &[("PGOP_ROLLING_UPDATES", "1".into())],
     )
     .await?;
     for cluster in clusters {
@@ -249,6 +253,19 @@ pub async fn rolling_update_loses_no_row() -> Result<()> {
         },
     )
     .await?;
+    let first: BTreeSet<&str> = updated_at_kill
+        .keys()
+        .filter_map(|pod| {
+            clusters
+                .iter()
+                .copied()
+                .find(|c| pod.starts_with(&format!("{c}-")))
+        })
+        .collect();
+    ensure!(
+        first.len() == 1,
+        "with one turn in the fleet, one cluster starts rolling first: {updated_at_kill:?}"
+    );
     pgop.workers[0].kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     pgop.workers[0].start_again()?;
@@ -392,7 +409,7 @@ fn pg_patch(ns: &str, cluster: &str, patch: serde_json::Value) -> Result<()> {
 pub async fn manifest_changes_without_new_pods() -> Result<()> {
     let (system_ns, ns, cluster) = ("e2e-change-system", "e2e-change", "acid-change");
     let client = env().client().await?;
-    let pgop = start_pgop(&client, "change", system_ns, ns, &[]).await?;
+    let pgop = start_pgop(&client, "change", system_ns, ns, &[], &[]).await?;
     env().apply(ns, &manifest(ns, cluster, 2))?;
     wait_running(ns, cluster, Duration::from_secs(180)).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -629,6 +646,7 @@ pub async fn pause_sync_history_and_delete_protection() -> Result<()> {
             ("delete_annotation_name_key", "delete-clustername"),
             ("enable_persistent_volume_claim_deletion", "true"),
         ],
+        &[],
     )
     .await?;
     env().apply(ns, &manifest(ns, cluster, 1))?;
@@ -791,6 +809,7 @@ pub async fn node_losing_readiness_moves_the_master() -> Result<()> {
             ("node_readiness_label", &format!("{label}:true")),
             ("enable_pod_antiaffinity", "true"),
         ],
+        &[],
     )
     .await?;
     env().apply(ns, &manifest(ns, cluster, 2))?;
