@@ -305,6 +305,7 @@ fn pod(name: &str, role: &str, ip: &str) -> PodState {
         deleted: false,
         annotations: Default::default(),
         node_name: "pgop-node-1".into(),
+        terminating: false,
     }
 }
 

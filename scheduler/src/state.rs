@@ -91,7 +91,9 @@ fn delete_of(c: &ClusterEvent) -> ClusterEvent {
         name: c.name.clone(),
         uid: c.uid.clone(),
         resource_version: c.resource_version.clone(),
-        manifest_json: Vec::new(),
+        // What the object named elsewhere (Secrets in other namespaces) and its delete
+        // annotations are only known from it.
+        manifest_json: c.manifest_json.clone(),
     }
 }
 

@@ -182,6 +182,12 @@ fn cluster_event(kind: ClusterEventType, object: &Value) -> ClusterEvent {
     }
 }
 
+/// Taints the node controller sets while a node does not report: a blip, not a drain.
+const TRANSIENT_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+
 /// What workers need of a node.
 pub fn node_state(node: &Node, deleted: bool) -> NodeState {
     let spec = node.spec.as_ref();
@@ -197,7 +203,11 @@ pub fn node_state(node: &Node, deleted: bool) -> NodeState {
             .collect(),
         no_execute: spec
             .and_then(|s| s.taints.as_ref())
-            .is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute")),
+            .into_iter()
+            .flatten()
+            .filter(|t| t.effect == "NoExecute" && !TRANSIENT_TAINTS.contains(&t.key.as_str()))
+            .map(|t| t.key.clone())
+            .collect(),
         deleted,
     }
 }
@@ -223,6 +233,7 @@ pub fn pod_state(pod: &Pod, labels: &PodLabels, deleted: bool) -> Option<PodStat
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect::<HashMap<_, _>>();
     Some(PodState {
+        terminating: meta.deletion_timestamp.is_some(),
         node_name: pod
             .spec
             .as_ref()

@@ -16,13 +16,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::builders::restart::TemplateHashes;
 use crate::builders::{statefulset::desired_instances, BuildError};
 use crate::context::{cluster_reference, Context};
 use crate::deletion::{delete_cluster, Progress};
 use crate::maintenance::in_maintenance_window;
 use crate::patroni_sync::{PatroniProgress, PatroniSync};
 use crate::reconcile::{sync_objects, write_status, SyncError};
-use crate::rolling::leaving_node;
+use crate::rolling::NodeRules;
 use crate::rollout::{master_address, PodGoal, RollingProgress, Rollout};
 use crate::status::{next_status, pods_ready, SyncResult};
 use crate::view::now_rfc3339;
@@ -82,6 +83,8 @@ pub struct ClusterTask {
     paused: bool,
     /// The last pass was held back rather than waiting on the pods.
     held: bool,
+    /// When the (first pending) DELETE arrived.
+    deleted_on: Option<chrono::NaiveDate>,
     patroni_sync: PatroniSync,
     /// Why Patroni's configuration could not be synced, as last logged.
     patroni_problem: String,
@@ -143,6 +146,7 @@ impl ClusterTask {
             update_pending: false,
             paused: false,
             held: false,
+            deleted_on: None,
             patroni_sync: PatroniSync::default(),
             patroni_problem: String::new(),
             pods: BTreeMap::new(),
@@ -175,6 +179,9 @@ impl ClusterTask {
                 let is_delete = event.r#type == ClusterEventType::Delete as i32;
                 if is_delete {
                     self.object_delete_count += 1;
+                    // Delete protection compares with the day of the deletion, not of the pass.
+                    self.deleted_on
+                        .get_or_insert_with(|| chrono::Utc::now().date_naive());
                 }
                 if let Some(previous) = self.object.take() {
                     if is_delete && event.manifest_json.is_empty() && previous.uid == event.uid {
@@ -278,12 +285,18 @@ impl ClusterTask {
 
     /// Whether one of the cluster's pods is on a node pods must leave.
     fn on_leaving_node(&self) -> bool {
-        let config = self.config.borrow().clone();
+        let Some(pg) = self
+            .object
+            .as_ref()
+            .and_then(|o| crate::manifest::parse(&o.manifest_json).ok())
+        else {
+            return false;
+        };
+        let rules = NodeRules::of(&pg, &self.config.borrow());
         let nodes = self.nodes.borrow().clone();
-        self.pods.values().any(|p| {
-            !p.node_name.is_empty()
-                && leaving_node(&nodes, &config.node_readiness_label, &p.node_name)
-        })
+        self.pods
+            .values()
+            .any(|p| !p.node_name.is_empty() && rules.leaving(&nodes, &p.node_name))
     }
 
     fn mark_queued(&self) {
@@ -495,7 +508,7 @@ impl ClusterTask {
                         reference,
                         pg,
                         instances,
-                        &synced.restart_hash,
+                        &synced.template,
                         config,
                         window_open,
                     )
@@ -596,6 +609,7 @@ impl ClusterTask {
             "paused: pgop leaves the cluster alone while the annotation {} is \"true\"",
             crate::manifest::PAUSED_ANNOTATION
         );
+        self.rollout.give_turn_back();
         if !self.paused {
             self.paused = true;
             tracing::info!(cluster = %self.key, "{message}");
@@ -654,17 +668,18 @@ impl ClusterTask {
         reference: &k8s_openapi::api::core::v1::ObjectReference,
         pg: &Postgresql,
         instances: u32,
-        restart_hash: &str,
+        template: &TemplateHashes,
         config: &OperatorConfig,
         window_open: bool,
     ) -> SyncResult {
         let pods: Vec<PodState> = self.pods.values().cloned().collect();
         let nodes = self.nodes.borrow().clone();
-        let leaving = |node: &str| leaving_node(&nodes, &config.node_readiness_label, node);
+        let rules = NodeRules::of(pg, config);
+        let leaving = |node: &str| rules.leaving(&nodes, node);
         let goal = PodGoal {
             pods: &pods,
             instances,
-            restart_hash,
+            template,
             leaving_node: &leaving,
             window_open,
             timeout: config.pod_label_wait_timeout,
@@ -848,11 +863,10 @@ impl ClusterTask {
         pg: Option<&Postgresql>,
         config: &OperatorConfig,
     ) -> Option<String> {
-        let reason = crate::delete_protection::deletion_refused(
-            pg,
-            config,
-            chrono::Utc::now().date_naive(),
-        )?;
+        let day = self
+            .deleted_on
+            .unwrap_or_else(|| chrono::Utc::now().date_naive());
+        let reason = crate::delete_protection::deletion_refused(pg, config, day)?;
         if self.object_problems != reason {
             let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
             self.ctx

@@ -92,7 +92,7 @@ impl Context {
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(cluster = name, "recording event {reason}: {e}");
+            tracing::warn!(cluster = %format!("{namespace}/{name}"), "recording event {reason}: {e}");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! one `PATCH /config` on the master, then the members whose parameters wait for a restart
 //! are restarted through Patroni, one per pass, in the order the change needs. Pods are
 //! never recreated for this.
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -36,6 +37,8 @@ pub struct PatroniSync {
     master_first: bool,
     /// Until when pending restarts are looked for after a patch.
     settling_until: Option<Instant>,
+    /// Members restarted for the last patch.
+    restarted: BTreeSet<String>,
 }
 
 impl PatroniSync {
@@ -63,6 +66,7 @@ impl PatroniSync {
                 .patch_config(&master.pod_ip, &patch.body)
                 .await?;
             self.master_first = patch.master_restarts_first();
+            self.restarted.clear();
             let loop_wait = current
                 .get("loop_wait")
                 .and_then(serde_json::Value::as_u64)
@@ -75,6 +79,11 @@ impl PatroniSync {
             return Ok(PatroniProgress::Acted(note));
         }
 
+        // Restarts follow pgop's own patches only (a DBA's ALTER SYSTEM is theirs to
+        // restart for), each member once per patch.
+        if self.settling_until.is_none() {
+            return Ok(PatroniProgress::InSync);
+        }
         // Replicas first, unless the change must reach the master first.
         let mut order: Vec<&PodState> = live
             .iter()
@@ -88,7 +97,11 @@ impl PatroniSync {
             order.push(master);
         }
         for pod in order {
+            if self.restarted.contains(&pod.name) {
+                continue;
+            }
             if ctx.patroni.member(&pod.pod_ip).await?.pending_restart {
+                self.restarted.insert(pod.name.clone());
                 ctx.patroni.restart(&pod.pod_ip).await?;
                 let note = format!(
                     "restarted PostgreSQL on {} for a changed parameter",
@@ -104,6 +117,7 @@ impl PatroniSync {
             _ => {
                 self.settling_until = None;
                 self.master_first = false;
+                self.restarted.clear();
                 Ok(PatroniProgress::InSync)
             }
         }

@@ -67,8 +67,8 @@ pub struct Written(pub Vec<String>);
 #[derive(Debug)]
 pub struct Synced {
     pub written: Written,
-    /// The pod template's restart hash: pods with another one are rolled.
-    pub restart_hash: String,
+    /// What the pods must carry to be up to date: others are rolled.
+    pub template: restart::TemplateHashes,
     /// What the manifest asks for that is refused while the rest is in sync (shrinking a
     /// volume).
     pub problems: Vec<String>,
@@ -102,13 +102,10 @@ pub async fn sync_objects(
     validate(pg, config)?;
     let pod_env = pod_environment(client, namespace, config).await?;
     let statefulset = statefulset::desired_statefulset_with(pg, config, &pod_env)?;
-    let restart_hash = statefulset
+    let template = statefulset
         .spec
         .as_ref()
-        .and_then(|spec| spec.template.metadata.as_ref())
-        .and_then(|meta| meta.annotations.as_ref())
-        .and_then(|annotations| annotations.get(restart::RESTART_HASH_ANNOTATION))
-        .cloned()
+        .map(|spec| restart::TemplateHashes::of(&spec.template, config.enable_lazy_spilo_upgrade))
         .unwrap_or_default();
     let account = service_account::desired_service_account(pg, config)?;
     let binding = service_account::desired_role_binding(pg, config)?;
@@ -200,7 +197,7 @@ pub async fn sync_objects(
     tracing::debug!(%namespace, %cluster, written = ?written.0, "objects in sync");
     Ok(Synced {
         written,
-        restart_hash,
+        template,
         problems,
     })
 }

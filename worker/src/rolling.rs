@@ -9,9 +9,12 @@
 //! takes over) continues where the rotation stood.
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Toleration;
+use pgop_common::config::OperatorConfig;
+use pgop_common::crd::Postgresql;
 use pgop_proto::v1::{NodeState, PodState};
 
-use crate::builders::restart::{flag_set, RESTART_HASH_ANNOTATION, ROLLING_UPDATE_FLAG};
+use crate::builders::restart::{flag_set, TemplateHashes, ROLLING_UPDATE_FLAG};
 use crate::patroni::Member;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,12 +38,10 @@ fn is_master(pod: &PodState) -> bool {
     matches!(pod.role.as_str(), "master" | "primary")
 }
 
-/// Whether `pod` must be recreated: it carries Zalando's flag, or a restart hash other than
-/// the template's. A pod without a hash (made before pgop managed it) is left alone.
-pub fn outdated(pod: &PodState, desired_hash: &str) -> bool {
-    let annotation = |key: &str| pod.annotations.get(key).map(String::as_str);
-    annotation(ROLLING_UPDATE_FLAG).is_some_and(flag_set)
-        || annotation(RESTART_HASH_ANNOTATION).is_some_and(|hash| hash != desired_hash)
+/// Whether `pod` must be recreated: it carries Zalando's flag, or hashes other than the
+/// template's.
+pub fn outdated(pod: &PodState, desired: &TemplateHashes) -> bool {
+    flagged(pod) || desired.outdated(&pod.annotations)
 }
 
 fn flagged(pod: &PodState) -> bool {
@@ -84,14 +85,14 @@ pub fn switchover_candidate<'a>(
 pub fn next_step(
     pods: &[PodState],
     instances: u32,
-    desired_hash: &str,
+    desired: &TemplateHashes,
     members: Option<&[Member]>,
 ) -> Step {
     plan(
         pods,
         instances,
         members,
-        &|p: &PodState| outdated(p, desired_hash),
+        &|p: &PodState| outdated(p, desired),
         true,
     )
 }
@@ -139,11 +140,14 @@ fn plan(
         return Step::Flag(unflagged);
     }
 
-    // Only a whole, healthy cluster loses a pod.
-    if (live.len() as u32) < instances {
+    // Only a whole, healthy cluster loses a pod: not while it scales, not while a pod stops.
+    if live.len() as u32 != instances {
         return Step::Wait(format!("{} of {instances} pods exist", live.len()));
     }
-    if let Some(pod) = live.iter().find(|p| !p.ready || p.role.is_empty()) {
+    if let Some(pod) = live
+        .iter()
+        .find(|p| !p.ready || p.role.is_empty() || p.terminating)
+    {
         return Step::Wait(format!("pod {} is not ready", pod.name));
     }
     let masters: Vec<&&PodState> = live.iter().filter(|p| is_master(p)).collect();
@@ -200,20 +204,61 @@ fn plan(
     }
 }
 
-/// Whether pods must leave the node `name`: it is cordoned, tainted NoExecute, or lacks
-/// one of the readiness labels (`node_readiness_label`). A node not reported (yet) is not.
+/// Whether pods must leave the node `name`: it is cordoned, has a NoExecute taint the pods
+/// do not tolerate (`tolerated` says which keys they do), or lacks one of the readiness
+/// labels the pods require. A node not reported (yet) is not.
 pub fn leaving_node(
     nodes: &BTreeMap<String, NodeState>,
     readiness: &BTreeMap<String, String>,
+    tolerated: &dyn Fn(&str) -> bool,
     name: &str,
 ) -> bool {
     nodes.get(name).is_some_and(|node| {
         node.unschedulable
-            || node.no_execute
+            || node.no_execute.iter().any(|key| !tolerated(key))
             || readiness
                 .iter()
                 .any(|(key, value)| node.labels.get(key) != Some(value))
     })
+}
+
+/// What decides which nodes a cluster's pods must leave: the readiness labels its pods
+/// require (none when `node_readiness_label_merge: OR` lets the manifest's own node affinity
+/// stand instead) and the NoExecute taints its pods tolerate.
+pub struct NodeRules {
+    pub readiness: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+}
+
+impl NodeRules {
+    pub fn of(pg: &Postgresql, config: &OperatorConfig) -> Self {
+        let or_affinity = config.node_readiness_label_merge.eq_ignore_ascii_case("OR")
+            && pg.spec.node_affinity.is_some();
+        Self {
+            readiness: if or_affinity {
+                BTreeMap::new()
+            } else {
+                config.node_readiness_label.clone()
+            },
+            tolerations: crate::builders::statefulset::tolerations(pg, config).unwrap_or_default(),
+        }
+    }
+
+    /// Whether the pods tolerate a NoExecute taint with `key` (whatever its value).
+    pub fn tolerates(&self, key: &str) -> bool {
+        self.tolerations.iter().any(|t| {
+            let effect = t.effect.as_deref().unwrap_or_default();
+            let any_key = t.key.as_deref().unwrap_or_default().is_empty()
+                && t.operator.as_deref() == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute")
+                && (any_key || t.key.as_deref() == Some(key))
+        })
+    }
+
+    /// [`leaving_node`] under these rules.
+    pub fn leaving(&self, nodes: &BTreeMap<String, NodeState>, name: &str) -> bool {
+        leaving_node(nodes, &self.readiness, &|key| self.tolerates(key), name)
+    }
 }
 
 /// The pod's ordinal in its StatefulSet (`acid-a-2` → 2).
@@ -236,7 +281,18 @@ pub fn scale_down_handover(pods: &[PodState], instances: u32, members: &[Member]
         return None;
     }
     let live: Vec<&PodState> = pods.iter().filter(|p| !p.deleted).collect();
-    let master = live.iter().find(|p| is_master(p))?;
+    // One master, the one Patroni names leader: right after a handover the labels lag.
+    let masters: Vec<&&PodState> = live.iter().filter(|p| is_master(p)).collect();
+    let [master] = masters.as_slice() else {
+        return None;
+    };
+    let leader_agrees = members
+        .iter()
+        .filter(|m| matches!(m.role.as_str(), "leader" | "master"))
+        .all(|m| m.name == master.name);
+    if !leader_agrees {
+        return None;
+    }
     let staying: Vec<&PodState> = live
         .iter()
         .copied()
@@ -260,7 +316,15 @@ pub fn scale_down_handover(pods: &[PodState], instances: u32, members: &[Member]
 mod tests {
     use super::*;
 
-    const NEW: &str = "new";
+    use crate::builders::restart::RESTART_HASH_ANNOTATION;
+
+    fn new() -> TemplateHashes {
+        TemplateHashes {
+            restart: "new".into(),
+            images: String::new(),
+            lazy_images: false,
+        }
+    }
 
     /// `name:role:hash[:flag][:notready]`
     fn pod(spec: &str) -> PodState {
@@ -473,7 +537,7 @@ mod tests {
         ];
         for (what, pods, instances, members, want) in table {
             let pods: Vec<PodState> = pods.into_iter().map(pod).collect();
-            assert_eq!(next_step(&pods, instances, NEW, members), want, "{what}");
+            assert_eq!(next_step(&pods, instances, &new(), members), want, "{what}");
         }
     }
 
@@ -491,14 +555,14 @@ mod tests {
         let mut stray = members.clone();
         stray[1].name = "elsewhere".into();
         assert!(matches!(
-            next_step(&pods, 2, NEW, Some(&stray)),
+            next_step(&pods, 2, &new(), Some(&stray)),
             Step::Wait(_)
         ));
         assert_eq!(
             switchover_candidate(
                 &members,
                 &pods.iter().collect::<Vec<_>>(),
-                &|p: &PodState| outdated(p, NEW)
+                &|p: &PodState| outdated(p, &new())
             )
             .map(|m| m.name.as_str()),
             Some("a-1")
@@ -508,11 +572,11 @@ mod tests {
             .into_iter()
             .map(pod)
             .collect();
-        assert_eq!(next_step(&pods, 2, NEW, Some(&members)), recreate("a-1"));
+        assert_eq!(next_step(&pods, 2, &new(), Some(&members)), recreate("a-1"));
         assert!(switchover_candidate(
             &members,
             &pods.iter().collect::<Vec<_>>(),
-            &|p: &PodState| outdated(p, NEW)
+            &|p: &PodState| outdated(p, &new())
         )
         .is_none());
         // Patroni names the only replica a standby leader (a standby cluster's view):
@@ -524,7 +588,7 @@ mod tests {
         let mut confused = members.clone();
         confused[1].role = "standby_leader".into();
         assert!(matches!(
-            next_step(&pods, 2, NEW, Some(&confused)),
+            next_step(&pods, 2, &new(), Some(&confused)),
             Step::Blocked(_)
         ));
     }
@@ -625,43 +689,90 @@ mod tests {
 
     #[test]
     fn nodes_pods_must_leave() {
-        let node = |name: &str, unschedulable: bool, no_execute: bool, labels: &[(&str, &str)]| {
-            (
-                name.to_string(),
-                NodeState {
-                    name: name.into(),
-                    unschedulable,
-                    no_execute,
-                    labels: labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    deleted: false,
-                },
-            )
-        };
+        let node =
+            |name: &str, unschedulable: bool, no_execute: &[&str], labels: &[(&str, &str)]| {
+                (
+                    name.to_string(),
+                    NodeState {
+                        name: name.into(),
+                        unschedulable,
+                        no_execute: no_execute.iter().map(|k| k.to_string()).collect(),
+                        labels: labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        deleted: false,
+                    },
+                )
+            };
         let nodes: BTreeMap<String, NodeState> = [
-            node("ready", false, false, &[("lifecycle", "ready")]),
-            node("cordoned", true, false, &[("lifecycle", "ready")]),
-            node("tainted", false, true, &[("lifecycle", "ready")]),
-            node("unlabelled", false, false, &[]),
+            node("ready", false, &[], &[("lifecycle", "ready")]),
+            node("cordoned", true, &[], &[("lifecycle", "ready")]),
+            node(
+                "tainted",
+                false,
+                &["maintenance"],
+                &[("lifecycle", "ready")],
+            ),
+            node("dedicated", false, &["postgres"], &[("lifecycle", "ready")]),
+            node("unlabelled", false, &[], &[]),
         ]
         .into();
         let readiness = BTreeMap::from([("lifecycle".to_string(), "ready".to_string())]);
         let none = BTreeMap::new();
+        // The pods tolerate the taint `postgres` (dedicated nodes).
+        let tolerated = |key: &str| key == "postgres";
         for (name, with_label, without) in [
             ("ready", false, false),
             ("cordoned", true, true),
             ("tainted", true, true),
+            ("dedicated", false, false),
             ("unlabelled", true, false),
             ("unknown", false, false),
         ] {
-            assert_eq!(leaving_node(&nodes, &readiness, name), with_label, "{name}");
             assert_eq!(
-                leaving_node(&nodes, &none, name),
+                leaving_node(&nodes, &readiness, &tolerated, name),
+                with_label,
+                "{name}"
+            );
+            assert_eq!(
+                leaving_node(&nodes, &none, &tolerated, name),
                 without,
                 "{name} without readiness labels"
             );
         }
+    }
+
+    #[test]
+    fn node_rules_follow_the_manifest() {
+        let spec = |extra: &str| {
+            crate::roles::desired::tests::manifest(
+                "acid-n",
+                &format!("  teamId: acid\n  numberOfInstances: 1\n  volume: {{size: 1Gi}}\n  postgresql: {{version: \"15\"}}\n{extra}"),
+            )
+        };
+        let config = OperatorConfig {
+            node_readiness_label: BTreeMap::from([("ready".to_string(), "true".to_string())]),
+            ..OperatorConfig::default()
+        };
+        let tolerant =
+            spec("  tolerations:\n  - {key: postgres, operator: Exists, effect: NoExecute}\n");
+        let rules = NodeRules::of(&tolerant, &config);
+        assert!(rules.tolerates("postgres") && !rules.tolerates("maintenance"));
+        assert_eq!(rules.readiness.len(), 1);
+        let affinity = spec("  nodeAffinity:\n    requiredDuringSchedulingIgnoredDuringExecution:\n      nodeSelectorTerms:\n      - matchExpressions:\n        - {key: disk, operator: In, values: [ssd]}\n");
+        let or = OperatorConfig {
+            node_readiness_label_merge: "OR".into(),
+            ..config.clone()
+        };
+        assert!(
+            NodeRules::of(&affinity, &or).readiness.is_empty(),
+            "with OR the manifest's affinity may place pods on unlabelled nodes"
+        );
+        let and = OperatorConfig {
+            node_readiness_label_merge: "AND".into(),
+            ..config.clone()
+        };
+        assert_eq!(NodeRules::of(&affinity, &and).readiness.len(), 1);
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::apply::FIELD_MANAGER;
-use crate::builders::restart::ROLLING_UPDATE_FLAG;
+use crate::builders::restart::{TemplateHashes, ROLLING_UPDATE_FLAG};
 use crate::context::Context;
 use crate::patroni::Member;
 use crate::patroni::PatroniError;
@@ -49,11 +49,11 @@ pub enum RollingProgress {
 }
 
 /// What the pods of a cluster should be: `instances` pods from the template with
-/// `restart_hash`, none on a node `leaving_node` names.
+/// `template`'s hashes, none on a node `leaving_node` names.
 pub struct PodGoal<'a> {
     pub pods: &'a [PodState],
     pub instances: u32,
-    pub restart_hash: &'a str,
+    pub template: &'a TemplateHashes,
     pub leaving_node: &'a (dyn Fn(&str) -> bool + Sync),
     /// A master may move off its node now (a maintenance window is open, or none is set).
     pub window_open: bool,
@@ -107,7 +107,14 @@ impl Rollout {
         reference: &ObjectReference,
         goal: &PodGoal<'_>,
     ) -> Result<RollingProgress, RolloutError> {
-        let progress = self.step(ctx, reference, goal).await?;
+        let progress = match self.step(ctx, reference, goal).await {
+            Ok(progress) => progress,
+            Err(e) => {
+                // A blocked or failing rotation does not keep the fleet's turn from others.
+                self.give_turn_back();
+                return Err(e);
+            }
+        };
         let RollingProgress::Waiting(reason) = &progress else {
             self.waiting = None;
             return Ok(progress);
@@ -118,6 +125,7 @@ impl Rollout {
         };
         if since.elapsed() > goal.timeout {
             self.waiting = None;
+            self.give_turn_back();
             return Err(RolloutError::Stuck {
                 reason: reason.clone(),
                 waited: since.elapsed(),
@@ -135,17 +143,17 @@ impl Rollout {
         let PodGoal {
             pods,
             instances,
-            restart_hash,
+            template,
             leaving_node,
             window_open,
             ..
         } = *goal;
         // Rolling updates first; moves off leaving nodes once the pods are up to date.
-        let plan =
-            |members: Option<&[Member]>| match next_step(pods, instances, restart_hash, members) {
-                Step::Done => (Why::Move, next_move(pods, instances, members, leaving_node)),
-                step => (Why::Update, step),
-            };
+        let plan = |members: Option<&[Member]>| match next_step(pods, instances, template, members)
+        {
+            Step::Done => (Why::Move, next_move(pods, instances, members, leaving_node)),
+            step => (Why::Update, step),
+        };
         // Most passes find nothing to do: no Patroni request for those.
         let (why, step) = plan(None);
         if step == Step::Done {
@@ -191,6 +199,14 @@ impl Rollout {
                 // Moving off a leaving node does not wait for the rolling updates' turns.
                 if why == Why::Update && !self.take_turn() {
                     return Ok(no_turn());
+                }
+                let is_master = pods
+                    .iter()
+                    .any(|p| p.name == pod && matches!(p.role.as_str(), "master" | "primary"));
+                if why == Why::Move && is_master && !window_open {
+                    return Ok(RollingProgress::Held(format!(
+                        "moving master {pod} off its node waits for the maintenance window"
+                    )));
                 }
                 self.recreate(ctx, &namespace, &pod, uid).await?;
                 let note = match why {
@@ -247,8 +263,10 @@ impl Rollout {
         let Some(Step::Switchover { master, candidate }) =
             scale_down_handover(pods, instances, &members)
         else {
-            return Err(RolloutError::Blocked(
-                "the master is among the pods scaling down removes and no remaining replica can take over (waiting for one to be ready and following)".into(),
+            // No replica that stays is ready and following yet, or the labels still lag
+            // behind Patroni: the next pass looks again.
+            return Ok(Some(
+                "scaling down waits for a replica that stays to take over from the master".into(),
             ));
         };
         ctx.patroni
@@ -274,7 +292,7 @@ impl Rollout {
         self.turn = Turn::Granted;
     }
 
-    fn give_turn_back(&mut self) {
+    pub fn give_turn_back(&mut self) {
         if self.turn != Turn::None {
             self.send_turn(true);
             self.turn = Turn::None;

@@ -32,7 +32,7 @@ use pgop_common::crd::{AdditionalVolume, Postgresql, ResourceDescription, Tls};
 use super::labels::{
     inherited_annotations, object_labels, owner_references, propagated_annotations, selector_labels,
 };
-use super::restart::{restart_hash, RESTART_HASH_ANNOTATION};
+use super::restart::TemplateHashes;
 use super::spilo_env::{
     append_missing, pod_environment_sources, sidecar_env, spilo_env_with, PodEnvironment,
     POSTGRES_PORT,
@@ -291,13 +291,13 @@ pub fn desired_statefulset_with(
     metadata.annotations = non_empty(propagated_annotations(pg, config)?);
     metadata.owner_references = owner_references(pg, config);
     let mut template = pod_template(pg, config, pod_env)?;
-    let hash = restart_hash(&template, config.enable_lazy_spilo_upgrade);
+    let hashes = TemplateHashes::of(&template, config.enable_lazy_spilo_upgrade);
     template
         .metadata
         .get_or_insert_with(ObjectMeta::default)
         .annotations
         .get_or_insert_with(BTreeMap::new)
-        .insert(RESTART_HASH_ANNOTATION.into(), hash);
+        .extend(hashes.annotations());
     Ok(StatefulSet {
         metadata,
         spec: Some(StatefulSetSpec {
@@ -1164,7 +1164,7 @@ pub(super) fn file_path(file: &str, dir: &str, default: &str) -> String {
 }
 
 /// The manifest's tolerations, else the one of the `toleration` setting.
-pub(super) fn tolerations(pg: &Postgresql, config: &OperatorConfig) -> Option<Vec<Toleration>> {
+pub fn tolerations(pg: &Postgresql, config: &OperatorConfig) -> Option<Vec<Toleration>> {
     if !pg.spec.tolerations.is_empty() {
         return Some(pg.spec.tolerations.clone());
     }
@@ -1321,10 +1321,13 @@ mod tests {
     use super::*;
     use crate::builders::labels::tests::{manifest, minimal};
 
-    /// The template's annotations other than pgop's restart hash.
+    use crate::builders::restart::{IMAGES_HASH_ANNOTATION, RESTART_HASH_ANNOTATION};
+
+    /// The template's annotations other than pgop's hashes.
     fn user_annotations(template: &PodTemplateSpec) -> Option<BTreeMap<String, String>> {
         let mut annotations = template.metadata.as_ref()?.annotations.clone()?;
         annotations.remove(RESTART_HASH_ANNOTATION);
+        annotations.remove(IMAGES_HASH_ANNOTATION);
         non_empty(annotations)
     }
 
