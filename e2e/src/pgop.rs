@@ -113,6 +113,11 @@ impl PgopProcess {
         self.spawn()
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process has exited, with its status.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
