@@ -296,17 +296,21 @@ impl Pgop {
 }
 
 impl Pgop {
+    /// Requests with these verbs the workers sent to the API server so far.
+    pub fn kube_requests(&self, verbs: &[&str]) -> Result<u64> {
+        verbs.iter().try_fold(0, |total, verb| {
+            Ok(total
+                + counter(
+                    &self.worker_metrics_addrs,
+                    "pgop_kube_requests_total",
+                    &[("verb", verb)],
+                )?)
+        })
+    }
+
     /// Write requests (create, update, patch, delete) the workers sent to the API server.
     pub fn kube_writes(&self) -> Result<u64> {
-        let mut total = 0;
-        for verb in ["create", "update", "patch", "delete"] {
-            total += counter(
-                &self.worker_metrics_addrs,
-                "pgop_kube_requests_total",
-                &[("verb", verb)],
-            )?;
-        }
-        Ok(total)
+        self.kube_requests(&["create", "update", "patch", "delete"])
     }
 }
 

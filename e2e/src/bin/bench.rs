@@ -24,8 +24,8 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
-use pgop_e2e::pgop::{counter, Kubeconfigs, Pgop};
-use pgop_e2e::{Environment, EnvironmentOptions};
+use pgop_e2e::pgop::{Kubeconfigs, Pgop};
+use pgop_e2e::{simulated_cluster, Environment, EnvironmentOptions};
 use pgop_worker::builders::{secrets, services, statefulset};
 use serde::Serialize;
 
@@ -76,23 +76,9 @@ struct Results {
 }
 
 fn manifest(name: &str, namespace: &str, instances: u32) -> Result<Postgresql> {
-    let yaml = format!(
-        r#"apiVersion: acid.zalan.do/v1
-kind: postgresql
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  teamId: acid
-  numberOfInstances: {instances}
-  volume: {{size: 1Gi}}
-  postgresql: {{version: "15"}}
-  tolerations: [{{key: pgop.local/simulated, operator: Exists, effect: NoSchedule}}]
-  nodeAffinity:
-    requiredDuringSchedulingIgnoredDuringExecution:
-      nodeSelectorTerms:
-      - matchExpressions: [{{key: pgop.local/kubelet-mode, operator: In, values: [simulate]}}]
-"#
-    );
-    Ok(serde_yaml::from_str(&yaml)?)
+    let mut pg: Postgresql = serde_yaml::from_str(&simulated_cluster(name, instances))?;
+    pg.metadata.namespace = Some(namespace.to_string());
+    Ok(pg)
 }
 
 async fn namespace(client: &Client, name: &str) -> Result<()> {
@@ -197,17 +183,6 @@ async fn workers_idle(http: &reqwest::Client, gateway: &str) -> Result<bool> {
                 && q["Running"].as_u64().unwrap_or(0) == 0
         })
     }))
-}
-
-fn kube_requests(pgop: &Pgop, verbs: &[&str]) -> Result<u64> {
-    verbs.iter().try_fold(0, |total, verb| {
-        Ok(total
-            + counter(
-                &pgop.worker_metrics_addrs,
-                "pgop_kube_requests_total",
-                &[("verb", verb)],
-            )?)
-    })
 }
 
 #[tokio::main]
@@ -334,10 +309,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writes = ["create", "update", "patch", "delete"];
     let reads = ["get", "list", "watch"];
-    let (writes_before, reads_before) = (
-        kube_requests(&pgop, &writes)?,
-        kube_requests(&pgop, &reads)?,
-    );
+    let (writes_before, reads_before) = (pgop.kube_requests(&writes)?, pgop.kube_requests(&reads)?);
     let started = Instant::now();
     let gateway = Arc::new(pgop.gateway_addr.clone());
     stream::iter(names.iter().map(|(ns, name)| {
@@ -362,8 +334,8 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let resync = started.elapsed().as_secs_f64();
-    let resync_writes = kube_requests(&pgop, &writes)? - writes_before;
-    let resync_reads = kube_requests(&pgop, &reads)? - reads_before;
+    let resync_writes = pgop.kube_requests(&writes)? - writes_before;
+    let resync_reads = pgop.kube_requests(&reads)? - reads_before;
     eprintln!("[bench] resync: {resync:.1}s, {resync_writes} writes, {resync_reads} reads");
 
     // 4. Cost, settled.

@@ -8,12 +8,12 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::ListParams;
 use kube::Api;
 use pgop_e2e::pgop::{Kubeconfigs, Pgop};
+use pgop_e2e::simulated_cluster;
 use pgop_e2e::wait;
 use serde_json::Value;
 
 use super::operator::{
-    cluster_status, events_of, master_login, operator_namespace, simulated_cluster, wait_gone,
-    wait_running,
+    cluster_status, events_of, master_login, operator_namespace, wait_gone, wait_running,
 };
 use super::{connect_as, env, is_ready, namespace, pod_ip, secret_value};
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::ListParams;
 use kube::{Api, Client, Resource};
 use pgop_e2e::pgop::{grpcurl, Kubeconfigs, Pgop};
-use pgop_e2e::wait;
+use pgop_e2e::{simulated_cluster, wait};
 use serde_json::Value;
 
 use super::{connect, env, namespace, role, secret_value};
@@ -485,25 +485,6 @@ pub async fn minimal_manifest_end_to_end() -> Result<()> {
         process.terminate(Duration::from_secs(5))?;
     }
     Ok(())
-}
-
-pub(crate) fn simulated_cluster(name: &str, instances: u32) -> String {
-    format!(
-        r#"apiVersion: acid.zalan.do/v1
-kind: postgresql
-metadata: {{name: {name}}}
-spec:
-  teamId: acid
-  numberOfInstances: {instances}
-  volume: {{size: 1Gi}}
-  postgresql: {{version: "15"}}
-  tolerations: [{{key: pgop.local/simulated, operator: Exists, effect: NoSchedule}}]
-  nodeAffinity:
-    requiredDuringSchedulingIgnoredDuringExecution:
-      nodeSelectorTerms:
-      - matchExpressions: [{{key: pgop.local/kubelet-mode, operator: In, values: [simulate]}}]
-"#
-    )
 }
 
 pub(crate) async fn replicas(client: &Client, ns: &str, name: &str) -> Result<Option<i32>> {
