@@ -6,11 +6,13 @@
 //! 2. Convergence: N manifests applied at once; time until all are Running, and the curve.
 //! 3. Steady state: a sync of every cluster asked for; how long until the workers are idle
 //!    again, and the write and read requests they made (writes must be 0).
-//! 4. Cost: RSS and CPU seconds of each pgop process, settled.
+//! 4. Latency: a pod annotation changed in manifests, one a second, then at `--churn-rate`;
+//!    p50/p99 from the change to the StatefulSet showing it (watched).
+//! 5. Cost: RSS and CPU seconds of each pgop process, settled.
 //!
-//! Not yet: change latency under churn, 1/2/4-worker and stuck-cluster runs, failover,
+//! Not yet: 1/2/4-worker and stuck-cluster runs, failover,
 //! another operator in the same harness, the PNG chart (see the benchmark issue).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +48,12 @@ struct Args {
     /// Requests in flight for the bound and for applying manifests.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Spec changes per second of the loaded latency phase.
+    #[arg(long, default_value_t = 50.0)]
+    churn_rate: f64,
+    /// How long the loaded latency phase lasts.
+    #[arg(long, default_value_t = 10)]
+    churn_seconds: u64,
     /// Where results go (`results.json`, `summary.md`).
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -56,6 +64,16 @@ struct ProcessCost {
     name: String,
     rss_mib: f64,
     cpu_seconds: f64,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct Latency {
+    changes: usize,
+    /// Changes the StatefulSet never showed (nor a later one) within 60 s.
+    missed: usize,
+    p50_seconds: f64,
+    p99_seconds: f64,
+    max_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +89,10 @@ struct Results {
     resync_seconds: f64,
     resync_writes: u64,
     resync_reads: u64,
+    /// Change → StatefulSet updated, one change a second.
+    latency_idle: Latency,
+    /// The same at `churn_rate` changes a second.
+    latency_loaded: Latency,
     cost: Vec<ProcessCost>,
     rss_mib_total: f64,
 }
@@ -338,6 +360,24 @@ async fn main() -> Result<()> {
     let resync_reads = pgop.kube_requests(&reads)? - reads_before;
     eprintln!("[bench] resync: {resync:.1}s, {resync_writes} writes, {resync_reads} reads");
 
+    // Latency: a pod annotation changed in a manifest until its StatefulSet shows it.
+    let seen = Arc::new(std::sync::Mutex::new(HashMap::<String, Instant>::new()));
+    let watch = tokio::spawn(watch_changes(client.clone(), seen.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let latency_idle = churn(&client, &names, 1.0, 10, 0, &seen).await?;
+    let changes = (args.churn_rate * args.churn_seconds as f64) as usize;
+    let latency_loaded = churn(&client, &names, args.churn_rate, changes, 10, &seen).await?;
+    watch.abort();
+    eprintln!(
+        "[bench] latency: idle p50 {:.2}s p99 {:.2}s; at {}/s p50 {:.2}s p99 {:.2}s ({} missed)",
+        latency_idle.p50_seconds,
+        latency_idle.p99_seconds,
+        args.churn_rate,
+        latency_loaded.p50_seconds,
+        latency_loaded.p99_seconds,
+        latency_loaded.missed
+    );
+
     // 4. Cost, settled.
     let mut processes: Vec<(&str, Option<u32>)> = vec![
         ("watcher", pgop.watcher.pid()),
@@ -381,6 +421,8 @@ async fn main() -> Result<()> {
         resync_seconds: resync,
         resync_writes,
         resync_reads,
+        latency_idle,
+        latency_loaded,
         cost,
         rss_mib_total,
     };
@@ -394,6 +436,104 @@ async fn main() -> Result<()> {
     drop(pgop);
     env.stop();
     Ok(())
+}
+
+/// The annotation the latency phases change.
+const CHANGE: &str = "pgop-bench/change";
+
+/// Records when each StatefulSet first shows each value of [`CHANGE`] in its pod template.
+async fn watch_changes(client: Client, seen: Arc<std::sync::Mutex<HashMap<String, Instant>>>) {
+    use kube::runtime::{watcher, WatchStreamExt};
+    let stream = watcher(Api::<StatefulSet>::all(client), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(Ok(sts)) = stream.next().await {
+        let value = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(CHANGE))
+            .cloned();
+        if let Some(value) = value {
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.entry(value).or_insert_with(Instant::now);
+        }
+    }
+}
+
+/// `count` changes at `rate` a second, each to the next cluster; their latencies.
+async fn churn(
+    client: &Client,
+    names: &[(String, String)],
+    rate: f64,
+    count: usize,
+    first: usize,
+    seen: &Arc<std::sync::Mutex<HashMap<String, Instant>>>,
+) -> Result<Latency> {
+    let mut sent = Vec::with_capacity(count);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.01)));
+    for i in first..first + count {
+        tick.tick().await;
+        let (ns, name) = &names[i % names.len()];
+        let value = format!("change-{i}");
+        let patch = serde_json::json!({"spec": {"podAnnotations": {CHANGE: value}}});
+        let api = Api::<Postgresql>::namespaced(client.clone(), ns);
+        let at = Instant::now();
+        // Sent without waiting in line behind the previous ones.
+        let name = name.clone();
+        tokio::spawn(async move {
+            let _ = api
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await;
+        });
+        sent.push((i % names.len(), value, at));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = {
+            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            sent.iter().all(|(_, v, _)| seen.contains_key(v))
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    // A change overtaken by a later one to the same cluster is carried out when the
+    // StatefulSet shows that later one (the worker coalesces them, as it should).
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .enumerate()
+        .filter_map(|(k, (cluster, _, at))| {
+            sent[k..]
+                .iter()
+                .filter(|(c, _, _)| c == cluster)
+                .filter_map(|(_, v, _)| seen.get(v))
+                .min()
+                .map(|t| t.duration_since(*at).as_secs_f64())
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Latency {
+        changes: sent.len(),
+        missed: sent.len() - latencies.len(),
+        p50_seconds: pick(0.5),
+        p99_seconds: pick(0.99),
+        max_seconds: latencies.last().copied().unwrap_or(f64::NAN),
+    })
 }
 
 fn summary(r: &Results) -> String {
@@ -415,6 +555,27 @@ fn summary(r: &Results) -> String {
         format!(
             "{:.1} s, {} writes (target 0), {} reads",
             r.resync_seconds, r.resync_writes, r.resync_reads
+        ),
+    );
+    rows.insert(
+        "3b change → StatefulSet, idle (1/s)",
+        format!(
+            "p50 {:.2} s, p99 {:.2} s (target ≤ 1 s), {} of {} missed",
+            r.latency_idle.p50_seconds,
+            r.latency_idle.p99_seconds,
+            r.latency_idle.missed,
+            r.latency_idle.changes
+        ),
+    );
+    rows.insert(
+        "3c change → StatefulSet, loaded",
+        format!(
+            "at {}/s: p50 {:.2} s, p99 {:.2} s (target ≤ 5 s at 50/s), {} of {} missed",
+            r.args.churn_rate,
+            r.latency_loaded.p50_seconds,
+            r.latency_loaded.p99_seconds,
+            r.latency_loaded.missed,
+            r.latency_loaded.changes
         ),
     );
     rows.insert(
