@@ -905,3 +905,19 @@ async fn control_plane_streams() -> Result<()> {
     );
     Ok(())
 }
+
+/// A merge patch of the `postgresql` object `ns/cluster`.
+pub(crate) fn pg_patch(ns: &str, cluster: &str, patch: serde_json::Value) -> Result<()> {
+    env().kubectl(&[
+        "patch",
+        "pg",
+        "-n",
+        ns,
+        cluster,
+        "--type",
+        "merge",
+        "-p",
+        &patch.to_string(),
+    ])?;
+    Ok(())
+}

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::operator::{
     cluster_status, events_of, master_login, operator_namespace, wait_gone, wait_running,
 };
-use super::{connect_as, env, is_ready, namespace, pod_ip, secret_value};
+use super::{connect_as, env, is_ready, namespace, pg_patch, pod_ip, secret_value};
 
 fn corpus(file: &str) -> String {
     pgop_e2e::env::workspace_root()
@@ -173,18 +173,12 @@ pub async fn zalando_complete_manifest() -> Result<()> {
     ensure!(foo_owner == "zalando", "foo is owned by {foo_owner}");
 
     // The connection pooler: pgbouncer pods that accept the pooler user.
-    let patch = |spec: &str| -> Result<String> {
-        env().kubectl(&[
-            "patch",
-            "pg",
-            "-n",
+    let patch = |spec: &str| -> Result<()> {
+        pg_patch(
             ns,
             cluster,
-            "--type",
-            "merge",
-            "-p",
-            &format!("{{\"spec\":{spec}}}"),
-        ])
+            serde_json::json!({ "spec": serde_json::from_str::<serde_json::Value>(spec)? }),
+        )
     };
     patch(r#"{"enableConnectionPooler":true,"enableLogicalBackup":true}"#)?;
     let pooler = format!("{cluster}-pooler");

@@ -13,7 +13,7 @@ use pgop_e2e::pgop::{Kubeconfigs, Pgop};
 use pgop_e2e::wait;
 
 use super::operator::{events_of, master_login, operator_namespace, wait_running};
-use super::{connect, env, is_ready, namespace};
+use super::{connect, env, is_ready, namespace, pg_patch};
 
 /// The operator ConfigMap `postgres-operator` in `system_ns`, applied (created or changed).
 fn operator_config(system_ns: &str, data: &[(&str, &str)]) -> Result<()> {
@@ -386,21 +386,6 @@ async fn patroni_members(ip: &str) -> Result<Vec<String>> {
         .collect();
     names.sort();
     Ok(names)
-}
-
-fn pg_patch(ns: &str, cluster: &str, patch: serde_json::Value) -> Result<()> {
-    env().kubectl(&[
-        "patch",
-        "pg",
-        "-n",
-        ns,
-        cluster,
-        "--type",
-        "merge",
-        "-p",
-        &patch.to_string(),
-    ])?;
-    Ok(())
 }
 
 /// A 2-instance cluster follows its manifest without new pods where none are needed: a
@@ -851,6 +836,15 @@ pub async fn node_losing_readiness_moves_the_master() -> Result<()> {
         .map(|(name, node, _, _)| (name.clone(), node.clone().unwrap_or_default()))
         .context("no master")?;
 
+    let restore_label = || {
+        env().kubectl(&[
+            "label",
+            "node",
+            &node,
+            &format!("{label}=true"),
+            "--overwrite",
+        ])
+    };
     // A maintenance window that is not now holds the master's move back.
     let today = std::process::Command::new("date")
         .args(["-u", "+%a"])
@@ -886,13 +880,7 @@ pub async fn node_losing_readiness_moves_the_master() -> Result<()> {
         "the master moved outside the maintenance window: {still:?}"
     );
     if let Err(e) = held {
-        env().kubectl(&[
-            "label",
-            "node",
-            &node,
-            &format!("{label}=true"),
-            "--overwrite",
-        ])?;
+        restore_label()?;
         return Err(e);
     }
     pg_patch(
@@ -924,13 +912,7 @@ pub async fn node_losing_readiness_moves_the_master() -> Result<()> {
     )
     .await;
     // The node gets its label back whatever happened.
-    env().kubectl(&[
-        "label",
-        "node",
-        &node,
-        &format!("{label}=true"),
-        "--overwrite",
-    ])?;
+    restore_label()?;
     let moved = moved?;
     let events = events_of(ns, cluster)?;
     ensure!(
