@@ -21,8 +21,9 @@ use crate::builders::{statefulset::desired_instances, BuildError};
 use crate::context::{cluster_reference, Context};
 use crate::deletion::{delete_cluster, Progress};
 use crate::maintenance::in_maintenance_window;
+use crate::objects_memo::ObjectsMemo;
 use crate::patroni_sync::{PatroniProgress, PatroniSync};
-use crate::reconcile::{sync_objects, write_status, SyncError};
+use crate::reconcile::{sync_objects, write_status, SyncError, Synced, Written};
 use crate::rolling::NodeRules;
 use crate::rollout::{master_address, PodGoal, RollingProgress, Rollout};
 use crate::status::{next_status, pods_ready, SyncResult};
@@ -93,6 +94,8 @@ pub struct ClusterTask {
     /// Role definitions the last database sync refused, as shown to the user.
     role_problems: String,
     pods: BTreeMap<String, PodState>,
+    /// The last object sync, reused while only pods change.
+    objects_memo: ObjectsMemo,
     /// The status as last read or written; None until read from the live object.
     status: Option<String>,
     reported: Option<ClusterStatus>,
@@ -150,6 +153,7 @@ impl ClusterTask {
             patroni_sync: PatroniSync::default(),
             patroni_problem: String::new(),
             pods: BTreeMap::new(),
+            objects_memo: ObjectsMemo::default(),
             status: None,
             reported: None,
             failures: 0,
@@ -164,6 +168,7 @@ impl ClusterTask {
 
     pub fn take(&mut self, input: Input) {
         self.pending += 1;
+        self.objects_memo.take(&input);
         match input {
             Input::Object(mut event) => {
                 self.pending_event = event_name(event.r#type).to_string();
@@ -474,17 +479,31 @@ impl ClusterTask {
         &mut self,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
         pg: &Postgresql,
-        config: &OperatorConfig,
+        config: &Arc<OperatorConfig>,
         instances: u32,
     ) -> (SyncResult, bool) {
-        let synced = sync_objects(
-            &self.ctx.client,
-            &self.ctx.served,
-            &self.namespace,
-            pg,
-            config,
-        )
-        .await;
+        let synced = match self.objects_memo.recall(config) {
+            Some((template, problems)) => Ok(Synced {
+                written: Written::default(),
+                template,
+                problems,
+            }),
+            None => {
+                let synced = sync_objects(
+                    &self.ctx.client,
+                    &self.ctx.served,
+                    &self.namespace,
+                    pg,
+                    config,
+                )
+                .await;
+                match &synced {
+                    Ok(s) => self.objects_memo.remember(config, &s.template, &s.problems),
+                    Err(_) => self.objects_memo.forget(),
+                }
+                synced
+            }
+        };
         match synced {
             Ok(synced) => {
                 let written = &synced.written.0;

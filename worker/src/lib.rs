@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod finalizer;
 pub mod maintenance;
 pub mod manifest;
+pub mod objects_memo;
 pub mod patroni;
 pub mod patroni_config;
 pub mod patroni_sync;
