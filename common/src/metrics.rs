@@ -92,8 +92,30 @@ fn escape_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Requests to the Kubernetes API server by verb.
+/// Requests to the Kubernetes API server by verb and resource.
 pub const KUBE_REQUESTS: &str = "pgop_kube_requests_total";
+
+/// The resource a request's path names, with its subresource (`statefulsets`,
+/// `postgresqls/status`); "other" for paths outside `/api` and `/apis`.
+fn resource(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // After /api/{version} or /apis/{group}/{version}.
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    match rest {
+        [] => "other".into(),
+        [kind] | [kind, _] => kind.to_string(),
+        [kind, _, sub, ..] => format!("{kind}/{sub}"),
+    }
+}
 
 /// The verb of a request to the API server, as the audit log names them (`get` covers
 /// lists; `watch` is a GET with `watch=true`).
@@ -115,7 +137,7 @@ fn verb(method: &http::Method, query: Option<&str>) -> &'static str {
 pub async fn counting_kube_client(counters: Arc<Counters>) -> Result<kube::Client, kube::Error> {
     counters.describe(
         KUBE_REQUESTS,
-        "Requests sent to the Kubernetes API server, by verb.",
+        "Requests sent to the Kubernetes API server, by verb and resource.",
     );
     let config = kube::Config::infer()
         .await
@@ -123,7 +145,11 @@ pub async fn counting_kube_client(counters: Arc<Counters>) -> Result<kube::Clien
     let count =
         tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
             let verb = verb(request.method(), request.uri().query());
-            counters.inc(KUBE_REQUESTS, vec![("verb", verb.to_string())]);
+            let resource = resource(request.uri().path());
+            counters.inc(
+                KUBE_REQUESTS,
+                vec![("verb", verb.to_string()), ("resource", resource)],
+            );
             request
         });
     Ok(kube::client::ClientBuilder::try_from(config)?
@@ -179,6 +205,27 @@ mod tests {
              pgop_x_total{kind=\"a\"} 3\npgop_x_total{kind=\"q\\\"uote\"} 1\n\
              # TYPE pgop_y_total counter\npgop_y_total 1\n"
         );
+    }
+
+    #[test]
+    fn resources_come_from_the_path() {
+        let cases = [
+            ("/api/v1/namespaces/a/secrets/x", "secrets"),
+            ("/api/v1/namespaces/a/secrets", "secrets"),
+            ("/apis/apps/v1/namespaces/a/statefulsets/x", "statefulsets"),
+            (
+                "/apis/acid.zalan.do/v1/namespaces/a/postgresqls/x/status",
+                "postgresqls/status",
+            ),
+            ("/api/v1/namespaces/a", "namespaces"),
+            ("/api/v1/nodes", "nodes"),
+            ("/apis/events.k8s.io/v1/namespaces/a/events", "events"),
+            ("/version", "other"),
+            ("/api/v1", "other"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(resource(path), want, "{path}");
+        }
     }
 
     #[test]

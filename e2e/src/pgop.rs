@@ -314,7 +314,7 @@ impl Pgop {
     }
 }
 
-/// The sum over `addrs` of the counter `name` with exactly `labels` (e.g.
+/// The sum over `addrs` of the counter `name` over every series carrying `labels` (e.g.
 /// `verb="patch"`), read from each process's `GET /metrics`; a process not serving counts 0.
 pub fn counter(addrs: &[String], name: &str, labels: &[(&str, &str)]) -> Result<u64> {
     let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
@@ -337,10 +337,7 @@ pub fn counter(addrs: &[String], name: &str, labels: &[(&str, &str)]) -> Result<
                 .split(',')
                 .filter(|l| !l.is_empty())
                 .collect();
-            if metric == name
-                && found.len() == wanted.len()
-                && wanted.iter().all(|w| found.contains(&w.as_str()))
-            {
+            if metric == name && wanted.iter().all(|w| found.contains(&w.as_str())) {
                 total += value
                     .parse::<u64>()
                     .with_context(|| format!("{addr}: {line}"))?;
