@@ -13,7 +13,7 @@ log() { echo "[install] $*" >&2; }
 need_pkgs=()
 for pkg in golang-go rsync etcd-server patroni postgresql-15 postgresql-15-partman pgbouncer \
            golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev \
-           curl ca-certificates openssl iproute2 procps locales; do
+           curl ca-certificates openssl iproute2 procps locales fonts-dejavu-core; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

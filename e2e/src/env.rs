@@ -298,6 +298,29 @@ impl Environment {
         stdout_of(child.wait_with_output(), "kubectl apply")
     }
 
+    /// The environment's own processes by name (etcd, kube-apiserver, kube-controller-manager,
+    /// kube-scheduler, the kubelets), for measuring what they cost.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let mut found: Vec<(String, u32)> = std::fs::read_dir(self.state_dir.join("pids"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let name = path.file_stem()?.to_str()?.to_string();
+                let pid = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+                Some((name, pid))
+            })
+            .collect();
+        found.sort();
+        let kubelets = self.kubelets.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, child) in kubelets.iter().enumerate() {
+            let name = if i == 0 { "kubelet" } else { "kubelet-sim" };
+            found.push((name.to_string(), child.id()));
+        }
+        found
+    }
+
     /// Stops the kubelets (their pods' processes with them) and the control plane.
     pub fn stop(&self) {
         let mut kubelets = self.kubelets.lock().unwrap_or_else(|e| e.into_inner());

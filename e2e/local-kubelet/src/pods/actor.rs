@@ -190,11 +190,21 @@ async fn patch_status(ctx: &PodCtx, record: &PodRecord, last: &mut Option<serde_
     }
 }
 
-/// Simulate mode: no processes; containers run and are ready at once, and Spilo pods get
-/// their role label from their ordinal.
+/// Pod annotation that keeps a simulated pod's containers from ever becoming ready, and a
+/// Spilo pod from getting its role (as when Patroni cannot start): a stuck cluster in the
+/// scale benchmark.
+pub const NEVER_READY_ANNOTATION: &str = "pgop.local/simulate-never-ready";
+
+/// Simulate mode: no processes; containers run and are ready at once (unless the pod carries
+/// [`NEVER_READY_ANNOTATION`]), and Spilo pods get their role label from their ordinal.
 async fn simulate(ctx: &PodCtx, updates: &mut watch::Receiver<Option<Pod>>) -> Ending {
     let pod = updates.borrow().clone().unwrap_or_default();
     let (init, containers, policy) = spec_of(&pod);
+    let never_ready = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.get(NEVER_READY_ANNOTATION).is_some_and(|v| v == "true"));
     let started = now();
     let state = |_: &Container| {
         if policy == RestartPolicy::Always {
@@ -214,7 +224,7 @@ async fn simulate(ctx: &PodCtx, updates: &mut watch::Receiver<Option<Pod>>) -> E
         cs.iter()
             .map(|c| ContainerRecord {
                 state: st(c),
-                ready: policy == RestartPolicy::Always,
+                ready: policy == RestartPolicy::Always && !never_ready,
                 ..ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or_default())
             })
             .collect::<Vec<_>>()
@@ -237,7 +247,7 @@ async fn simulate(ctx: &PodCtx, updates: &mut watch::Receiver<Option<Pod>>) -> E
     let spilo = containers.iter().find(|c| {
         runtime_for(c.image.as_deref().unwrap_or_default(), &[], "") == RuntimeKind::Spilo
     });
-    if let Some(c) = spilo {
+    if let Some(c) = spilo.filter(|_| !never_ready) {
         let role_label = c
             .env
             .iter()

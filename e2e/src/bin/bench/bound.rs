@@ -1,0 +1,103 @@
+//! The API server's bound: the objects pgop writes for the fleet (StatefulSet, Services,
+//! Endpoints, Secrets, from pgop's own builders) created by a bare client, in an environment
+//! of its own.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use pgop_common::config::OperatorConfig;
+use pgop_common::crd::Postgresql;
+use pgop_worker::builders::{secrets, services, statefulset};
+use serde::Serialize;
+
+use crate::measure::{self, Measured};
+use crate::setup::{environment, manifest};
+use crate::Args;
+
+#[derive(Debug, Serialize)]
+pub struct Bound {
+    pub seconds: f64,
+    pub objects: usize,
+    /// CPU seconds of the environment's processes meanwhile.
+    pub cpu: BTreeMap<String, f64>,
+}
+
+/// Creates what pgop writes for `pg`; returns the number of objects.
+async fn create_objects(
+    client: &Client,
+    pg: &Postgresql,
+    config: &OperatorConfig,
+) -> Result<usize> {
+    let ns = pg.metadata.namespace.clone().unwrap_or_default();
+    let pp = PostParams::default();
+    let mut count = 0;
+    for target in secrets::credential_secrets(pg, config) {
+        let secret = secrets::desired_secret(pg, config, &target, "bench-password");
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&pp, &secret)
+            .await?;
+        count += 1;
+    }
+    for service in services::desired_services(pg, config) {
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .create(&pp, &service)
+            .await?;
+        count += 1;
+    }
+    if let Some(endpoints) = services::desired_endpoints(pg, config) {
+        Api::<Endpoints>::namespaced(client.clone(), &ns)
+            .create(&pp, &endpoints)
+            .await?;
+        count += 1;
+    }
+    let sts = statefulset::desired_statefulset(pg, config)?;
+    Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .create(&pp, &sts)
+        .await?;
+    Ok(count + 1)
+}
+
+pub async fn measure(args: &Args, names: &[(String, String)], state: &Path) -> Result<Bound> {
+    let namespaces: Vec<String> = (0..args.namespaces).map(|i| format!("bench-{i}")).collect();
+    let (env, client) = environment(state, &namespaces).await?;
+    let processes: Vec<Measured> = env
+        .processes()
+        .into_iter()
+        .map(|(name, pid)| Measured {
+            name,
+            pid,
+            group: false,
+        })
+        .collect();
+    let config = OperatorConfig::default();
+    let before = measure::costs(&processes);
+    let begun = Instant::now();
+    let objects: Vec<usize> =
+        stream::iter(
+            names.iter().map(|(ns, name)| {
+                let (client, config) = (client.clone(), config.clone());
+                async move {
+                    create_objects(&client, &manifest(name, ns, args.instances)?, &config).await
+                }
+            }),
+        )
+        .buffer_unordered(args.concurrency)
+        .try_collect()
+        .await?;
+    let seconds = begun.elapsed().as_secs_f64();
+    let cpu = measure::cpu_between(&before, &measure::costs(&processes));
+    env.stop();
+    let objects = objects.iter().sum();
+    eprintln!("[bench] bound: {objects} objects in {seconds:.1}s");
+    Ok(Bound {
+        seconds,
+        objects,
+        cpu,
+    })
+}

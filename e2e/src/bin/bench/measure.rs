@@ -1,0 +1,195 @@
+//! What processes cost (from /proc) and what the API server served (its `/metrics`).
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use kube::Client;
+use serde::Serialize;
+
+/// A process (or a process group, for another operator's start command) to measure.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub name: String,
+    pub pid: u32,
+    /// Count every process of the group `pid` leads (a shell command and its children).
+    pub group: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ProcessCost {
+    pub name: String,
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+    pub cpu_seconds: f64,
+}
+
+struct Sample {
+    rss_kib: f64,
+    peak_kib: f64,
+    ticks: f64,
+    group: u32,
+}
+
+fn sample(pid: u32) -> Option<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    Some(Sample {
+        rss_kib: field("VmRSS:"),
+        peak_kib: field("VmHWM:"),
+        ticks: fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?,
+        group: fields.get(2)?.parse().ok()?,
+    })
+}
+
+/// RSS, peak RSS and CPU seconds (user + system) of `what`; None once it is gone.
+pub fn cost(what: &Measured) -> Option<ProcessCost> {
+    let samples: Vec<Sample> = if what.group {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(sample)
+            .filter(|s| s.group == what.pid)
+            .collect()
+    } else {
+        vec![sample(what.pid)?]
+    };
+    if samples.is_empty() {
+        return None;
+    }
+    Some(ProcessCost {
+        name: what.name.clone(),
+        rss_mib: samples.iter().map(|s| s.rss_kib).sum::<f64>() / 1024.0,
+        peak_rss_mib: samples.iter().map(|s| s.peak_kib).sum::<f64>() / 1024.0,
+        cpu_seconds: samples.iter().map(|s| s.ticks).sum::<f64>() / 100.0,
+    })
+}
+
+pub fn costs(all: &[Measured]) -> Vec<ProcessCost> {
+    all.iter().filter_map(cost).collect()
+}
+
+/// CPU seconds each process spent between two readings of [`costs`].
+pub fn cpu_between(before: &[ProcessCost], after: &[ProcessCost]) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|a| {
+            let earlier = before
+                .iter()
+                .find(|b| b.name == a.name)
+                .map_or(0.0, |b| b.cpu_seconds);
+            (a.name.clone(), a.cpu_seconds - earlier)
+        })
+        .collect()
+}
+
+/// Requests the API server has served, by verb (`apiserver_request_total`).
+pub async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .context("building the metrics request")?;
+    let text = client.request_text(request).await?;
+    Ok(requests_by_verb(&text))
+}
+
+fn requests_by_verb(metrics: &str) -> BTreeMap<String, u64> {
+    let mut by_verb = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(labels) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = labels.rsplit_once("} ") else {
+            continue;
+        };
+        let verb = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("verb=\""))
+            .map(|v| v.trim_end_matches('"').to_string());
+        if let (Some(verb), Ok(value)) = (verb, value.trim().parse::<f64>()) {
+            *by_verb.entry(verb).or_insert(0) += value as u64;
+        }
+    }
+    by_verb
+}
+
+/// Requests pgop's workers sent, by `verb resource` (`pgop_kube_requests_total`).
+pub async fn worker_requests(metrics_addrs: &[String]) -> Result<BTreeMap<String, u64>> {
+    let http = reqwest::Client::new();
+    let mut by_kind = BTreeMap::new();
+    for addr in metrics_addrs {
+        let Ok(response) = http.get(format!("http://{addr}/metrics")).send().await else {
+            // A killed worker's counts are gone with it.
+            continue;
+        };
+        let text = response.text().await?;
+        for line in text.lines() {
+            let Some(labels) = line.strip_prefix("pgop_kube_requests_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = labels.rsplit_once("} ") else {
+                continue;
+            };
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix(&format!("{key}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_string())
+                    .unwrap_or_default()
+            };
+            if let Ok(value) = value.trim().parse::<u64>() {
+                *by_kind
+                    .entry(format!("{} {}", label("verb"), label("resource")))
+                    .or_insert(0) += value;
+            }
+        }
+    }
+    Ok(by_kind)
+}
+
+pub fn requests_between(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(verb, n)| {
+            (
+                verb.clone(),
+                n - before.get(verb).copied().unwrap_or(0).min(*n),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_summed_by_verb_over_every_other_label() {
+        let text = r#"# HELP apiserver_request_total x
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="secrets",scope="resource",subresource="",verb="GET",version="v1"} 10
+apiserver_request_total{code="404",component="apiserver",dry_run="",group="",resource="secrets",scope="resource",subresource="",verb="GET",version="v1"} 5
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="apps",resource="statefulsets",scope="resource",subresource="",verb="POST",version="v1"} 7
+apiserver_request_duration_seconds_count{verb="GET"} 99
+"#;
+        let got = requests_by_verb(text);
+        assert_eq!(got.get("GET"), Some(&15));
+        assert_eq!(got.get("POST"), Some(&7));
+        assert_eq!(got.len(), 2);
+        let later = BTreeMap::from([("GET".to_string(), 20), ("POST".to_string(), 7)]);
+        assert_eq!(
+            requests_between(&got, &later),
+            BTreeMap::from([("GET".to_string(), 5)])
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The Markdown summary of a run: figures with their bound or target, the setups side by
+//! side, where the CPU went during convergence.
+use std::fmt::Write;
+
+use crate::setup::SetupResult;
+use crate::Results;
+
+fn verdict_at_most(value: f64, target: f64) -> String {
+    if value.is_nan() {
+        "not measured".into()
+    } else if value <= target {
+        "met".into()
+    } else {
+        format!(
+            "missed by {:.2} ({:.0}% over)",
+            value - target,
+            (value / target - 1.0) * 100.0
+        )
+    }
+}
+
+/// CPU seconds of the operator's own processes in a setup's convergence.
+fn operator_cpu(s: &SetupResult) -> f64 {
+    s.cost
+        .iter()
+        .filter_map(|c| s.convergence_cpu.get(&c.name))
+        .sum()
+}
+
+fn cpu_of(s: &SetupResult, name: &str) -> f64 {
+    s.convergence_cpu.get(name).copied().unwrap_or(0.0)
+}
+
+fn requests(s: &SetupResult) -> String {
+    s.apiserver_requests
+        .iter()
+        .filter(|(verb, _)| verb.as_str() != "WATCH")
+        .map(|(verb, n)| format!("{verb} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads (get, list, watch) and writes among requests keyed `verb resource`.
+fn reads_and_writes(by_kind: &std::collections::BTreeMap<String, u64>) -> (u64, u64) {
+    by_kind.iter().fold((0, 0), |(reads, writes), (kind, n)| {
+        match kind.split(' ').next() {
+            Some("get" | "list" | "watch") => (reads + n, writes),
+            _ => (reads, writes + n),
+        }
+    })
+}
+
+pub fn summary(r: &Results) -> String {
+    let mut md = String::new();
+    let a = &r.args;
+    let _ = writeln!(
+        md,
+        "# pgop-bench: {} clusters × {} instance(s), {} namespaces\n",
+        a.clusters, a.instances, a.namespaces
+    );
+    let _ = writeln!(
+        md,
+        "Machine: {}. Binaries: `{}`. The whole run took {:.1} min.\n",
+        r.machine,
+        r.binaries,
+        r.total_seconds / 60.0
+    );
+    let bound = &r.bound;
+    let _ = writeln!(
+        md,
+        "API-server bound: {} objects created by a bare client in {:.1} s ({:.0} objects/s, {} in flight).\n",
+        bound.objects,
+        bound.seconds,
+        bound.objects as f64 / bound.seconds,
+        a.concurrency
+    );
+    let per_1000 = |v: f64| v * 1000.0 / a.clusters as f64;
+
+    if let Some(main) = r
+        .setups
+        .iter()
+        .find(|s| s.steady.is_some() && s.label.starts_with("pgop"))
+    {
+        let _ = writeln!(md, "## Figures ({})\n", main.label);
+        md.push_str("| # | figure | value | target | verdict |\n| --- | --- | --- | --- | --- |\n");
+        let _ = writeln!(
+            md,
+            "| 2 | convergence | {:.1} s, {:.2}× the bound | ≤ 1.5× | {} |",
+            main.convergence_seconds,
+            main.convergence_ratio,
+            verdict_at_most(main.convergence_ratio, 1.5)
+        );
+        for (l, target) in [(&main.latency_idle, 1.0), (&main.latency_loaded, 5.0)] {
+            if let Some(l) = l {
+                let _ = writeln!(
+                    md,
+                    "| 3 | change → StatefulSet at {}/s | p50 {:.2} s, p99 {:.2} s, max {:.2} s ({} of {} missed) | p99 ≤ {target} s{} | {} |",
+                    l.rate,
+                    l.p50_seconds,
+                    l.p99_seconds,
+                    l.max_seconds,
+                    l.missed,
+                    l.changes,
+                    if target > 1.0 { " at 50/s" } else { " idle" },
+                    verdict_at_most(l.p99_seconds, target)
+                );
+            }
+        }
+        if let Some(s) = &main.steady {
+            if let (Some(sec), Some(w), Some(rd)) =
+                (s.resync_seconds, s.resync_writes, s.resync_reads)
+            {
+                // The target is for 5,000 clusters; smaller fleets extrapolate linearly.
+                let at_5000 = sec * 5000.0 / a.clusters as f64;
+                let time = if a.clusters >= 5000 {
+                    verdict_at_most(sec, 10.0)
+                } else {
+                    format!(
+                        "{at_5000:.1} s at 5,000 extrapolated: {}",
+                        verdict_at_most(at_5000, 10.0)
+                    )
+                };
+                let _ = writeln!(
+                    md,
+                    "| 4 | full resync (REST, every cluster) | {sec:.1} s, {w} writes, {rd} reads ({:.1} reads per cluster) | 0 writes; < 10 s at 5,000 | writes: {}; time: {time} |",
+                    rd as f64 / a.clusters as f64,
+                    if w == 0 { "met".to_string() } else { format!("missed ({w})") },
+                );
+            }
+            let idle: String = s
+                .idle_requests
+                .iter()
+                .filter(|(v, _)| v.as_str() != "WATCH")
+                .map(|(v, n)| format!("{v} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                md,
+                "| 4 | fleet left alone {} s | API server served (every client): {} | — | — |",
+                a.idle_seconds,
+                if idle.is_empty() {
+                    "nothing".into()
+                } else {
+                    idle
+                }
+            );
+        }
+        let rss: f64 = main.cost.iter().map(|c| c.rss_mib).sum();
+        let peak: f64 = main.cost.iter().map(|c| c.peak_rss_mib).sum();
+        let cpu: f64 = main.cost.iter().map(|c| c.cpu_seconds).sum();
+        let verdict = if a.clusters >= 5000 {
+            verdict_at_most(peak, 300.0)
+        } else {
+            format!(
+                "measured at {} clusters: {}",
+                a.clusters,
+                verdict_at_most(peak, 300.0)
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| 5 | cost, all pgop processes | RSS {rss:.0} MiB settled, {peak:.0} MiB peak; {cpu:.1} CPU s; per 1,000 clusters {:.0} MiB, {:.1} CPU s | peak ≤ 300 MiB at 5,000 | {verdict} |",
+            per_1000(rss),
+            per_1000(cpu),
+        );
+        if let Some(stuck) = r.setups.iter().find(|s| s.stuck) {
+            let p99 = |s: &SetupResult| {
+                (
+                    s.latency_idle.as_ref().map_or(f64::NAN, |l| l.p99_seconds),
+                    s.latency_loaded
+                        .as_ref()
+                        .map_or(f64::NAN, |l| l.p99_seconds),
+                )
+            };
+            let (with_idle, with_loaded) = p99(stuck);
+            let (without_idle, without_loaded) = p99(main);
+            let _ = writeln!(
+                md,
+                "| 6 | one stuck cluster (status {}) | the other {} Running in {:.1} s ({:.2}× the bound) vs {:.1} s without; p99 {with_idle:.2} s idle, {with_loaded:.2} s loaded vs {without_idle:.2} s, {without_loaded:.2} s without | the others within the latency targets | idle: {}; loaded: {} |",
+                stuck.stuck_status.as_deref().unwrap_or("?"),
+                stuck.expected,
+                stuck.convergence_seconds,
+                stuck.convergence_ratio,
+                main.convergence_seconds,
+                verdict_at_most(with_idle, 1.0),
+                verdict_at_most(with_loaded, 5.0)
+            );
+        }
+        if let Some(f) = &main.failover {
+            let _ = writeln!(
+                md,
+                "| 7 | failover: {} SIGKILLed | its {} clusters owned by survivors in {:.1} s, all reconciled in {:.1} s; a change to one of them applied in {:.1} s | ≤ 10 s | {} |",
+                f.killed,
+                f.clusters_moved,
+                f.owned_seconds,
+                f.reconciled_seconds,
+                f.change_seconds,
+                verdict_at_most(f.reconciled_seconds.max(f.change_seconds), 10.0)
+            );
+        }
+        md.push('\n');
+    }
+
+    md.push_str("## Convergence by setup (6: sharding)\n\n");
+    md.push_str("| setup | Running | seconds | × bound | API requests served (every client, no watches) | operator's reads / writes | CPU s: apiserver / etcd / controller-manager / kubelets / operator |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+    for s in &r.setups {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.2} | {} | {} | {:.0} / {:.0} / {:.0} / {:.0} / {:.0} |",
+            s.label,
+            s.expected,
+            s.convergence_seconds,
+            s.convergence_ratio,
+            requests(s),
+            match &s.operator_requests {
+                Some(by_kind) => {
+                    let (reads, writes) = reads_and_writes(by_kind);
+                    format!("{reads} / {writes}")
+                }
+                None => "—".into(),
+            },
+            cpu_of(s, "kube-apiserver"),
+            cpu_of(s, "etcd"),
+            cpu_of(s, "kube-controller-manager"),
+            cpu_of(s, "kubelet") + cpu_of(s, "kubelet-sim"),
+            operator_cpu(s),
+        );
+    }
+    md.push_str("\n## Where the CPU went during convergence\n\n");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for s in &r.setups {
+        let available = cores * s.convergence_seconds;
+        let mut by_process: Vec<(&String, &f64)> = s.convergence_cpu.iter().collect();
+        by_process.sort_by(|x, y| y.1.total_cmp(x.1));
+        let top: Vec<String> = by_process
+            .iter()
+            .take(4)
+            .map(|(name, cpu)| format!("{name} {:.0} s ({:.0}%)", cpu, *cpu / available * 100.0))
+            .collect();
+        let used: f64 = s.convergence_cpu.values().sum();
+        let _ = writeln!(
+            md,
+            "- {}: {:.0} of {:.0} CPU s available ({:.0}% busy); {}",
+            s.label,
+            used,
+            available,
+            used / available * 100.0,
+            top.join(", ")
+        );
+    }
+    if let Some((label, by_kind)) = r
+        .setups
+        .iter()
+        .find_map(|s| Some((&s.label, s.operator_requests.as_ref()?)))
+    {
+        let _ = writeln!(
+            md,
+            "\npgop's requests per cluster during convergence ({label}): {}",
+            by_kind
+                .iter()
+                .map(|(kind, n)| format!("{kind} {:.1}", *n as f64 / a.clusters as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    md.push_str("\n## Cost per process, settled (5)\n\n| setup | process | RSS MiB | peak RSS MiB | CPU s |\n| --- | --- | --- | --- | --- |\n");
+    for s in &r.setups {
+        for c in &s.cost {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                s.label, c.name, c.rss_mib, c.peak_rss_mib, c.cpu_seconds
+            );
+        }
+    }
+    md.push_str("\nThe chart of Running clusters over time is `convergence.png`.\n");
+    md
+}
