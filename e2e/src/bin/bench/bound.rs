@@ -1,6 +1,6 @@
 //! The API server's bound: the objects pgop writes for the fleet (StatefulSet, Services,
-//! Endpoints, Secrets, from pgop's own builders) created by a bare client, in an environment
-//! of its own.
+//! Endpoints, Secrets, disruption budgets, from pgop's own builders) created by a bare client,
+//! in an environment of its own.
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -9,11 +9,12 @@ use anyhow::Result;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
-use kube::api::PostParams;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, Client};
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
-use pgop_worker::builders::{secrets, services, statefulset};
+use pgop_worker::builders::{pdb, secrets, services, statefulset};
 use serde::Serialize;
 
 use crate::measure::{self, Measured};
@@ -53,6 +54,21 @@ async fn create_objects(
     if let Some(endpoints) = services::desired_endpoints(pg, config) {
         Api::<Endpoints>::namespaced(client.clone(), &ns)
             .create(&pp, &endpoints)
+            .await?;
+        count += 1;
+    }
+    // Kubernetes 1.20 serves disruption budgets as policy/v1beta1 only (same schema).
+    let mut v1beta1 = ApiResource::erase::<PodDisruptionBudget>(&());
+    v1beta1.version = "v1beta1".into();
+    v1beta1.api_version = "policy/v1beta1".into();
+    for budget in pdb::desired_pdbs(pg, config) {
+        let mut budget: DynamicObject = serde_json::from_value(serde_json::to_value(&budget)?)?;
+        budget.types = Some(kube::api::TypeMeta {
+            api_version: v1beta1.api_version.clone(),
+            kind: v1beta1.kind.clone(),
+        });
+        Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &v1beta1)
+            .create(&pp, &budget)
             .await?;
         count += 1;
     }

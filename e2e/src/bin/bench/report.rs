@@ -50,6 +50,103 @@ fn reads_and_writes(by_kind: &std::collections::BTreeMap<String, u64>) -> (u64, 
     })
 }
 
+/// Writes among API requests keyed by verb (APPLY, PATCH, POST, PUT, DELETE, …).
+fn writes_served(by_verb: &std::collections::BTreeMap<String, u64>) -> u64 {
+    by_verb
+        .iter()
+        .filter(|(verb, _)| !matches!(verb.as_str(), "GET" | "LIST" | "WATCH" | "CONNECT"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// One measured explanation per missed target of the main setup.
+fn missed_targets(r: &Results, main: &SetupResult) -> Vec<String> {
+    let mut why = Vec::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if main.convergence_ratio > 1.5 {
+        let available = cores * main.convergence_seconds;
+        let used: f64 = main.convergence_cpu.values().sum();
+        let control_plane: f64 = [
+            "kube-apiserver",
+            "etcd",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ]
+        .iter()
+        .map(|name| cpu_of(main, name))
+        .sum();
+        let operator = operator_cpu(main);
+        let writes = writes_served(&main.apiserver_requests);
+        why.push(format!(
+            "Convergence ({:.2}× the bound): the machine was {:.0}% busy ({used:.0} of {available:.0} CPU s); \
+             the API server, etcd, controller-manager and scheduler used {control_plane:.0} CPU s ({:.0}%), \
+             pgop {operator:.1} CPU s ({:.0}%). Convergence needs more of the API server than the bound measures: \
+             it served {writes} writes from every client (the StatefulSet controller's pods, the scheduler's \
+             bindings, the kubelets' pod status, pgop's status and Events) against the bound's {} object creations. \
+             The API server and etcd are the limit, not pgop.",
+            main.convergence_ratio,
+            used / available * 100.0,
+            control_plane / available * 100.0,
+            operator / available * 100.0,
+            r.bound.objects,
+        ));
+    }
+    if let Some(steady) = &main.steady {
+        if let (Some(seconds), Some(reads)) = (steady.resync_seconds, steady.resync_reads) {
+            let at_5000 = seconds * 5000.0 / r.args.clusters as f64;
+            if at_5000 > 10.0 {
+                why.push(format!(
+                    "Full resync ({at_5000:.1} s at 5,000): every pass reads each child object live \
+                     ({:.1} GETs per cluster, {:.0} GETs/s served) because the workers keep no watch-fed \
+                     cache of child objects; the time is the API server's GET rate. A cache fed by the \
+                     watcher would make a resync of an in-sync fleet read nothing.",
+                    reads as f64 / r.args.clusters as f64,
+                    reads as f64 / seconds,
+                ));
+            }
+        }
+    }
+    let peak: f64 = main.cost.iter().map(|c| c.peak_rss_mib).sum();
+    if peak > 300.0 {
+        let mut by_process: Vec<_> = main.cost.iter().collect();
+        by_process.sort_by(|x, y| y.peak_rss_mib.total_cmp(&x.peak_rss_mib));
+        why.push(format!(
+            "Memory ({peak:.0} MiB peak at {} clusters): {}. The watcher holds every manifest and pod; \
+             each worker its own clusters' manifests, views and logs.",
+            r.args.clusters,
+            by_process
+                .iter()
+                .map(|c| format!("{} {:.0} MiB", c.name, c.peak_rss_mib))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(f) = main
+        .failover
+        .as_ref()
+        .filter(|f| f.reconciled_seconds.max(f.change_seconds) > 10.0)
+    {
+        why.push(format!(
+            "Failover ({:.1} s until reconciled, {:.1} s until the change showed): the survivors take \
+             {} clusters at once and pass each of them through a full sync.",
+            f.reconciled_seconds, f.change_seconds, f.clusters_moved
+        ));
+    }
+    for (latency, target, when) in [
+        (&main.latency_idle, 1.0, "idle"),
+        (&main.latency_loaded, 5.0, "loaded"),
+    ] {
+        if let Some(l) = latency.as_ref().filter(|l| l.p99_seconds > target) {
+            why.push(format!(
+                "Change → StatefulSet {when} (p99 {:.2} s): a change waits for its cluster's turn \
+                 behind the passes already queued at {}/s; see the CPU split below for who was busy.",
+                l.p99_seconds, l.rate
+            ));
+        }
+    }
+    why
+}
+
 pub fn summary(r: &Results) -> String {
     let mut md = String::new();
     let a = &r.args;
@@ -199,6 +296,14 @@ pub fn summary(r: &Results) -> String {
             );
         }
         md.push('\n');
+        let why = missed_targets(r, main);
+        if !why.is_empty() {
+            md.push_str("### Why targets were missed\n\n");
+            for line in why {
+                let _ = writeln!(md, "- {line}");
+            }
+            md.push('\n');
+        }
     }
 
     md.push_str("## Convergence by setup (6: sharding)\n\n");

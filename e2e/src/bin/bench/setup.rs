@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use pgop_common::crd::Postgresql;
@@ -183,12 +183,18 @@ fn start_operator(operator: &Operator, env: &Environment, args: &Args) -> Result
         .map(|i| format!("bench-{i}"))
         .collect::<Vec<_>>()
         .join(",");
-    let config_map = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "postgres-operator"},
-        "data": {"watched_namespace": watched, "enable_database_access": "false"}
-    });
-    env.apply(SYSTEM_NAMESPACE, &config_map.to_string())?;
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("postgres-operator".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([
+            ("watched_namespace".to_string(), watched),
+            ("enable_database_access".to_string(), "false".to_string()),
+        ])),
+        ..Default::default()
+    };
+    env.apply(SYSTEM_NAMESPACE, &serde_json::to_string(&config_map)?)?;
     match operator {
         Operator::Pgop { workers } => {
             let pgop = Pgop::start(
