@@ -18,7 +18,7 @@ use pgop_worker::builders::{pdb, secrets, services, statefulset};
 use serde::Serialize;
 
 use crate::measure::{self, Measured};
-use crate::setup::{environment, manifest};
+use crate::setup::{environment, manifest, operator_config_data};
 use crate::Args;
 
 #[derive(Debug, Serialize)]
@@ -91,7 +91,7 @@ pub async fn measure(args: &Args, names: &[(String, String)], state: &Path) -> R
             group: false,
         })
         .collect();
-    let config = OperatorConfig::default();
+    let config = pgop_common::config::from_config_map_data(&operator_config_data(args))?;
     let before = measure::costs(&processes);
     let begun = Instant::now();
     let objects: Vec<usize> =

@@ -178,20 +178,29 @@ impl Started {
     }
 }
 
-fn start_operator(operator: &Operator, env: &Environment, args: &Args) -> Result<Started> {
+/// The operator configuration of every setup (and of the bound's objects): the fleet's
+/// namespaces, no database access (no PostgreSQL runs), and no load balancer per cluster, as
+/// in Zalando's example ConfigMap (thousands would also exhaust the node port range).
+pub fn operator_config_data(args: &Args) -> BTreeMap<String, String> {
     let watched = (0..args.namespaces)
         .map(|i| format!("bench-{i}"))
         .collect::<Vec<_>>()
         .join(",");
+    BTreeMap::from([
+        ("watched_namespace".to_string(), watched),
+        ("enable_database_access".to_string(), "false".to_string()),
+        ("enable_master_load_balancer".to_string(), "false".to_string()),
+        ("enable_replica_load_balancer".to_string(), "false".to_string()),
+    ])
+}
+
+fn start_operator(operator: &Operator, env: &Environment, args: &Args) -> Result<Started> {
     let config_map = ConfigMap {
         metadata: ObjectMeta {
             name: Some("postgres-operator".into()),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([
-            ("watched_namespace".to_string(), watched),
-            ("enable_database_access".to_string(), "false".to_string()),
-        ])),
+        data: Some(operator_config_data(args)),
         ..Default::default()
     };
     env.apply(SYSTEM_NAMESPACE, &serde_json::to_string(&config_map)?)?;
