@@ -92,16 +92,18 @@ pub fn cpu_between(before: &[ProcessCost], after: &[ProcessCost]) -> BTreeMap<St
 }
 
 /// Requests the API server has served, by verb (`apiserver_request_total`).
+/// Requests the API server served, keyed `VERB resource` (`VERB resource/subresource`), from
+/// `apiserver_request_total`: the resource says which client was busy.
 pub async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .context("building the metrics request")?;
     let text = client.request_text(request).await?;
-    Ok(requests_by_verb(&text))
+    Ok(requests_by_verb_and_resource(&text))
 }
 
-fn requests_by_verb(metrics: &str) -> BTreeMap<String, u64> {
-    let mut by_verb = BTreeMap::new();
+fn requests_by_verb_and_resource(metrics: &str) -> BTreeMap<String, u64> {
+    let mut by_kind = BTreeMap::new();
     for line in metrics.lines() {
         let Some(labels) = line.strip_prefix("apiserver_request_total{") else {
             continue;
@@ -109,13 +111,33 @@ fn requests_by_verb(metrics: &str) -> BTreeMap<String, u64> {
         let Some((labels, value)) = labels.rsplit_once("} ") else {
             continue;
         };
-        let verb = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("verb=\""))
-            .map(|v| v.trim_end_matches('"').to_string());
-        if let (Some(verb), Ok(value)) = (verb, value.trim().parse::<f64>()) {
-            *by_verb.entry(verb).or_insert(0) += value as u64;
-        }
+        let label = |key: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{key}=\"")))
+                .map(|v| v.trim_end_matches('"'))
+                .unwrap_or_default()
+        };
+        let (verb, resource, subresource) =
+            (label("verb"), label("resource"), label("subresource"));
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let kind = match (resource, subresource) {
+            (r, "") => format!("{verb} {r}"),
+            (r, sub) => format!("{verb} {r}/{sub}"),
+        };
+        *by_kind.entry(kind).or_insert(0) += value as u64;
+    }
+    by_kind
+}
+
+/// Requests keyed `VERB resource` summed by verb.
+pub fn by_verb(by_kind: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut by_verb = BTreeMap::new();
+    for (kind, n) in by_kind {
+        let verb = kind.split(' ').next().unwrap_or_default();
+        *by_verb.entry(verb.to_string()).or_insert(0) += n;
     }
     by_verb
 }
@@ -175,21 +197,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_summed_by_verb_over_every_other_label() {
+    fn requests_are_summed_by_verb_and_resource_over_every_other_label() {
         let text = r#"# HELP apiserver_request_total x
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="secrets",scope="resource",subresource="",verb="GET",version="v1"} 10
 apiserver_request_total{code="404",component="apiserver",dry_run="",group="",resource="secrets",scope="resource",subresource="",verb="GET",version="v1"} 5
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="status",verb="PATCH",version="v1"} 3
 apiserver_request_total{code="201",component="apiserver",dry_run="",group="apps",resource="statefulsets",scope="resource",subresource="",verb="POST",version="v1"} 7
 apiserver_request_duration_seconds_count{verb="GET"} 99
 "#;
-        let got = requests_by_verb(text);
-        assert_eq!(got.get("GET"), Some(&15));
-        assert_eq!(got.get("POST"), Some(&7));
-        assert_eq!(got.len(), 2);
-        let later = BTreeMap::from([("GET".to_string(), 20), ("POST".to_string(), 7)]);
+        let got = requests_by_verb_and_resource(text);
+        assert_eq!(
+            got,
+            BTreeMap::from([
+                ("GET secrets".to_string(), 15),
+                ("PATCH pods/status".to_string(), 3),
+                ("POST statefulsets".to_string(), 7),
+            ])
+        );
+        assert_eq!(
+            by_verb(&got),
+            BTreeMap::from([
+                ("GET".to_string(), 15),
+                ("PATCH".to_string(), 3),
+                ("POST".to_string(), 7),
+            ])
+        );
+        let later = BTreeMap::from([
+            ("GET secrets".to_string(), 20),
+            ("PATCH pods/status".to_string(), 3),
+            ("POST statefulsets".to_string(), 7),
+        ]);
         assert_eq!(
             requests_between(&got, &later),
-            BTreeMap::from([("GET".to_string(), 5)])
+            BTreeMap::from([("GET secrets".to_string(), 5)])
         );
     }
 }

@@ -32,7 +32,7 @@ fn cpu_of(s: &SetupResult, name: &str) -> f64 {
 }
 
 fn requests(s: &SetupResult) -> String {
-    s.apiserver_requests
+    crate::measure::by_verb(&s.apiserver_requests)
         .iter()
         .filter(|(verb, _)| verb.as_str() != "WATCH")
         .map(|(verb, n)| format!("{verb} {n}"))
@@ -50,9 +50,9 @@ fn reads_and_writes(by_kind: &std::collections::BTreeMap<String, u64>) -> (u64, 
     })
 }
 
-/// Writes among API requests keyed by verb (APPLY, PATCH, POST, PUT, DELETE, …).
-fn writes_served(by_verb: &std::collections::BTreeMap<String, u64>) -> u64 {
-    by_verb
+/// Writes (APPLY, PATCH, POST, PUT, DELETE, …) among API requests keyed `VERB resource`.
+fn writes_served(by_kind: &std::collections::BTreeMap<String, u64>) -> u64 {
+    crate::measure::by_verb(by_kind)
         .iter()
         .filter(|(verb, _)| !matches!(verb.as_str(), "GET" | "LIST" | "WATCH" | "CONNECT"))
         .map(|(_, n)| n)
@@ -227,8 +227,8 @@ pub fn summary(r: &Results) -> String {
             let idle: String = s
                 .idle_requests
                 .iter()
-                .filter(|(v, _)| v.as_str() != "WATCH")
-                .map(|(v, n)| format!("{v} {n}"))
+                .filter(|(kind, _)| !kind.starts_with("WATCH "))
+                .map(|(kind, n)| format!("{kind} {n}"))
                 .collect::<Vec<_>>()
                 .join(", ");
             let _ = writeln!(

@@ -94,7 +94,7 @@ pub struct SetupResult {
     pub curve: Vec<(f64, usize)>,
     /// The stuck cluster's status at the end (never Running).
     pub stuck_status: Option<String>,
-    /// Requests the API server served during convergence, by verb (every client).
+    /// Requests the API server served during convergence (every client), by `VERB resource`.
     pub apiserver_requests: BTreeMap<String, u64>,
     /// pgop only: requests its workers made during convergence, by `verb resource`.
     pub operator_requests: Option<BTreeMap<String, u64>>,
@@ -189,8 +189,14 @@ pub fn operator_config_data(args: &Args) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("watched_namespace".to_string(), watched),
         ("enable_database_access".to_string(), "false".to_string()),
-        ("enable_master_load_balancer".to_string(), "false".to_string()),
-        ("enable_replica_load_balancer".to_string(), "false".to_string()),
+        (
+            "enable_master_load_balancer".to_string(),
+            "false".to_string(),
+        ),
+        (
+            "enable_replica_load_balancer".to_string(),
+            "false".to_string(),
+        ),
     ])
 }
 
