@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: up down test install build unit e2e
+.PHONY: up down test install build unit e2e bench
 
 ## up: start the local environment and a PostgreSQL cluster (state in .local/)
 up: install build
@@ -27,3 +27,8 @@ unit:
 
 e2e: install build
 	cargo test -p pgop-e2e --test e2e
+
+## bench: the scale benchmark at 1,000 clusters on the release build (results in target/bench)
+bench: install
+	cargo build --release --bins
+	PGOP_BIN_DIR=$(CURDIR)/target/release target/release/pgop-bench --clusters 1000 --namespaces 20
