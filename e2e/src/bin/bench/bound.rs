@@ -17,7 +17,7 @@ use pgop_common::crd::Postgresql;
 use pgop_worker::builders::{pdb, secrets, services, statefulset};
 use serde::Serialize;
 
-use crate::measure::{self, Measured};
+use crate::measure;
 use crate::setup::{environment, manifest, operator_config_data};
 use crate::Args;
 
@@ -82,15 +82,7 @@ async fn create_objects(
 pub async fn measure(args: &Args, names: &[(String, String)], state: &Path) -> Result<Bound> {
     let namespaces: Vec<String> = (0..args.namespaces).map(|i| format!("bench-{i}")).collect();
     let (env, client) = environment(state, &namespaces).await?;
-    let processes: Vec<Measured> = env
-        .processes()
-        .into_iter()
-        .map(|(name, pid)| Measured {
-            name,
-            pid,
-            group: false,
-        })
-        .collect();
+    let processes = measure::environment_processes(&env);
     let config = pgop_common::config::from_config_map_data(&operator_config_data(args))?;
     let before = measure::costs(&processes);
     let begun = Instant::now();

@@ -14,6 +14,18 @@ pub struct Measured {
     pub group: bool,
 }
 
+/// The local environment's own processes (control plane, kubelets), each measured alone.
+pub fn environment_processes(env: &pgop_e2e::env::Environment) -> Vec<Measured> {
+    env.processes()
+        .into_iter()
+        .map(|(name, pid)| Measured {
+            name,
+            pid,
+            group: false,
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ProcessCost {
     pub name: String,
@@ -104,32 +116,51 @@ pub async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>
 
 fn requests_by_verb_and_resource(metrics: &str) -> BTreeMap<String, u64> {
     let mut by_kind = BTreeMap::new();
-    for line in metrics.lines() {
-        let Some(labels) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = labels.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |key: &str| {
-            labels
-                .split(',')
-                .find_map(|l| l.strip_prefix(&format!("{key}=\"")))
-                .map(|v| v.trim_end_matches('"'))
-                .unwrap_or_default()
-        };
-        let (verb, resource, subresource) =
-            (label("verb"), label("resource"), label("subresource"));
-        let Ok(value) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let kind = match (resource, subresource) {
-            (r, "") => format!("{verb} {r}"),
-            (r, sub) => format!("{verb} {r}/{sub}"),
-        };
-        *by_kind.entry(kind).or_insert(0) += value as u64;
-    }
+    sum_counter(
+        metrics,
+        "apiserver_request_total",
+        &mut by_kind,
+        |labels| match (labels.get("resource"), labels.get("subresource")) {
+            (resource, "") => format!("{} {resource}", labels.get("verb")),
+            (resource, sub) => format!("{} {resource}/{sub}", labels.get("verb")),
+        },
+    );
     by_kind
+}
+
+/// The labels of one Prometheus sample (`key="value",…`).
+struct Labels<'a>(&'a str);
+
+impl<'a> Labels<'a> {
+    fn get(&self, key: &str) -> &'a str {
+        self.0
+            .split(',')
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix("=\""))
+            .map(|v| v.trim_end_matches('"'))
+            .unwrap_or_default()
+    }
+}
+
+/// Adds the samples of one counter in Prometheus' text format into `into`, keyed by `key`.
+fn sum_counter(
+    metrics: &str,
+    counter: &str,
+    into: &mut BTreeMap<String, u64>,
+    key: impl Fn(&Labels) -> String,
+) {
+    let prefix = format!("{counter}{{");
+    for line in metrics.lines() {
+        let Some((labels, value)) = line
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.rsplit_once("} "))
+        else {
+            continue;
+        };
+        // Counters are floats in the text format (`1.2e+06`).
+        if let Ok(value) = value.trim().parse::<f64>() {
+            *into.entry(key(&Labels(labels))).or_insert(0) += value as u64;
+        }
+    }
 }
 
 /// Requests keyed `VERB resource` summed by verb.
@@ -152,26 +183,9 @@ pub async fn worker_requests(metrics_addrs: &[String]) -> Result<BTreeMap<String
             continue;
         };
         let text = response.text().await?;
-        for line in text.lines() {
-            let Some(labels) = line.strip_prefix("pgop_kube_requests_total{") else {
-                continue;
-            };
-            let Some((labels, value)) = labels.rsplit_once("} ") else {
-                continue;
-            };
-            let label = |key: &str| {
-                labels
-                    .split(',')
-                    .find_map(|l| l.strip_prefix(&format!("{key}=\"")))
-                    .map(|v| v.trim_end_matches('"').to_string())
-                    .unwrap_or_default()
-            };
-            if let Ok(value) = value.trim().parse::<u64>() {
-                *by_kind
-                    .entry(format!("{} {}", label("verb"), label("resource")))
-                    .or_insert(0) += value;
-            }
-        }
+        sum_counter(&text, "pgop_kube_requests_total", &mut by_kind, |labels| {
+            format!("{} {}", labels.get("verb"), labels.get("resource"))
+        });
     }
     Ok(by_kind)
 }

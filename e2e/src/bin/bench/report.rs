@@ -96,10 +96,11 @@ fn missed_targets(r: &Results, main: &SetupResult) -> Vec<String> {
             let at_5000 = seconds * 5000.0 / r.args.clusters as f64;
             if at_5000 > 10.0 {
                 why.push(format!(
-                    "Full resync ({at_5000:.1} s at 5,000): every pass reads each child object live \
-                     ({:.1} GETs per cluster, {:.0} GETs/s served) because the workers keep no watch-fed \
-                     cache of child objects; the time is the API server's GET rate. A cache fed by the \
-                     watcher would make a resync of an in-sync fleet read nothing.",
+                    "Full resync ({at_5000:.1} s at 5,000): every pass reads each child object live, one \
+                     after another ({:.1} GETs per cluster, {:.0} GETs/s served), because the workers keep \
+                     no watch-fed cache of child objects; the time is the reads in a row per reconcile slot \
+                     times the API server's answer time. A cache fed by the watcher would make a resync of \
+                     an in-sync fleet read nothing.",
                     reads as f64 / r.args.clusters as f64,
                     reads as f64 / seconds,
                 ));
@@ -128,7 +129,8 @@ fn missed_targets(r: &Results, main: &SetupResult) -> Vec<String> {
     {
         why.push(format!(
             "Failover ({:.1} s until reconciled, {:.1} s until the change showed): the survivors take \
-             {} clusters at once and pass each of them through a full sync.",
+             {} clusters at once and pass each of them through a full sync that reads every child \
+             object live; the changed cluster waits its turn among them.",
             f.reconciled_seconds, f.change_seconds, f.clusters_moved
         ));
     }

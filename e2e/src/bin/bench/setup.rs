@@ -369,15 +369,7 @@ async fn measure(
     } else {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    let mut everything: Vec<Measured> = env
-        .processes()
-        .into_iter()
-        .map(|(name, pid)| Measured {
-            name,
-            pid,
-            group: false,
-        })
-        .collect();
+    let mut everything: Vec<Measured> = measure::environment_processes(env);
     everything.extend(started.processes.iter().cloned());
     let (statuses, status_watch) = Statuses::start(client.clone());
     let stuck = (scope == Scope::Stuck).then(|| format!("{}/{}", names[0].0, names[0].1));
@@ -509,17 +501,9 @@ async fn wait_for_workers(gateway: &str, workers: usize) -> Result<()> {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let listed = async {
-            let list: Vec<serde_json::Value> = http
-                .get(format!("http://{gateway}/workers/"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            anyhow::Ok(list.len())
-        }
-        .await
-        .unwrap_or(0);
+        let listed = async { anyhow::Ok(list_workers(&http, gateway).await?.len()) }
+            .await
+            .unwrap_or(0);
         if listed == workers {
             return Ok(());
         }
@@ -685,15 +669,20 @@ async fn failover(
     })
 }
 
-/// Worker id → clusters assigned, from the gateway.
-async fn worker_clusters(http: &reqwest::Client, gateway: &str) -> Result<BTreeMap<String, u32>> {
-    let list: Vec<serde_json::Value> = http
+/// The gateway's `/workers/` list.
+async fn list_workers(http: &reqwest::Client, gateway: &str) -> Result<Vec<serde_json::Value>> {
+    Ok(http
         .get(format!("http://{gateway}/workers/"))
         .send()
         .await?
         .json()
-        .await?;
-    Ok(list
+        .await?)
+}
+
+/// Worker id → clusters assigned, from the gateway.
+async fn worker_clusters(http: &reqwest::Client, gateway: &str) -> Result<BTreeMap<String, u32>> {
+    Ok(list_workers(http, gateway)
+        .await?
         .iter()
         .filter_map(|w| {
             Some((
