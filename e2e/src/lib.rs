@@ -2,6 +2,7 @@
 //! own state directory and ports, driven the way a user drives a cluster, with every
 //! component's log collected in `<state>/logs`.
 pub mod env;
+pub mod metrics;
 pub mod pgop;
 pub mod teams_api;
 pub mod wait;

@@ -317,7 +317,6 @@ impl Pgop {
 /// The sum over `addrs` of the counter `name` over every series carrying `labels` (e.g.
 /// `verb="patch"`), read from each process's `GET /metrics`; a process not serving counts 0.
 pub fn counter(addrs: &[String], name: &str, labels: &[(&str, &str)]) -> Result<u64> {
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     let mut total = 0;
     for addr in addrs {
         let out = std::process::Command::new("curl")
@@ -327,22 +326,11 @@ pub fn counter(addrs: &[String], name: &str, labels: &[(&str, &str)]) -> Result<
         if !out.status.success() {
             continue;
         }
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-            let found: Vec<&str> = rest
-                .trim_end_matches('}')
-                .split(',')
-                .filter(|l| !l.is_empty())
-                .collect();
-            if metric == name && wanted.iter().all(|w| found.contains(&w.as_str())) {
-                total += value
-                    .parse::<u64>()
-                    .with_context(|| format!("{addr}: {line}"))?;
-            }
-        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        total += crate::metrics::samples(&text, name)
+            .filter(|(series, _)| labels.iter().all(|(k, v)| series.get(k) == *v))
+            .map(|(_, value)| value)
+            .sum::<u64>();
     }
     Ok(total)
 }

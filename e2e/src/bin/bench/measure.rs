@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use kube::Client;
+use pgop_e2e::metrics::samples;
 use serde::Serialize;
 
 /// A process (or a process group, for another operator's start command) to measure.
@@ -103,7 +104,6 @@ pub fn cpu_between(before: &[ProcessCost], after: &[ProcessCost]) -> BTreeMap<St
         .collect()
 }
 
-/// Requests the API server has served, by verb (`apiserver_request_total`).
 /// Requests the API server served, keyed `VERB resource` (`VERB resource/subresource`), from
 /// `apiserver_request_total`: the resource says which client was busy.
 pub async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>> {
@@ -116,51 +116,14 @@ pub async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>
 
 fn requests_by_verb_and_resource(metrics: &str) -> BTreeMap<String, u64> {
     let mut by_kind = BTreeMap::new();
-    sum_counter(
-        metrics,
-        "apiserver_request_total",
-        &mut by_kind,
-        |labels| match (labels.get("resource"), labels.get("subresource")) {
+    for (labels, n) in samples(metrics, "apiserver_request_total") {
+        let kind = match (labels.get("resource"), labels.get("subresource")) {
             (resource, "") => format!("{} {resource}", labels.get("verb")),
             (resource, sub) => format!("{} {resource}/{sub}", labels.get("verb")),
-        },
-    );
-    by_kind
-}
-
-/// The labels of one Prometheus sample (`key="value",…`).
-struct Labels<'a>(&'a str);
-
-impl<'a> Labels<'a> {
-    fn get(&self, key: &str) -> &'a str {
-        self.0
-            .split(',')
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix("=\""))
-            .map(|v| v.trim_end_matches('"'))
-            .unwrap_or_default()
-    }
-}
-
-/// Adds the samples of one counter in Prometheus' text format into `into`, keyed by `key`.
-fn sum_counter(
-    metrics: &str,
-    counter: &str,
-    into: &mut BTreeMap<String, u64>,
-    key: impl Fn(&Labels) -> String,
-) {
-    let prefix = format!("{counter}{{");
-    for line in metrics.lines() {
-        let Some((labels, value)) = line
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.rsplit_once("} "))
-        else {
-            continue;
         };
-        // Counters are floats in the text format (`1.2e+06`).
-        if let Ok(value) = value.trim().parse::<f64>() {
-            *into.entry(key(&Labels(labels))).or_insert(0) += value as u64;
-        }
+        *by_kind.entry(kind).or_insert(0) += n;
     }
+    by_kind
 }
 
 /// Requests keyed `VERB resource` summed by verb.
@@ -183,9 +146,11 @@ pub async fn worker_requests(metrics_addrs: &[String]) -> Result<BTreeMap<String
             continue;
         };
         let text = response.text().await?;
-        sum_counter(&text, "pgop_kube_requests_total", &mut by_kind, |labels| {
-            format!("{} {}", labels.get("verb"), labels.get("resource"))
-        });
+        for (labels, n) in samples(&text, "pgop_kube_requests_total") {
+            *by_kind
+                .entry(format!("{} {}", labels.get("verb"), labels.get("resource")))
+                .or_insert(0) += n;
+        }
     }
     Ok(by_kind)
 }

@@ -501,9 +501,7 @@ async fn wait_for_workers(gateway: &str, workers: usize) -> Result<()> {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let listed = async { anyhow::Ok(list_workers(&http, gateway).await?.len()) }
-            .await
-            .unwrap_or(0);
+        let listed = list_workers(&http, gateway).await.map_or(0, |l| l.len());
         if listed == workers {
             return Ok(());
         }
