@@ -197,11 +197,19 @@ pub struct PostgresSpec {
     pub streams: Vec<Stream>,
 }
 
-/// `status.PostgresClusterStatus`, as Zalando's operator writes it.
+/// `status.PostgresClusterStatus`, as Zalando's operator writes it, and why the cluster is
+/// `Invalid` or `*Failed` (pgop's additions; a CRD that doesn't list them prunes them).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct PostgresStatus {
     #[serde(rename = "PostgresClusterStatus", default)]
     pub postgres_cluster_status: String,
+    /// Why the cluster is `Invalid` or `*Failed`: the field and what is wrong, never a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When a failed sync is tried again (RFC 3339); absent when only a change of the manifest
+    /// or of the operator configuration can help.
+    #[serde(rename = "nextRetry", default, skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

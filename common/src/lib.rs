@@ -4,6 +4,7 @@ pub mod config;
 pub mod crd;
 pub mod metrics;
 mod operator_configuration;
+pub mod retry;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

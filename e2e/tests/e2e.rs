@@ -17,6 +17,8 @@ use pgop_e2e::{wait, Environment, EnvironmentOptions};
 
 #[path = "e2e/compat.rs"]
 mod compat;
+#[path = "e2e/invalid.rs"]
+mod invalid;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/operator.rs"]
@@ -77,6 +79,9 @@ fn main() {
         }),
         ("a_node_losing_its_readiness_label_moves_the_master", || {
             block_on(lifecycle::node_losing_readiness_moves_the_master())
+        }),
+        ("invalid_manifests_cost_one_pass_and_one_event", || {
+            block_on(invalid::invalid_manifests_cost_one_pass_and_one_event())
         }),
     ];
     let trials: Vec<Trial> = tests

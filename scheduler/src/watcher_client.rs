@@ -1,7 +1,7 @@
 //! The scheduler's subscription to the watcher, re-established after any failure; every
 //! subscription starts with a full snapshot, so nothing is lost across restarts.
-use std::time::Duration;
 
+use pgop_common::retry::RetryPolicy;
 use pgop_proto::v1::watcher_client::WatcherClient;
 use pgop_proto::v1::SubscribeRequest;
 use tokio::sync::mpsc;
@@ -14,19 +14,19 @@ pub async fn run(
     inputs: mpsc::UnboundedSender<Input>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = RetryPolicy::RECONNECT.backoff();
     while !shutdown.is_cancelled() {
+        let delay = backoff.next_delay();
         match subscribe(&address, &inputs, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(watcher = %address, "watcher subscription: {e}; retrying in {backoff:?}")
+                tracing::warn!(watcher = %address, "watcher subscription: {e}; retrying in {delay:?}")
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -4,7 +4,8 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams, TypeMeta};
-use kube::{Api, Resource};
+use kube::{Api, Client, Resource};
+use pgop_common::crd::Postgresql;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -301,6 +302,17 @@ pub async fn create_if_absent<K: Object>(api: &Api<K>, desired: &K) -> Result<Ap
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Applied::Unchanged),
         Err(e) => Err(target.kube(e)),
     }
+}
+
+/// The `postgresql` resource without its types: whatever the API server admits must be
+/// written and read back, including manifests pgop's types refuse (a response that does not
+/// fit the types would fail a write that succeeded, and kube-client would log the object).
+pub fn postgresql_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &ApiResource::erase::<Postgresql>(&()),
+    )
 }
 
 #[cfg(test)]

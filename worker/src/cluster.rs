@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use pgop_common::config::OperatorConfig;
-use pgop_common::crd::{cluster_status as s, Postgresql};
+use pgop_common::crd::{cluster_status as s, PostgresStatus, Postgresql};
 use pgop_proto::v1::{
     worker_message, ClusterEvent, ClusterEventType, ClusterStatus, NodeState, PodState,
     WorkerMessage,
@@ -23,11 +24,13 @@ use crate::deletion::{delete_cluster, Progress};
 use crate::maintenance::in_maintenance_window;
 use crate::objects_memo::ObjectsMemo;
 use crate::patroni_sync::{PatroniProgress, PatroniSync};
-use crate::reconcile::{sync_objects, write_status, SyncError, Synced, Written};
+use crate::reconcile::{read_status, sync_objects, write_status, SyncError, Synced, Written};
 use crate::rolling::NodeRules;
 use crate::rollout::{master_address, PodGoal, RollingProgress, Rollout};
+use crate::standing::{Judged, Retry, Standing};
 use crate::status::{next_status, pods_ready, SyncResult};
 use crate::view::now_rfc3339;
+use crate::warnings::Warnings;
 
 /// Every node by name, as the watcher last reported it.
 pub type Nodes = BTreeMap<String, NodeState>;
@@ -97,9 +100,14 @@ pub struct ClusterTask {
     /// The last object sync, reused while only pods change.
     objects_memo: ObjectsMemo,
     /// The status as last read or written; None until read from the live object.
-    status: Option<String>,
+    status: Option<PostgresStatus>,
+    /// The manifest's generation in the current pass.
+    generation: i64,
+    /// How the passes have been ending: what is tried again, and when.
+    standing: Standing,
+    /// The Warning Events shown for the current generation.
+    warnings: Warnings,
     reported: Option<ClusterStatus>,
-    failures: u32,
     pending: u32,
     pending_event: String,
     ctx: Arc<Context>,
@@ -112,10 +120,6 @@ pub struct ClusterTask {
 const ROLLING_POLL: Duration = Duration::from_secs(2);
 /// How soon a cluster held back (waiting for a turn or a maintenance window) looks again.
 const HELD_POLL: Duration = Duration::from_secs(60);
-
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60))
-}
 
 fn event_name(kind: i32) -> &'static str {
     ClusterEventType::try_from(kind)
@@ -155,8 +159,10 @@ impl ClusterTask {
             pods: BTreeMap::new(),
             objects_memo: ObjectsMemo::default(),
             status: None,
+            generation: 0,
+            standing: Standing::default(),
+            warnings: Warnings::default(),
             reported: None,
-            failures: 0,
             pending: 0,
             pending_event: String::new(),
             ctx,
@@ -265,12 +271,12 @@ impl ClusterTask {
             }
             dirty = false;
             retry_at = None;
-            self.mark_running();
+            let trigger = self.mark_running();
             let next = tokio::select! {
                 biased;
                 // Dropping the pass mid-way is safe: every write is idempotent.
                 _ = cancel.cancelled() => return,
-                next = self.reconcile_once() => next,
+                next = self.reconcile_once(&trigger) => next,
             };
             drop(permit);
             match next {
@@ -313,21 +319,32 @@ impl ClusterTask {
         });
     }
 
-    fn mark_running(&mut self) {
+    /// What woke this pass.
+    fn mark_running(&mut self) -> String {
         self.pending = 0;
         let trigger = std::mem::take(&mut self.pending_event);
+        let shown = trigger.clone();
         self.ctx.view.update(&self.key, |v| {
             v.running = true;
             v.pending = 0;
-            if !trigger.is_empty() {
-                v.trigger = trigger;
+            if !shown.is_empty() {
+                v.trigger = shown;
             }
         });
+        trigger
+    }
+
+    /// `PostgresClusterStatus` as last read or written.
+    fn cluster_status(&self) -> String {
+        self.status
+            .as_ref()
+            .map(|s| s.postgres_cluster_status.clone())
+            .unwrap_or_default()
     }
 
     fn finish_view(&self, message: &str, instances: u32) {
         let pods: Vec<PodState> = self.pods.values().cloned().collect();
-        let status = self.status.clone().unwrap_or_default();
+        let status = self.cluster_status();
         let uid = self
             .object
             .as_ref()
@@ -368,7 +385,7 @@ impl ClusterTask {
         }
     }
 
-    async fn reconcile_once(&mut self) -> Next {
+    async fn reconcile_once(&mut self, trigger: &str) -> Next {
         let Some(object) = self.object.clone() else {
             // Assigned without state yet: nothing to do until the object arrives.
             self.ctx.view.update(&self.key, |v| {
@@ -389,7 +406,7 @@ impl ClusterTask {
             };
         }
         if object.r#type == ClusterEventType::Delete as i32 {
-            let deleted = crate::manifest::parse(&object.manifest_json).ok();
+            let deleted = crate::manifest::metadata(&object.manifest_json);
             if let Some(reason) = self
                 .deletion_refused(&object, deleted.as_ref(), &config)
                 .await
@@ -410,6 +427,21 @@ impl ClusterTask {
             return next;
         }
         let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
+        let metadata = crate::manifest::metadata(&object.manifest_json).unwrap_or_default();
+        if metadata.deletion_timestamp.is_some() {
+            // Whatever the spec holds: a manifest pgop's types refuse is deleted all the same.
+            return self.finalize(&object, &metadata, &config).await;
+        }
+        let judged = Judged::of(&metadata, config.clone());
+        self.generation = judged.generation;
+        if self.standing.still_invalid(&judged) && trigger != "SYNC-REQUEST" {
+            // Our own status write, a resync, a pod: nothing a verdict depends on changed.
+            self.finish_view(&self.reported_message(), 0);
+            return Next::Idle;
+        }
+        if self.status.is_none() {
+            self.status = self.live_status(&object.manifest_json).await;
+        }
         let mut permanent = false;
         let (result, team, instances) = match crate::manifest::parse(&object.manifest_json) {
             Err(e) => (
@@ -417,9 +449,6 @@ impl ClusterTask {
                 String::new(),
                 0,
             ),
-            Ok(pg) if pg.metadata.deletion_timestamp.is_some() => {
-                return self.finalize(&object, &pg, &config).await;
-            }
             Ok(pg) if crate::manifest::paused(&pg) => return self.pause(&reference, &pg).await,
             Ok(pg) => {
                 if self.paused {
@@ -428,14 +457,10 @@ impl ClusterTask {
                     self.ctx
                         .event(
                             &reference,
-                            false,
                             "Resumed",
                             "pgop manages the cluster again".into(),
                         )
                         .await;
-                }
-                if self.status.is_none() {
-                    self.status = self.live_status(&pg).await;
                 }
                 let databases = crate::roles::database_names(&pg);
                 self.ctx.view.update(&self.key, |v| v.databases = databases);
@@ -469,8 +494,15 @@ impl ClusterTask {
             }
         };
         self.update_pending = false;
-        self.conclude(result, team, instances, permanent, &reference)
+        self.conclude(result, team, instances, permanent, judged, &reference)
             .await
+    }
+
+    fn reported_message(&self) -> String {
+        self.reported
+            .as_ref()
+            .map(|r| r.message.clone())
+            .unwrap_or_default()
     }
 
     /// The objects, then the pods (a rolling update, Patroni's configuration). True with a
@@ -546,11 +578,12 @@ impl ClusterTask {
         team: String,
         instances: u32,
         permanent: bool,
+        judged: Judged,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
     ) -> Next {
-        let previous = self.status.clone().unwrap_or_default();
+        let previous = self.cluster_status();
         let status = next_status(&previous, &result);
-        let message = match &result {
+        let mut message = match &result {
             SyncResult::Invalid(m) | SyncResult::Failed(m) => m.clone(),
             SyncResult::Updating(m) => m.clone(),
             SyncResult::Synced { pods_ready: false } => "waiting for the pods' roles".into(),
@@ -566,53 +599,72 @@ impl ClusterTask {
             SyncResult::Updating(_) if std::mem::take(&mut self.held) => Next::RetryIn(HELD_POLL),
             // The next step of a rolling update; pod events usually come sooner.
             SyncResult::Updating(_) => Next::RetryIn(ROLLING_POLL),
+            SyncResult::Invalid(_) => Next::Idle,
             SyncResult::Failed(m) => {
-                self.failures += 1;
-                tracing::warn!(cluster = %self.key, failures = self.failures, "sync failed: {m}");
-                if permanent {
-                    // Retrying soon cannot help: the next change of manifest or configuration
-                    // will; meanwhile it is repaired at the pace of `repair_period`.
-                    Next::RetryIn(self.config.borrow().repair_period)
-                } else {
-                    Next::RetryIn(backoff(self.failures))
-                }
+                // Retrying soon cannot help a failure that needs a change: the next change of
+                // manifest or configuration will; meanwhile it is repaired at the pace of
+                // `repair_period`.
+                let retry = match permanent {
+                    true => Retry::After(self.config.borrow().repair_period),
+                    false => Retry::BackingOff,
+                };
+                let delay = self.standing.failed(chrono::Utc::now(), retry);
+                tracing::warn!(cluster = %self.key, failures = self.standing.failures(), retry_in = ?delay, "sync failed: {m}");
+                Next::RetryIn(delay)
             }
-            _ => {
-                self.failures = 0;
-                Next::Idle
-            }
+            SyncResult::Synced { .. } => Next::Idle,
         };
-        // Events say what changed: a failure repeating on every retry or resync is not news.
-        let news = self
-            .reported
-            .as_ref()
-            .is_none_or(|r| r.status != status || r.message != message);
-        if status != previous {
-            match write_status(&self.ctx.client, &self.namespace, &self.name, status).await {
+        match &result {
+            SyncResult::Invalid(_) => self.standing.invalid(judged),
+            SyncResult::Failed(_) => {}
+            _ => self.standing.succeeded(),
+        }
+        let next_retry = self
+            .standing
+            .next_try()
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let desired = PostgresStatus {
+            postgres_cluster_status: status.to_string(),
+            message: matches!(result, SyncResult::Invalid(_) | SyncResult::Failed(_))
+                .then(|| message.clone()),
+            next_retry: next_retry.clone(),
+        };
+        if self.status.as_ref() != Some(&desired) {
+            match write_status(&self.ctx.client, &self.namespace, &self.name, &desired).await {
                 Ok(()) => {
-                    tracing::info!(cluster = %self.key, from = %previous, to = status, "status");
-                    self.status = Some(status.to_string());
-                    self.ctx.view.record(&self.key, "status", status);
-                    if matches!(result, SyncResult::Synced { .. }) {
-                        self.ctx
-                            .event(reference, false, status, format!("cluster is {status}"))
-                            .await;
+                    if status != previous {
+                        tracing::info!(cluster = %self.key, from = %previous, to = status, "status");
+                        self.ctx.view.record(&self.key, "status", status);
+                        if matches!(result, SyncResult::Synced { .. }) {
+                            self.ctx
+                                .event(reference, status, format!("cluster is {status}"))
+                                .await;
+                        }
                     }
+                    self.status = Some(desired);
                 }
                 Err(e) => {
                     tracing::warn!(cluster = %self.key, "{e}");
-                    self.failures += 1;
-                    next = Next::RetryIn(backoff(self.failures));
+                    let delay = self.standing.failed(chrono::Utc::now(), Retry::BackingOff);
+                    next = Next::RetryIn(delay);
                 }
             }
         }
-        match &result {
-            SyncResult::Invalid(m) | SyncResult::Failed(m) if news => {
-                self.ctx.event(reference, true, status, m.clone()).await;
+        if let SyncResult::Invalid(m) | SyncResult::Failed(m) = &result {
+            if self.warnings.is_news(self.generation, status, m) {
+                if matches!(result, SyncResult::Invalid(_)) {
+                    tracing::warn!(cluster = %self.key, "invalid manifest: {m}");
+                }
+                self.ctx
+                    .warning(reference, self.generation, status, m.clone())
+                    .await;
             }
-            _ => {}
         }
-        let current = self.status.clone().unwrap_or_default();
+        self.warnings.settle();
+        if let Some(at) = next_retry {
+            message = format!("{message}; next try at {at}");
+        }
+        let current = self.cluster_status();
         self.report(&current, &team, &message);
         self.finish_view(&message, instances);
         next
@@ -633,31 +685,39 @@ impl ClusterTask {
             self.paused = true;
             tracing::info!(cluster = %self.key, "{message}");
             self.ctx.view.record(&self.key, "paused", "");
-            self.ctx
-                .event(reference, false, "Paused", message.clone())
-                .await;
+            self.ctx.event(reference, "Paused", message.clone()).await;
         }
-        let status = self.status.clone().unwrap_or_default();
+        let status = self.cluster_status();
         self.report(&status, &pg.spec.team_id, &message);
         self.finish_view(&message, 0);
         Next::Idle
     }
 
+    /// A Warning Event, unless this problem was shown for this generation and has held
+    /// since (see [`crate::warnings`]); the log line goes with it.
+    async fn warn(
+        &mut self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        reason: &str,
+        note: &str,
+    ) {
+        if self.warnings.is_news(self.generation, reason, note) {
+            tracing::warn!(cluster = %self.key, "{reason}: {note}");
+            self.ctx
+                .warning(reference, self.generation, reason, note.to_string())
+                .await;
+        }
+    }
+
     /// What the manifest asks for and pgop refuses while the rest is in sync (a volume
-    /// shrink): in the status message, and in a Warning Event when it changes.
+    /// shrink): in the status message, and in a Warning Event.
     async fn show_refusals(
         &mut self,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
         problems: String,
     ) {
-        if problems == self.object_problems {
-            return;
-        }
         if !problems.is_empty() {
-            tracing::warn!(cluster = %self.key, "refused: {problems}");
-            self.ctx
-                .event(reference, true, "Refused", problems.clone())
-                .await;
+            self.warn(reference, "Refused", &problems).await;
         }
         self.object_problems = problems;
     }
@@ -666,15 +726,19 @@ impl ClusterTask {
     /// change is carried out (Zalando writes it before acting on an update too).
     async fn mark_updating(&mut self) {
         let settled = matches!(
-            self.status.as_deref(),
-            Some(s::RUNNING | s::SYNC_FAILED | s::UPDATE_FAILED)
+            self.cluster_status().as_str(),
+            s::RUNNING | s::SYNC_FAILED | s::UPDATE_FAILED
         );
         if !settled {
             return;
         }
-        match write_status(&self.ctx.client, &self.namespace, &self.name, s::UPDATING).await {
+        let updating = PostgresStatus {
+            postgres_cluster_status: s::UPDATING.into(),
+            ..PostgresStatus::default()
+        };
+        match write_status(&self.ctx.client, &self.namespace, &self.name, &updating).await {
             Ok(()) => {
-                self.status = Some(s::UPDATING.to_string());
+                self.status = Some(updating);
                 self.ctx.view.record(&self.key, "status", s::UPDATING);
             }
             Err(e) => tracing::warn!(cluster = %self.key, "{e}"),
@@ -803,37 +867,23 @@ impl ClusterTask {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        if problems != self.role_problems {
-            if !problems.is_empty() {
-                tracing::warn!(cluster = %self.key, "role definitions refused: {problems}");
-                self.ctx
-                    .event(reference, true, "RoleDefinitionRefused", problems.clone())
-                    .await;
-            }
-            self.role_problems = problems;
+        if !problems.is_empty() {
+            self.warn(reference, "RoleDefinitionRefused", &problems)
+                .await;
         }
+        self.role_problems = problems;
         Ok(())
     }
 
     /// The status the object carries now: the manifest in hand may predate the previous
-    /// owner's last status write.
-    async fn live_status(&self, pg: &Postgresql) -> Option<String> {
-        let api: Api<Postgresql> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let carried = || {
-            pg.status
-                .as_ref()
-                .map(|s| s.postgres_cluster_status.clone())
-        };
-        match api.get_opt(&self.name).await {
-            Ok(Some(live)) => Some(
-                live.status
-                    .map(|s| s.postgres_cluster_status)
-                    .unwrap_or_default(),
-            ),
-            Ok(None) => carried(),
+    /// owner's last status write. Read untyped, whatever the spec holds.
+    async fn live_status(&self, manifest_json: &[u8]) -> Option<PostgresStatus> {
+        match read_status(&self.ctx.client, &self.namespace, &self.name).await {
+            Ok(Some(live)) => Some(live),
+            Ok(None) => carried_status(manifest_json),
             Err(e) => {
                 tracing::warn!(cluster = %self.key, "reading the live status: {e}");
-                carried()
+                carried_status(manifest_json)
             }
         }
     }
@@ -843,17 +893,18 @@ impl ClusterTask {
     async fn finalize(
         &mut self,
         object: &ClusterEvent,
-        pg: &Postgresql,
+        metadata: &ObjectMeta,
         config: &OperatorConfig,
     ) -> Next {
-        if !crate::finalizer::has_finalizer(pg) {
+        if !crate::finalizer::has_finalizer(metadata) {
             return Next::Idle;
         }
-        if let Some(reason) = self.deletion_refused(object, Some(pg), config).await {
+        if let Some(reason) = self.deletion_refused(object, Some(metadata), config).await {
             // The finalizer holds the manifest until the annotations allow the deletion.
             let message = format!("deletion waits for its annotations: {reason}");
-            let status = self.status.clone().unwrap_or_default();
-            self.report(&status, &pg.spec.team_id, &message);
+            let status = self.cluster_status();
+            let team = self.reported.as_ref().map(|r| r.team.clone());
+            self.report(&status, &team.unwrap_or_default(), &message);
             self.finish_view(&message, 0);
             return Next::Idle;
         }
@@ -864,9 +915,9 @@ impl ClusterTask {
                 {
                     Ok(()) => Next::Idle,
                     Err(e) => {
-                        self.failures += 1;
                         tracing::warn!(cluster = %self.key, "removing the finalizer: {e}");
-                        Next::RetryIn(backoff(self.failures))
+                        let delay = self.standing.failed(chrono::Utc::now(), Retry::BackingOff);
+                        Next::RetryIn(delay)
                     }
                 }
             }
@@ -879,18 +930,16 @@ impl ClusterTask {
     async fn deletion_refused(
         &mut self,
         object: &ClusterEvent,
-        pg: Option<&Postgresql>,
+        metadata: Option<&ObjectMeta>,
         config: &OperatorConfig,
     ) -> Option<String> {
         let day = self
             .deleted_on
             .unwrap_or_else(|| chrono::Utc::now().date_naive());
-        let reason = crate::delete_protection::deletion_refused(pg, config, day)?;
+        let reason = crate::delete_protection::deletion_refused(metadata, config, day)?;
+        let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
+        self.warn(&reference, "DeleteRefused", &reason).await;
         if self.object_problems != reason {
-            let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
-            self.ctx
-                .event(&reference, true, "DeleteRefused", reason.clone())
-                .await;
             self.ctx.view.record(&self.key, "delete-refused", &reason);
             self.object_problems = reason.clone();
         }
@@ -940,7 +989,6 @@ impl ClusterTask {
                 self.ctx
                     .event(
                         &reference,
-                        false,
                         "Delete",
                         "the cluster's objects were removed".into(),
                     )
@@ -958,14 +1006,11 @@ impl ClusterTask {
                 Next::RetryIn(Duration::from_secs(2))
             }
             Err(e) => {
-                self.failures += 1;
-                tracing::warn!(cluster = %self.key, "{e}");
                 let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
-                self.ctx
-                    .event(&reference, true, "DeleteFailed", e.clone())
-                    .await;
+                self.warn(&reference, "DeleteFailed", &e).await;
+                let delay = self.standing.failed(chrono::Utc::now(), Retry::BackingOff);
                 self.finish_view(&e, 0);
-                Next::RetryIn(backoff(self.failures))
+                Next::RetryIn(delay)
             }
         }
     }
@@ -987,4 +1032,10 @@ fn secrets_elsewhere(
         .filter(|s| s.namespace != namespace)
         .map(|s| (s.namespace, s.name))
         .collect()
+}
+
+/// The status in the manifest the watcher passed on, whatever its spec holds.
+fn carried_status(manifest_json: &[u8]) -> Option<PostgresStatus> {
+    let object: serde_json::Value = serde_json::from_slice(manifest_json).ok()?;
+    serde_json::from_value(object.get("status")?.clone()).ok()
 }

@@ -59,28 +59,56 @@ impl Context {
         }
     }
 
-    /// A Kubernetes Event on the postgresql object. Failing to record one is logged, never
-    /// fatal: the status carries the same information. Every call makes a new Event (callers
-    /// only report news): kube's Recorder would fold events of the same reason into one
-    /// series and keep the first note, losing what happened since.
-    pub async fn event(
+    /// A Normal Kubernetes Event on the postgresql object. Failing to record one is logged,
+    /// never fatal: the status carries the same information. Every call makes a new Event
+    /// (callers only report news): kube's Recorder would fold events of the same reason into
+    /// one series and keep the first note, losing what happened since.
+    pub async fn event(&self, regarding: &ObjectReference, reason: &str, note: String) {
+        let name = regarding.name.as_deref().unwrap_or(CONTROLLER);
+        let unique = format!(
+            "{name}.{:x}",
+            k8s_openapi::jiff::Timestamp::now().as_nanosecond()
+        );
+        self.record(regarding, unique, "Normal", reason, note).await;
+    }
+
+    /// A Warning Event for one problem of one generation of the manifest, named after both
+    /// (see [`crate::warnings`]): when another worker already recorded it, it stays the one.
+    pub async fn warning(
         &self,
         regarding: &ObjectReference,
-        warning: bool,
+        generation: i64,
         reason: &str,
         note: String,
     ) {
-        let now = k8s_openapi::jiff::Timestamp::now();
+        let note = truncate(note, 1000);
+        let name = crate::warnings::event_name(
+            regarding.name.as_deref().unwrap_or(CONTROLLER),
+            regarding.uid.as_deref().unwrap_or_default(),
+            generation,
+            reason,
+            &note,
+        );
+        self.record(regarding, name, "Warning", reason, note).await;
+    }
+
+    async fn record(
+        &self,
+        regarding: &ObjectReference,
+        name: String,
+        type_: &str,
+        reason: &str,
+        note: String,
+    ) {
         let namespace = regarding.namespace.clone().unwrap_or_default();
-        let name = regarding.name.as_deref().unwrap_or(CONTROLLER);
         let event = Event {
             metadata: ObjectMeta {
-                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                name: Some(name),
                 namespace: Some(namespace.clone()),
                 ..ObjectMeta::default()
             },
-            event_time: Some(MicroTime(now)),
-            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            type_: Some(type_.into()),
             reason: Some(reason.to_string()),
             action: Some(reason.to_string()),
             // The Events API caps notes at 1 kB.
@@ -91,8 +119,14 @@ impl Context {
             ..Event::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(cluster = %format!("{namespace}/{name}"), "recording event {reason}: {e}");
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {}
+            // The same Warning, recorded by this cluster's previous owner.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                let cluster = format!("{namespace}/{}", regarding.name.as_deref().unwrap_or(""));
+                tracing::warn!(%cluster, "recording event {reason}: {e}");
+            }
         }
     }
 }

@@ -4,13 +4,14 @@
 //! name, as Zalando's operator checks them. Without owner references (Kubernetes' garbage
 //! collector would remove the objects anyway, so Zalando skips the check then too).
 use chrono::NaiveDate;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pgop_common::config::OperatorConfig;
-use pgop_common::crd::Postgresql;
 
-/// Why deleting `pg` (None: its manifest is not known) must not remove its objects on
-/// `today`; None when it may.
+/// Why deleting the manifest with this `metadata` (None: not known) must not remove its
+/// objects on `today`; None when it may. Only the metadata counts, so a manifest whose spec
+/// pgop's types refuse is judged like any other.
 pub fn deletion_refused(
-    pg: Option<&Postgresql>,
+    metadata: Option<&ObjectMeta>,
     config: &OperatorConfig,
     today: NaiveDate,
 ) -> Option<String> {
@@ -22,14 +23,14 @@ pub fn deletion_refused(
     if (date_key.is_none() && name_key.is_none()) || config.enable_owner_references {
         return None;
     }
-    let Some(pg) = pg else {
+    let Some(metadata) = metadata else {
         return Some(
             "delete protection is on and the deleted manifest is not known, so its delete annotations cannot be checked"
                 .into(),
         );
     };
     let annotation = |k: &str| {
-        pg.metadata
+        metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(k))
@@ -47,7 +48,7 @@ pub fn deletion_refused(
         }
     }
     if let Some(k) = &name_key {
-        let name = pg.metadata.name.clone().unwrap_or_default();
+        let name = metadata.name.clone().unwrap_or_default();
         match annotation(k) {
             None => problems.push(format!("annotation {k} is not set")),
             Some(value) if value != name => problems.push(format!(
@@ -62,6 +63,7 @@ pub fn deletion_refused(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgop_common::crd::Postgresql;
     use std::collections::BTreeMap;
 
     fn pg(annotations: &[(&str, &str)]) -> Postgresql {
@@ -134,7 +136,7 @@ mod tests {
             ),
         ];
         for (what, config, annotations, refused) in table {
-            let reason = deletion_refused(Some(&pg(&annotations)), &config, today);
+            let reason = deletion_refused(Some(&pg(&annotations).metadata), &config, today);
             assert_eq!(reason.is_some(), refused, "{what}: {reason:?}");
         }
         assert!(
@@ -142,7 +144,7 @@ mod tests {
             "an unknown manifest cannot be checked"
         );
         assert_eq!(
-            deletion_refused(Some(&pg(&[])), &protected, today).unwrap(),
+            deletion_refused(Some(&pg(&[]).metadata), &protected, today).unwrap(),
             "annotation delete-date is not set; annotation delete-clustername is not set"
         );
     }

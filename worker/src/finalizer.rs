@@ -3,7 +3,7 @@
 //! lets the object go. Nothing is lost even if every pgop process is down at the time.
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::Client;
 use pgop_common::crd::Postgresql;
 use serde::Serialize;
 
@@ -12,8 +12,8 @@ use crate::apply::FIELD_MANAGER;
 /// Zalando's name, so clusters move between the two operators with their finalizer.
 pub const FINALIZER: &str = "postgres-operator.acid.zalan.do";
 
-pub fn has_finalizer(pg: &Postgresql) -> bool {
-    pg.metadata
+pub fn has_finalizer(metadata: &ObjectMeta) -> bool {
+    metadata
         .finalizers
         .as_ref()
         .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
@@ -21,7 +21,7 @@ pub fn has_finalizer(pg: &Postgresql) -> bool {
 
 /// What to do about the finalizer of a live (not deleted) object.
 pub fn wanted_change(pg: &Postgresql, enabled: bool) -> Option<bool> {
-    match (enabled, has_finalizer(pg)) {
+    match (enabled, has_finalizer(&pg.metadata)) {
         (true, false) => Some(true),
         (false, true) => Some(false),
         _ => None,
@@ -36,36 +36,70 @@ struct FinalizerApply {
     metadata: ObjectMeta,
 }
 
-/// Adds or removes pgop's finalizer with server-side apply: the finalizer list is a set,
-/// so other controllers' finalizers are left alone.
+/// Adds or removes pgop's finalizer.
 pub async fn set(
     client: &Client,
     namespace: &str,
     name: &str,
     present: bool,
 ) -> Result<(), kube::Error> {
-    let api: Api<Postgresql> = Api::namespaced(client.clone(), namespace);
+    match present {
+        true => add(client, namespace, name).await,
+        false => remove(client, namespace, name).await,
+    }
+}
+
+/// Server-side apply: the finalizer list is a set, so other controllers' finalizers are
+/// left alone.
+async fn add(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+    // Untyped: the answer is the whole object, which pgop's types may refuse.
+    let api = crate::apply::postgresql_api(client, namespace);
     let patch = FinalizerApply {
         api_version: "acid.zalan.do/v1",
         kind: "postgresql",
         metadata: ObjectMeta {
             name: Some(name.to_string()),
-            finalizers: Some(if present {
-                vec![FINALIZER.to_string()]
-            } else {
-                Vec::new()
-            }),
+            finalizers: Some(vec![FINALIZER.to_string()]),
             ..Default::default()
         },
     };
-    match api
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    gone_is_fine(api.patch(name, &params, &Patch::Apply(&patch)).await)
+}
+
+/// Removes the finalizer whoever put it there (Zalando's operator, a user, pgop: applying
+/// an empty list would only drop pgop's own claim on it). A JSON patch that tests the entry
+/// first, so a list changed meanwhile fails the patch instead of losing another
+/// controller's finalizer; the retry reads it again.
+async fn remove(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+    let api = crate::apply::postgresql_api(client, namespace);
+    let Some(live) = api.get_metadata_opt(name).await? else {
+        return Ok(());
+    };
+    let finalizers = live.metadata.finalizers.unwrap_or_default();
+    let Some(operations) = removal(&finalizers) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(operations).map_err(kube::Error::SerdeError)?;
+    let result = api
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await;
+    gone_is_fine(result)
+}
+
+/// The JSON patch operations that remove pgop's finalizer from `finalizers`; None without it.
+fn removal(finalizers: &[String]) -> Option<serde_json::Value> {
+    let i = finalizers.iter().position(|f| f == FINALIZER)?;
+    let path = format!("/metadata/finalizers/{i}");
+    Some(serde_json::json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+}
+
+fn gone_is_fine<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
         Ok(_) => Ok(()),
         // Gone already: nothing holds it any more.
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -105,5 +139,19 @@ mod tests {
                 "{finalizers:?} {enabled}"
             );
         }
+    }
+
+    #[test]
+    fn removal_tests_the_entry_it_removes() {
+        assert_eq!(removal(&["other".into()]), None);
+        let operations = removal(&["other".into(), FINALIZER.into()]).unwrap();
+        assert_eq!(
+            operations,
+            serde_json::json!([
+                {"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/1"},
+            ])
+        );
+        serde_json::from_value::<json_patch::Patch>(operations).expect("a JSON patch");
     }
 }

@@ -23,8 +23,10 @@ pub mod rolling;
 pub mod rollout;
 pub mod service;
 pub mod session;
+pub mod standing;
 pub mod status;
 pub mod view;
+pub mod warnings;
 
 /// Settings (defaults < `--config FILE` < `PGOP_*` environment).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

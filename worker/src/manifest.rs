@@ -1,6 +1,7 @@
 //! Reading a `postgresql` object the watcher passed on as JSON. What the API server accepts
 //! in the schemaless parts may still not be a valid manifest: the error then names the
 //! field but never repeats its value, which could be a password.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pgop_common::crd::Postgresql;
 
 /// The annotation that pauses a cluster: while it is `"true"`, pgop writes nothing for the
@@ -14,6 +15,18 @@ pub fn paused(pg: &Postgresql) -> bool {
         .as_ref()
         .and_then(|a| a.get(PAUSED_ANNOTATION))
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// Only the metadata (generation, annotations, finalizers, deletion), which the API server
+/// has validated whatever the spec holds; None without a manifest.
+pub fn metadata(json: &[u8]) -> Option<ObjectMeta> {
+    #[derive(serde::Deserialize)]
+    struct Object {
+        metadata: ObjectMeta,
+    }
+    serde_json::from_slice::<Object>(json)
+        .ok()
+        .map(|o| o.metadata)
 }
 
 pub fn parse(json: &[u8]) -> Result<Postgresql, String> {

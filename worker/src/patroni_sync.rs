@@ -74,7 +74,7 @@ impl PatroniSync {
             self.settling_until =
                 Some(Instant::now() + Duration::from_secs(loop_wait) + SETTLE_MARGIN);
             let note = format!("Patroni configuration patched: {}", patch.summary());
-            ctx.event(reference, false, "PatroniConfiguration", note.clone())
+            ctx.event(reference, "PatroniConfiguration", note.clone())
                 .await;
             return Ok(PatroniProgress::Acted(note));
         }
@@ -107,7 +107,7 @@ impl PatroniSync {
                     "restarted PostgreSQL on {} for a changed parameter",
                     pod.name
                 );
-                ctx.event(reference, false, "PatroniConfiguration", note.clone())
+                ctx.event(reference, "PatroniConfiguration", note.clone())
                     .await;
                 return Ok(PatroniProgress::Acted(note));
             }

@@ -15,7 +15,6 @@ use kube::{Api, Client};
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::{PostgresStatus, Postgresql};
 use rand::distr::{Alphanumeric, SampleString};
-use serde::Serialize;
 
 use crate::apply::{
     apply, apply_adjusted, apply_as, create_if_absent, delete_as, Applied, ApplyError,
@@ -308,29 +307,47 @@ async fn pod_environment(
     Ok(env)
 }
 
-#[derive(Debug, Serialize)]
-struct StatusPatch<'a> {
-    status: &'a PostgresStatus,
+/// The status the object carries now; None when the object is gone.
+pub async fn read_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<PostgresStatus>, kube::Error> {
+    let object = crate::apply::postgresql_api(client, namespace)
+        .get_opt(name)
+        .await?;
+    Ok(object.map(|o| {
+        o.data
+            .get("status")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default()
+    }))
 }
 
-/// Writes `status.PostgresClusterStatus`. A cluster deleted meanwhile is not an error.
+/// Writes the status: Zalando's `PostgresClusterStatus`, and pgop's `message` and
+/// `nextRetry`, removed when absent. Any 2xx answer is success, whatever the object holds;
+/// a cluster deleted meanwhile is not an error.
 pub async fn write_status(
     client: &Client,
     namespace: &str,
     name: &str,
-    status: &str,
+    status: &PostgresStatus,
 ) -> Result<(), SyncError> {
-    let api: Api<Postgresql> = Api::namespaced(client.clone(), namespace);
-    let patch = StatusPatch {
-        status: &PostgresStatus {
-            postgres_cluster_status: status.to_string(),
-        },
-    };
+    let patch = serde_json::json!({
+        "status": {
+            "PostgresClusterStatus": status.postgres_cluster_status,
+            "message": status.message,
+            "nextRetry": status.next_retry,
+        }
+    });
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    match api.patch_status(name, &params, &Patch::Merge(&patch)).await {
+    match crate::apply::postgresql_api(client, namespace)
+        .patch_status(name, &params, &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(SyncError::Status(e)),

@@ -213,8 +213,7 @@ impl Rollout {
                     Why::Update => format!("recreating pod {pod} from the new template"),
                     Why::Move => format!("recreating pod {pod} to move it off its node"),
                 };
-                ctx.event(reference, false, why.reason(), note.clone())
-                    .await;
+                ctx.event(reference, why.reason(), note.clone()).await;
                 Ok(RollingProgress::Acted(note))
             }
             Step::Switchover { master, candidate } => {
@@ -235,8 +234,7 @@ impl Rollout {
                     .switchover(&address, &master, &candidate)
                     .await?;
                 let note = format!("switched over from {master} to {candidate}");
-                ctx.event(reference, false, why.reason(), note.clone())
-                    .await;
+                ctx.event(reference, why.reason(), note.clone()).await;
                 Ok(RollingProgress::Acted(note))
             }
         }
@@ -273,7 +271,7 @@ impl Rollout {
             .switchover(&address, &master, &candidate)
             .await?;
         let note = format!("switched over from {master} to {candidate} before scaling down");
-        ctx.event(reference, false, "ScaleDown", note.clone()).await;
+        ctx.event(reference, "ScaleDown", note.clone()).await;
         Ok(Some(note))
     }
 

@@ -4,6 +4,7 @@
 //! it reconnects, so two workers never act on one cluster.
 use std::time::Duration;
 
+use pgop_common::retry::RetryPolicy;
 use pgop_proto::v1::scheduler_client::SchedulerClient;
 use pgop_proto::v1::{scheduler_message, worker_message, Heartbeat, Hello, WorkerMessage};
 use tokio::sync::mpsc;
@@ -42,22 +43,24 @@ pub async fn run(
     view: View,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = RetryPolicy::RECONNECT.backoff();
     loop {
         let result = session(&settings, &registry, &view, &shutdown).await;
         registry.fence().await;
         if shutdown.is_cancelled() {
             return;
         }
-        match result {
-            Ok(()) => delay = Duration::from_millis(200),
-            Err(e) => tracing::warn!("session ended: {e}; reconnecting in {delay:?}"),
+        if result.is_ok() {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        if let Err(e) = result {
+            tracing::warn!("session ended: {e}; reconnecting in {delay:?}");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
