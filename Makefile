@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: up down test install build unit e2e bench
+.PHONY: up down test install build unit e2e bench mutants
 
 ## up: start the local environment and a PostgreSQL cluster (state in .local/)
 up: install build
@@ -32,3 +32,7 @@ e2e: install build
 bench: install
 	cargo build --release --bins
 	PGOP_BIN_DIR=$(CURDIR)/target/release target/release/pgop-bench --clusters 1000 --namespaces 20
+
+## mutants: 1,000 broken manifests against pgop, figures in target/mutants
+mutants: install build
+	target/debug/pgop-mutants --count 1000

@@ -18,8 +18,9 @@ use pgop_worker::builders::{pdb, secrets, services, statefulset};
 use serde::Serialize;
 
 use crate::measure;
-use crate::setup::{environment, manifest, operator_config_data};
+use crate::setup::{manifest, operator_config_data};
 use crate::Args;
+use pgop_e2e::environment_with_crd as environment;
 
 #[derive(Debug, Serialize)]
 pub struct Bound {

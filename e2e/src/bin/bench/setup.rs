@@ -2,19 +2,19 @@
 //! workers, or another operator's start command), and the fleet's convergence; on the main
 //! setups also the steady state, latency, cost and a worker's failover.
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use pgop_common::crd::Postgresql;
 use pgop_e2e::pgop::{Kubeconfigs, Pgop};
-use pgop_e2e::{simulated_cluster, Environment, EnvironmentOptions};
+use pgop_e2e::{simulated_cluster, Environment};
 use serde::Serialize;
 
 use crate::latency::{self, Latency, Seen, CHANGE};
@@ -124,37 +124,6 @@ pub fn manifest(name: &str, namespace: &str, instances: u32) -> Result<Postgresq
     let mut pg: Postgresql = serde_yaml::from_str(&simulated_cluster(name, instances))?;
     pg.metadata.namespace = Some(namespace.to_string());
     Ok(pg)
-}
-
-pub async fn namespace(client: &Client, name: &str) -> Result<()> {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
-    Ok(())
-}
-
-/// A fresh environment with the CRD, the pod RBAC and `namespaces`.
-pub async fn environment(state: &Path, namespaces: &[String]) -> Result<(Environment, Client)> {
-    let env = Environment::start(state, EnvironmentOptions::default())?;
-    let client = env.client().await?;
-    let root = pgop_e2e::env::workspace_root();
-    for file in [
-        "manifests/postgresql.crd.yaml",
-        "manifests/postgres-pod-rbac.yaml",
-    ] {
-        env.kubectl(&["apply", "-f", &root.join(file).display().to_string()])?;
-    }
-    for ns in namespaces {
-        namespace(&client, ns).await?;
-    }
-    Ok((env, client))
 }
 
 /// The operator as started, with what is measured of it.
@@ -342,7 +311,7 @@ pub async fn run(cx: &Run<'_>, operator: &Operator, scope: Scope) -> Result<Setu
     let args = cx.args;
     let mut namespaces: Vec<String> = (0..args.namespaces).map(|i| format!("bench-{i}")).collect();
     namespaces.push(SYSTEM_NAMESPACE.into());
-    let (env, client) = environment(&cx.state, &namespaces).await?;
+    let (env, client) = pgop_e2e::environment_with_crd(&cx.state, &namespaces).await?;
     let mut started = start_operator(operator, &env, args)?;
     let result = measure(cx, operator, scope, &env, &client, &mut started).await;
     started.stop();
