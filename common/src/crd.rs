@@ -206,8 +206,8 @@ pub struct PostgresStatus {
     /// Why the cluster is `Invalid` or `*Failed`: the field and what is wrong, never a value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// When a failed sync is tried again (RFC 3339); absent when only a change of the manifest
-    /// or of the operator configuration can help.
+    /// When a failed sync is tried again (RFC 3339); absent for an `Invalid` manifest, which
+    /// only a change of the manifest or of the operator configuration can help.
     #[serde(rename = "nextRetry", default, skip_serializing_if = "Option::is_none")]
     pub next_retry: Option<String>,
 }

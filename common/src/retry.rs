@@ -19,10 +19,11 @@ impl RetryPolicy {
         first: Duration::from_secs(1),
         cap: Duration::from_secs(60),
     };
-    /// A lost gRPC connection between pgop's processes: back within seconds.
+    /// A lost gRPC connection between pgop's processes: back within seconds (at most 5 s
+    /// with jitter).
     pub const RECONNECT: RetryPolicy = RetryPolicy {
         first: Duration::from_millis(200),
-        cap: Duration::from_secs(5),
+        cap: Duration::from_millis(2500),
     };
 
     pub fn backoff(self) -> Backoff {

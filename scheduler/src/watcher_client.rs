@@ -1,7 +1,7 @@
 //! The scheduler's subscription to the watcher, re-established after any failure; every
 //! subscription starts with a full snapshot, so nothing is lost across restarts.
 
-use pgop_common::retry::RetryPolicy;
+use pgop_common::retry::{Backoff, RetryPolicy};
 use pgop_proto::v1::watcher_client::WatcherClient;
 use pgop_proto::v1::SubscribeRequest;
 use tokio::sync::mpsc;
@@ -16,13 +16,11 @@ pub async fn run(
 ) {
     let mut backoff = RetryPolicy::RECONNECT.backoff();
     while !shutdown.is_cancelled() {
+        let Err(e) = subscribe(&address, &inputs, &shutdown, &mut backoff).await else {
+            return;
+        };
         let delay = backoff.next_delay();
-        match subscribe(&address, &inputs, &shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(watcher = %address, "watcher subscription: {e}; retrying in {delay:?}")
-            }
-        }
+        tracing::warn!(watcher = %address, "watcher subscription: {e}; retrying in {delay:?}");
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -30,10 +28,12 @@ pub async fn run(
     }
 }
 
+/// One subscription; `backoff` starts over once it is established.
 async fn subscribe(
     address: &str,
     inputs: &mpsc::UnboundedSender<Input>,
     shutdown: &CancellationToken,
+    backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
     let mut client = WatcherClient::connect(address.to_string())
         .await
@@ -45,6 +45,7 @@ async fn subscribe(
         .await?
         .into_inner();
     tracing::info!(watcher = %address, "subscribed to the watcher");
+    backoff.reset();
     let _ = inputs.send(Input::SnapshotStarted);
     loop {
         let event = tokio::select! {

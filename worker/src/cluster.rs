@@ -27,7 +27,7 @@ use crate::patroni_sync::{PatroniProgress, PatroniSync};
 use crate::reconcile::{read_status, sync_objects, write_status, SyncError, Synced, Written};
 use crate::rolling::NodeRules;
 use crate::rollout::{master_address, PodGoal, RollingProgress, Rollout};
-use crate::standing::{Judged, Retry, Standing};
+use crate::standing::{Judged, Retry, Standing, Wake};
 use crate::status::{next_status, pods_ready, SyncResult};
 use crate::view::now_rfc3339;
 use crate::warnings::Warnings;
@@ -103,6 +103,8 @@ pub struct ClusterTask {
     status: Option<PostgresStatus>,
     /// The manifest's generation in the current pass.
     generation: i64,
+    /// Someone asked for a pass (Worker/SyncCluster): it runs even if nothing changed.
+    sync_requested: bool,
     /// How the passes have been ending: what is tried again, and when.
     standing: Standing,
     /// The Warning Events shown for the current generation.
@@ -160,6 +162,7 @@ impl ClusterTask {
             objects_memo: ObjectsMemo::default(),
             status: None,
             generation: 0,
+            sync_requested: false,
             standing: Standing::default(),
             warnings: Warnings::default(),
             reported: None,
@@ -185,6 +188,8 @@ impl ClusterTask {
                 if recreated {
                     // Another object under the same name: what we knew of the old one is void.
                     self.status = None;
+                    self.standing = Standing::default();
+                    self.warnings = Warnings::default();
                 }
                 self.update_pending |= event.r#type == ClusterEventType::Update as i32;
                 let is_delete = event.r#type == ClusterEventType::Delete as i32;
@@ -208,7 +213,10 @@ impl ClusterTask {
                 }
                 self.object = Some(event);
             }
-            Input::SyncRequest => self.pending_event = "SYNC-REQUEST".into(),
+            Input::SyncRequest => {
+                self.pending_event = "SYNC-REQUEST".into();
+                self.sync_requested = true;
+            }
             Input::TurnGranted => {
                 self.rollout.granted();
                 self.pending_event = "TURN".into();
@@ -271,12 +279,12 @@ impl ClusterTask {
             }
             dirty = false;
             retry_at = None;
-            let trigger = self.mark_running();
+            self.mark_running();
             let next = tokio::select! {
                 biased;
                 // Dropping the pass mid-way is safe: every write is idempotent.
                 _ = cancel.cancelled() => return,
-                next = self.reconcile_once(&trigger) => next,
+                next = self.reconcile_once() => next,
             };
             drop(permit);
             match next {
@@ -319,19 +327,16 @@ impl ClusterTask {
         });
     }
 
-    /// What woke this pass.
-    fn mark_running(&mut self) -> String {
+    fn mark_running(&mut self) {
         self.pending = 0;
         let trigger = std::mem::take(&mut self.pending_event);
-        let shown = trigger.clone();
         self.ctx.view.update(&self.key, |v| {
             v.running = true;
             v.pending = 0;
-            if !shown.is_empty() {
-                v.trigger = shown;
+            if !trigger.is_empty() {
+                v.trigger = trigger;
             }
         });
-        trigger
     }
 
     /// `PostgresClusterStatus` as last read or written.
@@ -385,7 +390,7 @@ impl ClusterTask {
         }
     }
 
-    async fn reconcile_once(&mut self, trigger: &str) -> Next {
+    async fn reconcile_once(&mut self) -> Next {
         let Some(object) = self.object.clone() else {
             // Assigned without state yet: nothing to do until the object arrives.
             self.ctx.view.update(&self.key, |v| {
@@ -395,8 +400,12 @@ impl ClusterTask {
             return Next::Idle;
         };
         let config = self.config.borrow().clone();
+        let sync_requested = std::mem::take(&mut self.sync_requested);
         if let Some(old) = self.pending_delete.clone() {
-            return match self.delete(&old, &config, self.pending_delete_count).await {
+            self.generation = generation_of(&old);
+            let next = self.delete(&old, &config, self.pending_delete_count).await;
+            self.warnings.settle();
+            return match next {
                 Next::Finished => {
                     self.pending_delete = None;
                     self.pending_delete_count = 0;
@@ -406,6 +415,7 @@ impl ClusterTask {
             };
         }
         if object.r#type == ClusterEventType::Delete as i32 {
+            self.generation = generation_of(&object);
             let deleted = crate::manifest::metadata(&object.manifest_json);
             if let Some(reason) = self
                 .deletion_refused(&object, deleted.as_ref(), &config)
@@ -421,6 +431,7 @@ impl ClusterTask {
             let next = self
                 .delete(&object, &config, self.object_delete_count)
                 .await;
+            self.warnings.settle();
             if matches!(next, Next::Finished) {
                 self.object_delete_count = 0;
             }
@@ -428,16 +439,26 @@ impl ClusterTask {
         }
         let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
         let metadata = crate::manifest::metadata(&object.manifest_json).unwrap_or_default();
+        self.generation = metadata.generation.unwrap_or_default();
         if metadata.deletion_timestamp.is_some() {
             // Whatever the spec holds: a manifest pgop's types refuse is deleted all the same.
-            return self.finalize(&object, &metadata, &config).await;
+            let next = self.finalize(&object, &metadata, &config).await;
+            self.warnings.settle();
+            return next;
         }
-        let judged = Judged::of(&metadata, config.clone());
-        self.generation = judged.generation;
-        if self.standing.still_invalid(&judged) && trigger != "SYNC-REQUEST" {
-            // Our own status write, a resync, a pod: nothing a verdict depends on changed.
+        let judged = Judged::of(&object.uid, &metadata, config.clone());
+        let now = chrono::Utc::now();
+        if let Some(wake) = self
+            .standing
+            .unchanged(&judged, now)
+            .filter(|_| !sync_requested)
+        {
+            // Our own status write, a resync, a pod: nothing the verdict depends on changed.
             self.finish_view(&self.reported_message(), 0);
-            return Next::Idle;
+            return match wake {
+                Wake::OnChange => Next::Idle,
+                Wake::After(delay) => Next::RetryIn(delay),
+            };
         }
         if self.status.is_none() {
             self.status = self.live_status(&object.manifest_json).await;
@@ -605,7 +626,7 @@ impl ClusterTask {
                 // manifest or configuration will; meanwhile it is repaired at the pace of
                 // `repair_period`.
                 let retry = match permanent {
-                    true => Retry::After(self.config.borrow().repair_period),
+                    true => Retry::NeedsAChange(judged.clone(), self.config.borrow().repair_period),
                     false => Retry::BackingOff,
                 };
                 let delay = self.standing.failed(chrono::Utc::now(), retry);
@@ -645,8 +666,11 @@ impl ClusterTask {
                 }
                 Err(e) => {
                     tracing::warn!(cluster = %self.key, "{e}");
-                    let delay = self.standing.failed(chrono::Utc::now(), Retry::BackingOff);
-                    next = Next::RetryIn(delay);
+                    // A failed pass has its next try already.
+                    if !matches!(result, SyncResult::Failed(_)) {
+                        let delay = self.standing.failed(chrono::Utc::now(), Retry::BackingOff);
+                        next = Next::RetryIn(delay);
+                    }
                 }
             }
         }
@@ -681,6 +705,8 @@ impl ClusterTask {
             crate::manifest::PAUSED_ANNOTATION
         );
         self.rollout.give_turn_back();
+        // Whatever the last verdict was, the manifest is judged again when it resumes.
+        self.standing.succeeded();
         if !self.paused {
             self.paused = true;
             tracing::info!(cluster = %self.key, "{message}");
@@ -910,8 +936,14 @@ impl ClusterTask {
         }
         match self.delete(object, config, 0).await {
             Next::Finished => {
-                match crate::finalizer::set(&self.ctx.client, &self.namespace, &self.name, false)
-                    .await
+                match crate::finalizer::set(
+                    &self.ctx.client,
+                    &self.namespace,
+                    &self.name,
+                    &object.uid,
+                    false,
+                )
+                .await
                 {
                     Ok(()) => Next::Idle,
                     Err(e) => {
@@ -1038,4 +1070,11 @@ fn secrets_elsewhere(
 fn carried_status(manifest_json: &[u8]) -> Option<PostgresStatus> {
     let object: serde_json::Value = serde_json::from_slice(manifest_json).ok()?;
     serde_json::from_value(object.get("status")?.clone()).ok()
+}
+
+/// The generation of the manifest an event carries (0 without one).
+fn generation_of(event: &ClusterEvent) -> i64 {
+    crate::manifest::metadata(&event.manifest_json)
+        .and_then(|m| m.generation)
+        .unwrap_or_default()
 }

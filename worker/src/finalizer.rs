@@ -36,16 +36,17 @@ struct FinalizerApply {
     metadata: ObjectMeta,
 }
 
-/// Adds or removes pgop's finalizer.
+/// Adds or removes pgop's finalizer on the object `uid` (empty: whichever has the name).
 pub async fn set(
     client: &Client,
     namespace: &str,
     name: &str,
+    uid: &str,
     present: bool,
 ) -> Result<(), kube::Error> {
     match present {
         true => add(client, namespace, name).await,
-        false => remove(client, namespace, name).await,
+        false => remove(client, namespace, name, uid).await,
     }
 }
 
@@ -70,14 +71,20 @@ async fn add(client: &Client, namespace: &str, name: &str) -> Result<(), kube::E
 /// Removes the finalizer whoever put it there (Zalando's operator, a user, pgop: applying
 /// an empty list would only drop pgop's own claim on it). A JSON patch that tests the entry
 /// first, so a list changed meanwhile fails the patch instead of losing another
-/// controller's finalizer; the retry reads it again.
-async fn remove(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+/// controller's finalizer, and tests the uid, so a new object of the name keeps its own; the
+/// retry reads it again.
+async fn remove(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<(), kube::Error> {
     let api = crate::apply::postgresql_api(client, namespace);
     let Some(live) = api.get_metadata_opt(name).await? else {
         return Ok(());
     };
     let finalizers = live.metadata.finalizers.unwrap_or_default();
-    let Some(operations) = removal(&finalizers) else {
+    let Some(operations) = removal(uid, &finalizers) else {
         return Ok(());
     };
     let patch: json_patch::Patch =
@@ -88,14 +95,18 @@ async fn remove(client: &Client, namespace: &str, name: &str) -> Result<(), kube
     gone_is_fine(result)
 }
 
-/// The JSON patch operations that remove pgop's finalizer from `finalizers`; None without it.
-fn removal(finalizers: &[String]) -> Option<serde_json::Value> {
+/// The JSON patch operations that remove pgop's finalizer from `finalizers` of the object
+/// `uid`; None without it.
+fn removal(uid: &str, finalizers: &[String]) -> Option<serde_json::Value> {
     let i = finalizers.iter().position(|f| f == FINALIZER)?;
     let path = format!("/metadata/finalizers/{i}");
-    Some(serde_json::json!([
-        {"op": "test", "path": path, "value": FINALIZER},
-        {"op": "remove", "path": path},
-    ]))
+    let mut operations = Vec::new();
+    if !uid.is_empty() {
+        operations.push(serde_json::json!({"op": "test", "path": "/metadata/uid", "value": uid}));
+    }
+    operations.push(serde_json::json!({"op": "test", "path": path, "value": FINALIZER}));
+    operations.push(serde_json::json!({"op": "remove", "path": path}));
+    Some(operations.into())
 }
 
 fn gone_is_fine<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
@@ -143,14 +154,23 @@ mod tests {
 
     #[test]
     fn removal_tests_the_entry_it_removes() {
-        assert_eq!(removal(&["other".into()]), None);
-        let operations = removal(&["other".into(), FINALIZER.into()]).unwrap();
+        assert_eq!(removal("u-1", &["other".into()]), None);
+        let operations = removal("u-1", &["other".into(), FINALIZER.into()]).unwrap();
         assert_eq!(
             operations,
             serde_json::json!([
+                {"op": "test", "path": "/metadata/uid", "value": "u-1"},
                 {"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},
                 {"op": "remove", "path": "/metadata/finalizers/1"},
             ])
+        );
+        assert_eq!(
+            removal("", &[FINALIZER.into()])
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
         );
         serde_json::from_value::<json_patch::Patch>(operations).expect("a JSON patch");
     }

@@ -185,9 +185,15 @@ pub async fn sync_objects(
     written.note(applied, "CronJob", Some(&job_name));
 
     if let Some(present) = crate::finalizer::wanted_change(pg, config.enable_finalizers) {
-        crate::finalizer::set(client, namespace, cluster, present)
-            .await
-            .map_err(SyncError::Finalizer)?;
+        crate::finalizer::set(
+            client,
+            namespace,
+            cluster,
+            pg.metadata.uid.as_deref().unwrap_or_default(),
+            present,
+        )
+        .await
+        .map_err(SyncError::Finalizer)?;
         written.0.push(format!(
             "finalizer {}",
             if present { "added" } else { "removed" }

@@ -4,7 +4,7 @@
 //! it reconnects, so two workers never act on one cluster.
 use std::time::Duration;
 
-use pgop_common::retry::RetryPolicy;
+use pgop_common::retry::{Backoff, RetryPolicy};
 use pgop_proto::v1::scheduler_client::SchedulerClient;
 use pgop_proto::v1::{scheduler_message, worker_message, Heartbeat, Hello, WorkerMessage};
 use tokio::sync::mpsc;
@@ -45,13 +45,10 @@ pub async fn run(
 ) {
     let mut backoff = RetryPolicy::RECONNECT.backoff();
     loop {
-        let result = session(&settings, &registry, &view, &shutdown).await;
+        let result = session(&settings, &registry, &view, &shutdown, &mut backoff).await;
         registry.fence().await;
         if shutdown.is_cancelled() {
             return;
-        }
-        if result.is_ok() {
-            backoff.reset();
         }
         let delay = backoff.next_delay();
         if let Err(e) = result {
@@ -64,11 +61,13 @@ pub async fn run(
     }
 }
 
+/// One session; `backoff` starts over once it is open.
 async fn session(
     settings: &SessionSettings,
     registry: &RegistryHandle,
     view: &View,
     shutdown: &CancellationToken,
+    backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
     let connect_error = |source| SessionError::Connect {
         addr: settings.scheduler_addr.clone(),
@@ -100,6 +99,7 @@ async fn session(
         .await?
         .into_inner();
     tracing::info!(scheduler = %settings.scheduler_addr, worker = %settings.worker_id, "session open");
+    backoff.reset();
     registry.send(Command::SessionStarted(outbound.clone()));
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
     loop {

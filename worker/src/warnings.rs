@@ -39,8 +39,8 @@ impl Warnings {
         news
     }
 
-    /// A pass has concluded: the problems it did not see again are over, and shown anew if
-    /// they come back.
+    /// A pass has concluded: the problems it did not see again are over, and news if they
+    /// come back (while the first Event of that problem still exists, it stands for both).
     pub fn settle(&mut self) {
         self.holding = std::mem::take(&mut self.seen);
     }
