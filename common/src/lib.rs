@@ -1,6 +1,7 @@
 //! Types every pgop process shares. Service crates depend on this crate and on
 //! `pgop-proto`, never on each other.
 pub mod config;
+pub mod corpus;
 pub mod crd;
 pub mod metrics;
 mod operator_configuration;

@@ -808,9 +808,12 @@ fn operator_configuration_crd_has_zalandos_names_and_a_structural_schema() {
     );
 
     // Zalando's sample object fits: its top-level fields are the schema's.
-    // (Beside the repository, as for tests/operator_configuration.rs.)
-    let sample_path =
-        root().join("../shared/zalando-manifests/postgresql-operator-default-configuration.yaml");
+    let Some(corpus) = pgop_common::corpus::zalando_corpus(
+        "operator_configuration_crd_has_zalandos_names_and_a_structural_schema (Zalando's sample)",
+    ) else {
+        return;
+    };
+    let sample_path = corpus.join("postgresql-operator-default-configuration.yaml");
     let sample: Value = serde_yaml::from_str(&std::fs::read_to_string(&sample_path).unwrap())
         .expect("Zalando's sample OperatorConfiguration");
     assert_eq!(sample["kind"], "OperatorConfiguration");

@@ -231,19 +231,28 @@ mod tests {
             files.sort();
             files
         };
-        let mut files = pick(root.join("../../shared/zalando-manifests"), &|name| {
-            name.contains("postgres") && name.contains("manifest") && name.ends_with(".yaml")
-        });
-        files.extend(pick(root.join("../manifests"), &|name| {
+        let mut files = pick(root.join("../manifests"), &|name| {
             name.ends_with("-manifest.yaml")
-        }));
+        });
+        assert!(files.len() >= 4, "pgop's example manifests: {files:?}");
+        if let Some(zalando) = pgop_common::corpus::zalando_corpus(
+            "every_corpus_manifest_builds (Zalando's manifests)",
+        ) {
+            let zalando = pick(zalando, &|name| {
+                name.contains("postgres") && name.contains("manifest") && name.ends_with(".yaml")
+            });
+            assert!(
+                zalando.len() >= 3,
+                "Zalando's example manifests: {zalando:?}"
+            );
+            files.extend(zalando);
+        }
         files
     }
 
     #[test]
     fn every_corpus_manifest_builds() {
         let files = corpus();
-        assert!(files.len() >= 7, "corpus not found: {files:?}");
         for config in [
             OperatorConfig::default(),
             OperatorConfig {

@@ -1830,7 +1830,7 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let config = OperatorConfig::default();
         for file in [
-            root.join("../../shared/zalando-manifests/complete-postgres-manifest.yaml"),
+            root.join("../manifests/complete-postgres-manifest.yaml"),
             root.join("../manifests/minimal-postgres-manifest.yaml"),
         ] {
             let text = std::fs::read_to_string(&file).unwrap();
