@@ -3,6 +3,7 @@
 pub mod config;
 pub mod corpus;
 pub mod crd;
+pub mod lease;
 pub mod metrics;
 mod operator_configuration;
 pub mod retry;

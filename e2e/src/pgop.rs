@@ -153,10 +153,14 @@ pub fn grpcurl(addr: &str, args: &[&str]) -> Result<String> {
 /// watcher lives in `namespace`, where it reads the ConfigMap `postgres-operator`.
 pub struct Pgop {
     pub watcher: PgopProcess,
+    /// Further watcher replicas ([`Pgop::start_replicated`]), addresses in `watcher_addrs`.
+    pub standby_watchers: Vec<PgopProcess>,
     pub scheduler: PgopProcess,
     pub workers: Vec<PgopProcess>,
     pub gateway: PgopProcess,
     pub watcher_addr: String,
+    /// Every watcher replica's address, [`Pgop::watcher`]'s first.
+    pub watcher_addrs: Vec<String>,
     pub scheduler_addr: String,
     pub worker_addrs: Vec<String>,
     /// Where each worker serves `GET /metrics`.
@@ -214,25 +218,92 @@ impl Pgop {
         watched_namespace: Option<&str>,
         scheduler_settings: &[(&str, String)],
     ) -> Result<Self> {
-        let addr = || -> Result<String> { Ok(format!("127.0.0.1:{}", free_port()?)) };
-        let (watcher_addr, scheduler_addr, gateway_addr) = (addr()?, addr()?, addr()?);
-        let mut watcher_env = vec![
-            ("PGOP_GRPC_ADDR", watcher_addr.clone()),
-            ("PGOP_NAMESPACE", namespace.into()),
-        ];
-        if let Some(watched) = watched_namespace {
-            watcher_env.push(("WATCHED_NAMESPACE", watched.into()));
-        }
-        let watcher = PgopProcess::start(
-            &format!("{name}-watcher"),
-            "pgop-watcher",
-            &watcher_env,
+        Self::start_all(
+            name,
+            namespace,
+            (1, workers),
             state_dir,
-            &kubeconfigs.watcher,
-        )?;
+            kubeconfigs,
+            watched_namespace,
+            scheduler_settings,
+        )
+    }
+
+    /// [`Pgop::start`] with `watchers` watcher replicas electing a leader through the Lease
+    /// `pgop-watcher` (6 s): the first is [`Pgop::watcher`], the others
+    /// [`Pgop::standby_watchers`] (whichever leads); the scheduler knows every address.
+    pub fn start_replicated(
+        name: &str,
+        namespace: &str,
+        watchers: usize,
+        workers: usize,
+        state_dir: &Path,
+        kubeconfigs: &Kubeconfigs,
+        watched_namespace: Option<&str>,
+    ) -> Result<Self> {
+        Self::start_all(
+            name,
+            namespace,
+            (watchers, workers),
+            state_dir,
+            kubeconfigs,
+            watched_namespace,
+            &[],
+        )
+    }
+
+    fn start_all(
+        name: &str,
+        namespace: &str,
+        (watchers, workers): (usize, usize),
+        state_dir: &Path,
+        kubeconfigs: &Kubeconfigs,
+        watched_namespace: Option<&str>,
+        scheduler_settings: &[(&str, String)],
+    ) -> Result<Self> {
+        let addr = || -> Result<String> { Ok(format!("127.0.0.1:{}", free_port()?)) };
+        let (scheduler_addr, gateway_addr) = (addr()?, addr()?);
+        let mut watcher_processes = Vec::new();
+        let mut watcher_addrs = Vec::new();
+        for i in 0..watchers.max(1) {
+            let watcher_addr = addr()?;
+            let process = match watchers {
+                1 => format!("{name}-watcher"),
+                _ => format!("{name}-watcher-{i}"),
+            };
+            let mut watcher_env = vec![
+                ("PGOP_GRPC_ADDR", watcher_addr.clone()),
+                ("PGOP_NAMESPACE", namespace.into()),
+            ];
+            if watchers > 1 {
+                watcher_env.extend([
+                    ("PGOP_LEADER_ELECTION", "true".to_string()),
+                    ("PGOP_LEASE_DURATION_SECONDS", "6".into()),
+                    ("PGOP_IDENTITY", process.clone()),
+                ]);
+            }
+            if let Some(watched) = watched_namespace {
+                watcher_env.push(("WATCHED_NAMESPACE", watched.into()));
+            }
+            watcher_processes.push(PgopProcess::start(
+                &process,
+                "pgop-watcher",
+                &watcher_env,
+                state_dir,
+                &kubeconfigs.watcher,
+            )?);
+            watcher_addrs.push(watcher_addr);
+        }
+        let watcher = watcher_processes.remove(0);
+        let watcher_addr = watcher_addrs[0].clone();
+        let all_watchers = watcher_addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut scheduler_env = vec![
             ("PGOP_GRPC_ADDR", scheduler_addr.clone()),
-            ("PGOP_WATCHER_ADDR", format!("http://{watcher_addr}")),
+            ("PGOP_WATCHER_ADDR", all_watchers),
             // A killed worker's TCP session ends at once; this only catches hung ones.
             ("PGOP_HEARTBEAT_TIMEOUT_SECONDS", "6".into()),
         ];
@@ -282,10 +353,12 @@ impl Pgop {
         )?;
         Ok(Self {
             watcher,
+            standby_watchers: watcher_processes,
             scheduler,
             workers: worker_processes,
             gateway,
             watcher_addr,
+            watcher_addrs,
             scheduler_addr,
             worker_addrs,
             worker_metrics_addrs,

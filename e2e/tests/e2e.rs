@@ -17,6 +17,8 @@ use pgop_e2e::{wait, Environment, EnvironmentOptions};
 
 #[path = "e2e/compat.rs"]
 mod compat;
+#[path = "e2e/ha.rs"]
+mod ha;
 #[path = "e2e/invalid.rs"]
 mod invalid;
 #[path = "e2e/lifecycle.rs"]
@@ -82,6 +84,9 @@ fn main() {
         }),
         ("invalid_manifests_cost_one_pass_and_one_event", || {
             block_on(invalid::invalid_manifests_cost_one_pass_and_one_event())
+        }),
+        ("watcher_standby_takes_over_and_loses_no_change", || {
+            block_on(ha::watcher_standby_takes_over_and_loses_no_change())
         }),
     ];
     let trials: Vec<Trial> = tests

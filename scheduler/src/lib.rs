@@ -10,6 +10,8 @@ pub mod watcher_client;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     pub grpc_addr: String,
+    /// The watcher, or its replicas comma-separated (the one leading serves; in a cluster the
+    /// Service `pgop-watcher` reaches them all).
     pub watcher_addr: String,
     /// A worker silent for this long is declared dead and its clusters move.
     pub heartbeat_timeout_seconds: u64,

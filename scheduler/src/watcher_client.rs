@@ -9,16 +9,36 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::Input;
 
+/// Subscribes to the first of `addresses` (comma-separated) that serves: with several
+/// watcher replicas, the standbys refuse (UNAVAILABLE) and the next address is tried at once;
+/// after a round without success, the reconnect back-off.
 pub async fn run(
-    address: String,
+    addresses: String,
     inputs: mpsc::UnboundedSender<Input>,
     shutdown: CancellationToken,
 ) {
+    let addresses: Vec<&str> = addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addresses.is_empty() {
+        tracing::error!("no watcher address: watcher_addr is empty");
+        return;
+    }
     let mut backoff = RetryPolicy::RECONNECT.backoff();
-    while !shutdown.is_cancelled() {
-        let Err(e) = subscribe(&address, &inputs, &shutdown, &mut backoff).await else {
+    for tried in 1usize.. {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let address = addresses[(tried - 1) % addresses.len()];
+        let Err(e) = subscribe(address, &inputs, &shutdown, &mut backoff).await else {
             return;
         };
+        if tried % addresses.len() != 0 {
+            tracing::info!(watcher = %address, "watcher subscription: {e}; trying the next address");
+            continue;
+        }
         let delay = backoff.next_delay();
         tracing::warn!(watcher = %address, "watcher subscription: {e}; retrying in {delay:?}");
         tokio::select! {

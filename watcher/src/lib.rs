@@ -29,6 +29,15 @@ pub struct Settings {
     /// Overrides the configuration's resync_period when set (seconds).
     pub resync_period_seconds: Option<u64>,
     pub log_format: String,
+    /// Run as one of several replicas: the one holding the Lease `pgop-watcher` in
+    /// `namespace` serves subscriptions, the others keep their watches warm and refuse them
+    /// (UNAVAILABLE) until they take over.
+    pub leader_election: bool,
+    /// How long the lease lasts without renewal: a killed leader's standby takes over after
+    /// at most this long.
+    pub lease_duration_seconds: u64,
+    /// This replica among the candidates; `POD_NAME`, else `watcher-<pid>`, if empty.
+    pub identity: String,
 }
 
 impl Default for Settings {
@@ -40,9 +49,15 @@ impl Default for Settings {
             operator_configuration_object: String::new(),
             resync_period_seconds: None,
             log_format: "text".into(),
+            leader_election: false,
+            lease_duration_seconds: 15,
+            identity: String::new(),
         }
     }
 }
+
+/// The Lease the watcher replicas compete for.
+pub const LEASE_NAME: &str = "pgop-watcher";
 
 /// Where the operator configuration comes from: one object, by name, in the watcher's
 /// namespace.
@@ -73,6 +88,13 @@ impl ConfigSource {
 }
 
 impl Settings {
+    pub fn identity(&self) -> String {
+        if !self.identity.is_empty() {
+            return self.identity.clone();
+        }
+        std::env::var("POD_NAME").unwrap_or_else(|_| format!("watcher-{}", std::process::id()))
+    }
+
     /// Where the operator configuration comes from, given the value of
     /// `POSTGRES_OPERATOR_CONFIGURATION_OBJECT` (`env`): an OperatorConfiguration when that or
     /// the `operator_configuration_object` setting names one (the environment wins; empty

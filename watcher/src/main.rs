@@ -129,8 +129,41 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    let (_always, leading) = tokio::sync::watch::channel(true);
+    let leading = match settings.leader_election {
+        false => leading,
+        true => pgop_common::lease::run(
+            client.clone(),
+            pgop_common::lease::LeaseSettings {
+                namespace: settings.namespace.clone(),
+                name: pgop_watcher::LEASE_NAME.into(),
+                identity: settings.identity(),
+                duration: Duration::from_secs(settings.lease_duration_seconds.max(3)),
+            },
+            shutdown.clone(),
+        ),
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<WatcherServer<WatcherService>>().await;
+    {
+        // SERVING only while leading: a standby is alive but not the one to talk to.
+        let (health, mut leading) = (health.clone(), leading.clone());
+        tokio::spawn(async move {
+            loop {
+                let leads = *leading.borrow_and_update();
+                match leads {
+                    true => health.set_serving::<WatcherServer<WatcherService>>().await,
+                    false => {
+                        health
+                            .set_not_serving::<WatcherServer<WatcherService>>()
+                            .await
+                    }
+                }
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let (reflection_v1, reflection_v1alpha) = pgop_proto::reflection_services()?;
     let addr = settings
         .grpc_addr
@@ -146,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             lists,
             namespaces: shown,
             shutdown: shutdown.clone(),
+            leading,
         }))
         .serve_with_shutdown(addr, shutdown.cancelled_owned())
         .await?;

@@ -19,6 +19,9 @@ pub struct WatcherService {
     pub namespaces: Vec<String>,
     /// Ends subscriptions on shutdown; they would otherwise hold up a graceful stop.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Whether this replica holds the lease (always, without leader election): only the
+    /// leader serves subscriptions, and they end the moment it stops leading.
+    pub leading: tokio::sync::watch::Receiver<bool>,
 }
 
 #[tonic::async_trait]
@@ -30,6 +33,13 @@ impl Watcher for WatcherService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let subscriber = request.into_inner().subscriber;
+        if !*self.leading.borrow() {
+            return Err(Status::unavailable(format!(
+                "this watcher is a standby: the replica holding the lease {} serves \
+                 subscriptions; retry with another address",
+                crate::LEASE_NAME
+            )));
+        }
         if !self.lists.complete() {
             return Err(Status::unavailable(
                 "the watcher has not finished listing Kubernetes yet; retry shortly",
@@ -44,9 +54,15 @@ impl Watcher for WatcherService {
                 "subscriber lagged {n} events behind; resubscribe"
             ))),
         });
+        let mut leading = self.leading.clone();
+        let lost = async move {
+            let _ = leading.wait_for(|leads| !leads).await;
+        };
         let stream = futures::stream::iter(snapshot.into_iter().map(Ok))
             .chain(live)
-            .take_until(self.shutdown.clone().cancelled_owned());
+            .take_until(self.shutdown.clone().cancelled_owned())
+            // Fenced: a replica that no longer leads sends nothing more.
+            .take_until(lost);
         Ok(Response::new(Box::pin(stream)))
     }
 
