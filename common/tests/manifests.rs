@@ -1317,7 +1317,31 @@ fn deployments_services_and_the_image_agree() {
             labels_match(&selector, &pod_labels(d)),
             "{at}: the selector does not match the pod labels"
         );
-        if name == "pgop-watcher" || name == "pgop-scheduler" {
+        let container_env = |key: &str| {
+            pod.containers
+                .iter()
+                .flat_map(|c| c.env.iter().flatten())
+                .find(|e| e.name == key)
+                .map(|e| (e.value.clone(), e.value_from.is_some()))
+        };
+        if name == "pgop-watcher" {
+            // Replicas elect a leader; each needs its own identity.
+            assert!(
+                spec.replicas.unwrap_or(1) >= 2,
+                "{at}: a standby for {name}"
+            );
+            assert_eq!(
+                container_env("PGOP_LEADER_ELECTION"),
+                Some((Some("true".into()), false)),
+                "{at}: {name} replicas elect a leader"
+            );
+            assert_eq!(
+                container_env("PGOP_IDENTITY").map(|(_, from)| from),
+                Some(true),
+                "{at}: each replica's identity comes from its pod"
+            );
+        }
+        if name == "pgop-scheduler" {
             assert_eq!(spec.replicas, Some(1), "{at}: exactly one {name}");
             assert_eq!(
                 spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
