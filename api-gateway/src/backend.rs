@@ -19,7 +19,8 @@ use tonic::Code;
 use crate::error::{ApiError, InvalidAddress};
 
 pub struct Backend {
-    scheduler: SchedulerClient<Channel>,
+    /// The scheduler's replicas: a standby answers UNAVAILABLE and the next one is asked.
+    schedulers: Vec<SchedulerClient<Channel>>,
     /// Worker channels by normalised address.
     workers: Mutex<HashMap<String, Channel>>,
     timeout: Duration,
@@ -56,11 +57,22 @@ fn worker_label(id: &str) -> String {
 }
 
 impl Backend {
-    /// Connects lazily: nothing is dialled until the first request.
+    /// Connects lazily: nothing is dialled until the first request. `scheduler_addr` may
+    /// name the scheduler's replicas comma-separated.
     pub fn new(scheduler_addr: &str, timeout: Duration) -> Result<Self, InvalidAddress> {
-        let channel = endpoint(scheduler_addr, timeout)?.connect_lazy();
+        let schedulers = scheduler_addr
+            .split(',')
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| Ok(SchedulerClient::new(endpoint(a, timeout)?.connect_lazy())))
+            .collect::<Result<Vec<_>, InvalidAddress>>()?;
+        if schedulers.is_empty() {
+            return Err(InvalidAddress {
+                address: scheduler_addr.into(),
+                reason: "empty".into(),
+            });
+        }
         Ok(Self {
-            scheduler: SchedulerClient::new(channel),
+            schedulers,
             workers: Mutex::new(HashMap::new()),
             timeout,
         })
@@ -103,10 +115,32 @@ impl Backend {
         }
     }
 
+    /// Asks the scheduler replicas in turn until one that is not a standby answers.
+    async fn ask_scheduler<M, T, F>(
+        &self,
+        message: M,
+        send: impl Fn(SchedulerClient<Channel>, tonic::Request<M>) -> F,
+    ) -> Result<T, ApiError>
+    where
+        M: Clone,
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut answer = None;
+        for client in &self.schedulers {
+            let result = self
+                .call("scheduler", message.clone(), |r| send(client.clone(), r))
+                .await;
+            match result {
+                Err(e @ ApiError::Unavailable { .. }) => answer = Some(Err(e)),
+                other => return other,
+            }
+        }
+        answer.expect("at least one scheduler address")
+    }
+
     /// The operator configuration in force, as the scheduler has it (credentials redacted).
     pub async fn config(&self) -> Result<EffectiveConfig, ApiError> {
-        let mut client = self.scheduler.clone();
-        self.call("scheduler", GetConfigRequest {}, |r| async move {
+        self.ask_scheduler(GetConfigRequest {}, |mut client, r| async move {
             client.get_config(r).await
         })
         .await
@@ -114,9 +148,8 @@ impl Backend {
 
     /// Every cluster the scheduler knows, with its owner and state.
     pub async fn assignments(&self) -> Result<Vec<ClusterAssignment>, ApiError> {
-        let mut client = self.scheduler.clone();
         let response = self
-            .call("scheduler", ListAssignmentsRequest {}, |r| async move {
+            .ask_scheduler(ListAssignmentsRequest {}, |mut client, r| async move {
                 client.list_assignments(r).await
             })
             .await?;
@@ -129,12 +162,11 @@ impl Backend {
         namespace: &str,
         name: &str,
     ) -> Result<ClusterAssignment, ApiError> {
-        let mut client = self.scheduler.clone();
         let request = GetClusterRequest {
             namespace: namespace.into(),
             name: name.into(),
         };
-        self.call("scheduler", request, |r| async move {
+        self.ask_scheduler(request, |mut client, r| async move {
             client.get_cluster(r).await
         })
         .await
@@ -148,9 +180,8 @@ impl Backend {
 
     /// The live workers, sorted by id. Forgets the channels of addresses no longer listed.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ApiError> {
-        let mut client = self.scheduler.clone();
         let mut workers = self
-            .call("scheduler", ListWorkersRequest {}, |r| async move {
+            .ask_scheduler(ListWorkersRequest {}, |mut client, r| async move {
                 client.list_workers(r).await
             })
             .await?

@@ -98,6 +98,23 @@ fn holder_of(lease: &Lease) -> Option<Holder> {
     })
 }
 
+/// The candidate's identity: the configured one, else the pod's name (`POD_NAME`), else
+/// `<process>-<pid>`.
+pub fn identity(configured: &str, process: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    std::env::var("POD_NAME").unwrap_or_else(|_| format!("{process}-{}", std::process::id()))
+}
+
+/// Leadership for a process that runs alone: always leading.
+pub fn always() -> watch::Receiver<bool> {
+    let (leading, rx) = watch::channel(true);
+    // The sender lives as long as anyone looks: a closed channel would read as "lost".
+    tokio::spawn(async move { leading.closed().await });
+    rx
+}
+
 /// Whether this process leads, as a watch channel: true from the moment the lease is taken
 /// until it may no longer be ours (fenced: before it can expire, whatever the API server
 /// says); false after `shutdown`, once the lease is released for the standby to take at

@@ -162,6 +162,10 @@ pub struct Pgop {
     /// Every watcher replica's address, [`Pgop::watcher`]'s first.
     pub watcher_addrs: Vec<String>,
     pub scheduler_addr: String,
+    /// Every scheduler replica's address, [`Pgop::scheduler`]'s first.
+    pub scheduler_addrs: Vec<String>,
+    /// Further scheduler replicas ([`Pgop::start_replicated`]).
+    pub standby_schedulers: Vec<PgopProcess>,
     pub worker_addrs: Vec<String>,
     /// Where each worker serves `GET /metrics`.
     pub worker_metrics_addrs: Vec<String>,
@@ -221,7 +225,7 @@ impl Pgop {
         Self::start_all(
             name,
             namespace,
-            (1, workers),
+            (1, 1, workers),
             state_dir,
             kubeconfigs,
             watched_namespace,
@@ -229,13 +233,16 @@ impl Pgop {
         )
     }
 
-    /// [`Pgop::start`] with `watchers` watcher replicas electing a leader through the Lease
-    /// `pgop-watcher` (6 s): the first is [`Pgop::watcher`], the others
-    /// [`Pgop::standby_watchers`] (whichever leads); the scheduler knows every address.
+    /// [`Pgop::start`] with `watchers` watcher and `schedulers` scheduler replicas electing
+    /// leaders through the Leases `pgop-watcher` and `pgop-scheduler` (6 s): the first of
+    /// each is [`Pgop::watcher`] / [`Pgop::scheduler`], the others the standbys (whichever
+    /// leads); their clients know every address.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_replicated(
         name: &str,
         namespace: &str,
         watchers: usize,
+        schedulers: usize,
         workers: usize,
         state_dir: &Path,
         kubeconfigs: &Kubeconfigs,
@@ -244,7 +251,7 @@ impl Pgop {
         Self::start_all(
             name,
             namespace,
-            (watchers, workers),
+            (watchers, schedulers, workers),
             state_dir,
             kubeconfigs,
             watched_namespace,
@@ -255,7 +262,7 @@ impl Pgop {
     fn start_all(
         name: &str,
         namespace: &str,
-        (watchers, workers): (usize, usize),
+        (watchers, schedulers, workers): (usize, usize, usize),
         state_dir: &Path,
         kubeconfigs: &Kubeconfigs,
         watched_namespace: Option<&str>,
@@ -301,20 +308,50 @@ impl Pgop {
             .map(|a| format!("http://{a}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut scheduler_env = vec![
-            ("PGOP_GRPC_ADDR", scheduler_addr.clone()),
-            ("PGOP_WATCHER_ADDR", all_watchers),
-            // A killed worker's TCP session ends at once; this only catches hung ones.
-            ("PGOP_HEARTBEAT_TIMEOUT_SECONDS", "6".into()),
-        ];
-        scheduler_env.extend(scheduler_settings.iter().cloned());
-        let scheduler = PgopProcess::start(
-            &format!("{name}-scheduler"),
-            "pgop-scheduler",
-            &scheduler_env,
-            state_dir,
-            &kubeconfigs.none,
-        )?;
+        let mut scheduler_processes = Vec::new();
+        let mut scheduler_addrs = vec![scheduler_addr.clone()];
+        for i in 0..schedulers.max(1) {
+            if i > 0 {
+                scheduler_addrs.push(addr()?);
+            }
+            let process = match schedulers {
+                1 => format!("{name}-scheduler"),
+                _ => format!("{name}-scheduler-{i}"),
+            };
+            let mut scheduler_env = vec![
+                ("PGOP_GRPC_ADDR", scheduler_addrs[i].clone()),
+                ("PGOP_WATCHER_ADDR", all_watchers.clone()),
+                // A killed worker's TCP session ends at once; this only catches hung ones.
+                ("PGOP_HEARTBEAT_TIMEOUT_SECONDS", "6".into()),
+            ];
+            if schedulers > 1 {
+                scheduler_env.extend([
+                    ("PGOP_LEADER_ELECTION", "true".to_string()),
+                    ("PGOP_LEASE_DURATION_SECONDS", "6".into()),
+                    ("PGOP_IDENTITY", process.clone()),
+                    ("PGOP_NAMESPACE", namespace.into()),
+                ]);
+            }
+            scheduler_env.extend(scheduler_settings.iter().cloned());
+            // Its Lease is the only Kubernetes object a scheduler touches.
+            let kubeconfig = match schedulers {
+                1 => &kubeconfigs.none,
+                _ => &kubeconfigs.watcher,
+            };
+            scheduler_processes.push(PgopProcess::start(
+                &process,
+                "pgop-scheduler",
+                &scheduler_env,
+                state_dir,
+                kubeconfig,
+            )?);
+        }
+        let scheduler = scheduler_processes.remove(0);
+        let all_schedulers = scheduler_addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut worker_processes = Vec::new();
         let mut worker_addrs = Vec::new();
         let mut worker_ids = Vec::new();
@@ -329,7 +366,7 @@ impl Pgop {
                 &[
                     ("PGOP_GRPC_ADDR", grpc.clone()),
                     ("PGOP_WORKER_ID", id.clone()),
-                    ("PGOP_SCHEDULER_ADDR", format!("http://{scheduler_addr}")),
+                    ("PGOP_SCHEDULER_ADDR", all_schedulers.clone()),
                     ("PGOP_HEARTBEAT_INTERVAL_SECONDS", "1".into()),
                     ("PGOP_NAMESPACE", namespace.into()),
                     ("PGOP_METRICS_ADDR", metrics.clone()),
@@ -346,7 +383,7 @@ impl Pgop {
             "pgop-api-gateway",
             &[
                 ("PGOP_HTTP_ADDR", gateway_addr.clone()),
-                ("PGOP_SCHEDULER_ADDR", format!("http://{scheduler_addr}")),
+                ("PGOP_SCHEDULER_ADDR", all_schedulers.clone()),
             ],
             state_dir,
             &kubeconfigs.none,
@@ -360,6 +397,8 @@ impl Pgop {
             watcher_addr,
             watcher_addrs,
             scheduler_addr,
+            scheduler_addrs,
+            standby_schedulers: scheduler_processes,
             worker_addrs,
             worker_metrics_addrs,
             worker_ids,

@@ -88,6 +88,10 @@ fn main() {
         ("watcher_standby_takes_over_and_loses_no_change", || {
             block_on(ha::watcher_standby_takes_over_and_loses_no_change())
         }),
+        (
+            "scheduler_standby_takes_over_and_no_cluster_has_two_owners",
+            || block_on(ha::scheduler_standby_takes_over_and_no_cluster_has_two_owners()),
+        ),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()

@@ -18,7 +18,20 @@ pub struct Settings {
     /// Clusters of the whole fleet replacing pods (rolling updates) at once.
     pub rolling_updates: u32,
     pub log_format: String,
+    /// Run as one of several replicas: the one holding the Lease `pgop-scheduler` in
+    /// `namespace` takes worker sessions and answers; the others follow the watcher (their
+    /// copy of the fleet stays warm) and refuse with UNAVAILABLE until they take over.
+    pub leader_election: bool,
+    /// How long the lease lasts without renewal.
+    pub lease_duration_seconds: u64,
+    /// This replica among the candidates; `POD_NAME`, else `scheduler-<pid>`, if empty.
+    pub identity: String,
+    /// Where the lease lives (the operator's namespace); `POD_NAMESPACE` if empty.
+    pub namespace: String,
 }
+
+/// The Lease the scheduler replicas compete for.
+pub const LEASE_NAME: &str = "pgop-scheduler";
 
 impl Default for Settings {
     fn default() -> Self {
@@ -28,6 +41,10 @@ impl Default for Settings {
             heartbeat_timeout_seconds: 10,
             rolling_updates: 4,
             log_format: "text".into(),
+            leader_election: false,
+            lease_duration_seconds: 15,
+            identity: String::new(),
+            namespace: String::new(),
         }
     }
 }

@@ -25,10 +25,54 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let leading = match settings.leader_election {
+        false => pgop_common::lease::always(),
+        true => {
+            // The only Kubernetes call a scheduler makes: its Lease.
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to Kubernetes for the scheduler's Lease")?;
+            let namespace = match settings.namespace.is_empty() {
+                true => std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into()),
+                false => settings.namespace.clone(),
+            };
+            pgop_common::lease::run(
+                client,
+                pgop_common::lease::LeaseSettings {
+                    namespace,
+                    name: pgop_scheduler::LEASE_NAME.into(),
+                    identity: pgop_common::lease::identity(&settings.identity, "scheduler"),
+                    duration: Duration::from_secs(settings.lease_duration_seconds.max(3)),
+                },
+                shutdown.clone(),
+            )
+        }
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<SchedulerServer<SchedulerService>>()
-        .await;
+    {
+        // SERVING only while leading: a standby is alive but not the one to talk to.
+        let (health, mut leading) = (health.clone(), leading.clone());
+        tokio::spawn(async move {
+            loop {
+                let leads = *leading.borrow_and_update();
+                match leads {
+                    true => {
+                        health
+                            .set_serving::<SchedulerServer<SchedulerService>>()
+                            .await
+                    }
+                    false => {
+                        health
+                            .set_not_serving::<SchedulerServer<SchedulerService>>()
+                            .await
+                    }
+                }
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let (reflection_v1, reflection_v1alpha) = pgop_proto::reflection_services()?;
     let addr = settings
         .grpc_addr
@@ -43,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
             inputs,
             events,
             shutdown.clone(),
+            leading,
         )))
         .serve_with_shutdown(addr, shutdown.cancelled_owned())
         .await?;

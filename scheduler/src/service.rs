@@ -12,7 +12,7 @@ use pgop_proto::v1::{
     GetConfigRequest, ListAssignmentsRequest, ListAssignmentsResponse, ListWorkersRequest,
     ListWorkersResponse, SchedulerMessage, WatchEventsRequest, WorkerMessage,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -25,6 +25,10 @@ pub struct SchedulerService {
     sessions: AtomicU64,
     /// Ends long-lived streams, which would otherwise hold up a graceful shutdown.
     shutdown: CancellationToken,
+    /// Whether this replica holds the lease (always, without leader election): only the
+    /// leader takes sessions and answers; its sessions end the moment it stops leading, so
+    /// their workers fence themselves before another leader hands out their clusters.
+    leading: watch::Receiver<bool>,
 }
 
 impl SchedulerService {
@@ -32,12 +36,34 @@ impl SchedulerService {
         inputs: mpsc::UnboundedSender<Input>,
         events: broadcast::Sender<EventRecord>,
         shutdown: CancellationToken,
+        leading: watch::Receiver<bool>,
     ) -> Self {
         Self {
             inputs,
             events,
             sessions: AtomicU64::new(0),
             shutdown,
+            leading,
+        }
+    }
+
+    /// Refuses on a standby, so that clients go on to the leader.
+    fn lead(&self) -> Result<(), Status> {
+        match *self.leading.borrow() {
+            true => Ok(()),
+            false => Err(Status::unavailable(format!(
+                "this scheduler is a standby: the replica holding the lease {} answers; \
+                 retry with another address",
+                crate::LEASE_NAME
+            ))),
+        }
+    }
+
+    /// Completes when this replica stops leading.
+    fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut leading = self.leading.clone();
+        async move {
+            let _ = leading.wait_for(|leads| !leads).await;
         }
     }
 
@@ -62,6 +88,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        self.lead()?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(WorkerMessage {
@@ -110,8 +137,10 @@ impl Scheduler for SchedulerService {
             }
             let _ = inputs.send(Input::Gone { id, session });
         });
-        let stream =
-            UnboundedReceiverStream::new(rx).take_until(self.shutdown.clone().cancelled_owned());
+        let stream = UnboundedReceiverStream::new(rx)
+            .take_until(self.shutdown.clone().cancelled_owned())
+            // Fenced: a replica that no longer leads ends every session.
+            .take_until(self.lost());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -119,6 +148,7 @@ impl Scheduler for SchedulerService {
         &self,
         _: Request<ListAssignmentsRequest>,
     ) -> Result<Response<ListAssignmentsResponse>, Status> {
+        self.lead()?;
         let clusters = self.ask(Input::Assignments).await?;
         Ok(Response::new(ListAssignmentsResponse { clusters }))
     }
@@ -127,6 +157,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<GetClusterRequest>,
     ) -> Result<Response<ClusterAssignment>, Status> {
+        self.lead()?;
         let r = request.into_inner();
         if r.namespace.is_empty() || r.name.is_empty() {
             return Err(Status::invalid_argument("namespace and name are required"));
@@ -144,6 +175,7 @@ impl Scheduler for SchedulerService {
         &self,
         _: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
+        self.lead()?;
         let workers = self.ask(Input::Workers).await?;
         Ok(Response::new(ListWorkersResponse { workers }))
     }
@@ -152,6 +184,7 @@ impl Scheduler for SchedulerService {
         &self,
         _: Request<GetConfigRequest>,
     ) -> Result<Response<EffectiveConfig>, Status> {
+        self.lead()?;
         let event = self.ask(Input::Config).await?;
         let (data, source) = match event {
             Some(c) if !c.deleted => (c.data.into_iter().collect(), "configmap"),
@@ -171,9 +204,12 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.lead()?;
         let filter = request.into_inner().cluster;
         let stream = pgop_proto::event_records(self.events.subscribe(), filter);
-        let stream = stream.take_until(self.shutdown.clone().cancelled_owned());
+        let stream = stream
+            .take_until(self.shutdown.clone().cancelled_owned())
+            .take_until(self.lost());
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -89,10 +89,7 @@ impl ConfigSource {
 
 impl Settings {
     pub fn identity(&self) -> String {
-        if !self.identity.is_empty() {
-            return self.identity.clone();
-        }
-        std::env::var("POD_NAME").unwrap_or_else(|_| format!("watcher-{}", std::process::id()))
+        pgop_common::lease::identity(&self.identity, "watcher")
     }
 
     /// Where the operator configuration comes from, given the value of

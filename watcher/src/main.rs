@@ -129,9 +129,8 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let (_always, leading) = tokio::sync::watch::channel(true);
     let leading = match settings.leader_election {
-        false => leading,
+        false => pgop_common::lease::always(),
         true => pgop_common::lease::run(
             client.clone(),
             pgop_common::lease::LeaseSettings {

@@ -314,8 +314,12 @@ impl Registry {
         for running in &tasks {
             running.cancel.cancel();
         }
+        let stopped = tasks.len();
         for running in tasks {
             let _ = running.handle.await;
+        }
+        if stopped > 0 {
+            tracing::info!(clusters = stopped, "fenced: every cluster task stopped");
         }
         self.outbound = None;
         self.ctx.view.clear();

@@ -16,6 +16,7 @@ use crate::registry::{Command, RegistryHandle};
 use crate::view::View;
 
 pub struct SessionSettings {
+    /// The scheduler, or its replicas comma-separated.
     pub scheduler_addr: String,
     pub worker_id: String,
     pub advertise_addr: String,
@@ -43,16 +44,37 @@ pub async fn run(
     view: View,
     shutdown: CancellationToken,
 ) {
+    // Scheduler replicas, comma-separated: a standby refuses (UNAVAILABLE) and the next is
+    // tried at once; the reconnect back-off after a round without a session.
+    let addresses: Vec<String> = settings
+        .scheduler_addr
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
     let mut backoff = RetryPolicy::RECONNECT.backoff();
-    loop {
-        let result = session(&settings, &registry, &view, &shutdown, &mut backoff).await;
+    for tried in 1usize.. {
+        let address = &addresses[(tried - 1) % addresses.len().max(1)];
+        let result = session(
+            &settings,
+            address,
+            &registry,
+            &view,
+            &shutdown,
+            &mut backoff,
+        )
+        .await;
         registry.fence().await;
         if shutdown.is_cancelled() {
             return;
         }
+        if let (Err(e), true) = (&result, tried % addresses.len().max(1) != 0) {
+            tracing::info!(scheduler = %address, "session: {e}; trying the next address");
+            continue;
+        }
         let delay = backoff.next_delay();
         if let Err(e) = result {
-            tracing::warn!("session ended: {e}; reconnecting in {delay:?}");
+            tracing::warn!(scheduler = %address, "session ended: {e}; reconnecting in {delay:?}");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -61,21 +83,22 @@ pub async fn run(
     }
 }
 
-/// One session; `backoff` starts over once it is open.
+/// One session with the scheduler at `address`; `backoff` starts over once it is open.
 async fn session(
     settings: &SessionSettings,
+    address: &str,
     registry: &RegistryHandle,
     view: &View,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
     let connect_error = |source| SessionError::Connect {
-        addr: settings.scheduler_addr.clone(),
+        addr: address.to_string(),
         source,
     };
     // HTTP/2 pings notice a vanished scheduler (or a partition) within seconds, well before
     // the scheduler's heartbeat timeout hands this worker's clusters to another one.
-    let channel = Endpoint::from_shared(settings.scheduler_addr.clone())
+    let channel = Endpoint::from_shared(address.to_string())
         .map_err(connect_error)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(2))
@@ -98,7 +121,7 @@ async fn session(
         .session(UnboundedReceiverStream::new(rx))
         .await?
         .into_inner();
-    tracing::info!(scheduler = %settings.scheduler_addr, worker = %settings.worker_id, "session open");
+    tracing::info!(scheduler = %address, worker = %settings.worker_id, "session open");
     backoff.reset();
     registry.send(Command::SessionStarted(outbound.clone()));
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
