@@ -39,6 +39,17 @@ struct FakeScheduler {
     data: Arc<Mutex<SchedulerData>>,
     /// Every answer is this late.
     delay: Duration,
+    /// A standby replica: every answer is UNAVAILABLE.
+    standby: bool,
+}
+
+impl FakeScheduler {
+    fn lead(&self) -> Result<(), Status> {
+        match self.standby {
+            true => Err(Status::unavailable("this scheduler is a standby")),
+            false => Ok(()),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -57,6 +68,7 @@ impl Scheduler for FakeScheduler {
         &self,
         _: Request<ListAssignmentsRequest>,
     ) -> Result<Response<ListAssignmentsResponse>, Status> {
+        self.lead()?;
         tokio::time::sleep(self.delay).await;
         let clusters = self.data.lock().unwrap().assignments.clone();
         Ok(Response::new(ListAssignmentsResponse { clusters }))
@@ -84,6 +96,7 @@ impl Scheduler for FakeScheduler {
         &self,
         _: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
+        self.lead()?;
         tokio::time::sleep(self.delay).await;
         let workers = self.data.lock().unwrap().workers.clone();
         Ok(Response::new(ListWorkersResponse { workers }))
@@ -920,4 +933,41 @@ async fn cluster_logs_history_and_sync_come_from_the_owner() {
     // The team path keeps working beside them.
     let body = gateway.ok("/clusters/acid/default/minimal/").await;
     assert_eq!(body["Cluster"], "acid-minimal");
+}
+
+#[tokio::test]
+async fn a_standby_scheduler_is_passed_over_for_the_one_leading() {
+    let standby = serve_scheduler(FakeScheduler {
+        standby: true,
+        ..FakeScheduler::default()
+    })
+    .await;
+    let leader = FakeScheduler::default();
+    leader.data.lock().unwrap().assignments = vec![assignment(
+        "default/acid-a",
+        "w-1",
+        "Assigned",
+        "Running",
+        "acid",
+    )];
+    let leader = serve_scheduler(leader).await;
+    // The standby first: the gateway goes on to the next replica.
+    let both = Gateway::start(
+        &format!("http://{standby},http://{leader}"),
+        Duration::from_secs(2),
+    )
+    .await;
+    let body = both.ok("/status/").await;
+    assert_eq!(body["Clusters"], 1, "{body}");
+    // Only standbys: the gateway says so.
+    let alone = Gateway::start(&format!("http://{standby}"), Duration::from_secs(2)).await;
+    let (status, body) = alone.get("/status/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("standby"),
+        "{body}"
+    );
 }
