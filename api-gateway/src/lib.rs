@@ -14,12 +14,16 @@ pub mod routes;
 pub struct Settings {
     /// Where the HTTP API listens.
     pub http_addr: String,
-    /// The scheduler's gRPC address (`http://host:port` or `host:port`).
+    /// The scheduler's gRPC address (`http://host:port` or `host:port`), or its replicas
+    /// comma-separated.
     pub scheduler_addr: String,
     /// How long one gRPC call to the scheduler or a worker may take before the request
     /// fails with 504 (at least 1).
     pub request_timeout_seconds: u64,
     pub log_format: String,
+    /// The admin port: `/livez`, `/readyz` (always ready: the gateway keeps no state);
+    /// empty: not served.
+    pub admin_addr: String,
 }
 
 impl Default for Settings {
@@ -29,6 +33,7 @@ impl Default for Settings {
             scheduler_addr: "http://127.0.0.1:50051".into(),
             request_timeout_seconds: 5,
             log_format: "text".into(),
+            admin_addr: String::new(),
         }
     }
 }

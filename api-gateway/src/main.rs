@@ -3,6 +3,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use pgop_api_gateway::backend::Backend;
 use pgop_api_gateway::{routes, Settings};
+use pgop_common::admin::Admin;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -17,8 +18,15 @@ async fn main() -> anyhow::Result<()> {
         scheduler = %settings.scheduler_addr,
         "api-gateway serving"
     );
+    let admin = tokio::spawn({
+        let (addr, shutdown) = (settings.admin_addr.clone(), shutdown.clone());
+        async move { pgop_common::admin::serve(&addr, Admin::always_ready(), shutdown).await }
+    });
     axum::serve(listener, routes::router(Arc::new(backend)))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
+    admin
+        .await?
+        .with_context(|| format!("admin_addr {:?}", settings.admin_addr))?;
     Ok(())
 }

@@ -1,11 +1,9 @@
 //! Counters in Prometheus' text format, served on `GET /metrics` of a process's
-//! `metrics_addr`, and a Kubernetes client that counts its requests (so that "a resync of an
+//! `admin_addr`, and a Kubernetes client that counts its requests (so that "a resync of an
 //! in-sync cluster writes nothing" can be read off a running process).
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-
-use tokio_util::sync::CancellationToken;
 
 /// Label names and values of one series, in the order given.
 pub type Labels = Vec<(&'static str, String)>;
@@ -155,34 +153,6 @@ pub async fn counting_kube_client(counters: Arc<Counters>) -> Result<kube::Clien
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&count)
         .build())
-}
-
-/// Serves `GET /metrics` on `addr` until `shutdown`. An empty `addr` serves nothing.
-pub async fn serve(
-    addr: &str,
-    counters: Arc<Counters>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    if addr.is_empty() {
-        return Ok(());
-    }
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics serving");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let counters = counters.clone();
-            async move {
-                (
-                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    counters.render(),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }
 
 #[cfg(test)]

@@ -1160,32 +1160,78 @@ fn watcher_may_watch_clusters_pods_and_only_its_operator_configuration() {
 }
 
 #[test]
-fn scheduler_and_api_gateway_have_no_kubernetes_access() {
+fn api_gateway_has_no_kubernetes_access() {
     let m = manifests();
-    for (name, file) in [
-        ("pgop-scheduler", "manifests/rbac/scheduler.yaml"),
-        ("pgop-api-gateway", "manifests/rbac/api-gateway.yaml"),
-    ] {
-        let in_file: Vec<&Doc> = m.docs.iter().filter(|d| d.file == file).collect();
-        assert_eq!(in_file.len(), 1, "{file}: a ServiceAccount only");
-        let (doc, sa) = m.service_account(name);
-        assert_eq!(doc.file, file);
-        assert_eq!(
-            sa.automount_service_account_token,
-            Some(false),
-            "{name}: no API token"
-        );
-        let bound = m
-            .cluster_role_bindings()
+    let (name, file) = ("pgop-api-gateway", "manifests/rbac/api-gateway.yaml");
+    let in_file: Vec<&Doc> = m.docs.iter().filter(|d| d.file == file).collect();
+    assert_eq!(in_file.len(), 1, "{file}: a ServiceAccount only");
+    let (doc, sa) = m.service_account(name);
+    assert_eq!(doc.file, file);
+    assert_eq!(
+        sa.automount_service_account_token,
+        Some(false),
+        "{name}: no API token"
+    );
+    let bound = m
+        .cluster_role_bindings()
+        .iter()
+        .flat_map(|(_, b)| b.subjects.iter().flatten())
+        .chain(
+            m.role_bindings()
+                .iter()
+                .flat_map(|(_, b)| b.subjects.iter().flatten()),
+        )
+        .any(|s| s.kind == "ServiceAccount" && s.name == name);
+    assert!(!bound, "{name} is bound to a role");
+}
+
+#[test]
+fn the_scheduler_may_hold_its_lease_and_nothing_else() {
+    let m = manifests();
+    let own = m.namespace();
+    let lease = |verb: &str| Permission {
+        name: Some("pgop-scheduler".into()),
+        ..perm("coordination.k8s.io", "leases", verb)
+    };
+    let missing = m.missing(
+        "pgop-scheduler",
+        Some(&own),
+        &[
+            lease("get"),
+            lease("update"),
+            perm("coordination.k8s.io", "leases", "create"),
+        ],
+    );
+    assert!(missing.is_empty(), "pgop-scheduler lacks {missing:?}");
+    assert!(
+        m.cluster_role_bindings()
             .iter()
             .flat_map(|(_, b)| b.subjects.iter().flatten())
-            .chain(
-                m.role_bindings()
-                    .iter()
-                    .flat_map(|(_, b)| b.subjects.iter().flatten()),
-            )
-            .any(|s| s.kind == "ServiceAccount" && s.name == name);
-        assert!(!bound, "{name} is bound to a role");
+            .all(|s| s.name != "pgop-scheduler"),
+        "pgop-scheduler holds cluster-wide rights"
+    );
+    for (namespace, p) in [
+        (
+            Some(own.as_str()),
+            Permission {
+                name: Some("pgop-watcher".into()),
+                ..perm("coordination.k8s.io", "leases", "update")
+            },
+        ),
+        (
+            Some(own.as_str()),
+            perm("coordination.k8s.io", "leases", "delete"),
+        ),
+        (Some("team-a"), lease("get")),
+        (Some(own.as_str()), perm("", "configmaps", "get")),
+        (Some(own.as_str()), perm("", "secrets", "get")),
+        (None, perm("acid.zalan.do", "postgresqls", "get")),
+        (None, perm("", "pods", "get")),
+    ] {
+        assert!(
+            !m.can("pgop-scheduler", namespace, &p),
+            "pgop-scheduler may {p:?} in {namespace:?}"
+        );
     }
 }
 
@@ -1324,7 +1370,7 @@ fn deployments_services_and_the_image_agree() {
                 .find(|e| e.name == key)
                 .map(|e| (e.value.clone(), e.value_from.is_some()))
         };
-        if name == "pgop-watcher" {
+        if name == "pgop-watcher" || name == "pgop-scheduler" {
             // Replicas elect a leader; each needs its own identity.
             assert!(
                 spec.replicas.unwrap_or(1) >= 2,
@@ -1339,14 +1385,6 @@ fn deployments_services_and_the_image_agree() {
                 container_env("PGOP_IDENTITY").map(|(_, from)| from),
                 Some(true),
                 "{at}: each replica's identity comes from its pod"
-            );
-        }
-        if name == "pgop-scheduler" {
-            assert_eq!(spec.replicas, Some(1), "{at}: exactly one {name}");
-            assert_eq!(
-                spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
-                Some("Recreate"),
-                "{at}: never two {name} at once"
             );
         }
 
@@ -1402,19 +1440,26 @@ fn deployments_services_and_the_image_agree() {
             );
             binaries.insert(binary.to_string());
 
-            for probe in [&c.readiness_probe, &c.liveness_probe] {
-                let port = probe
+            // Probes on the admin port (PGOP_ADMIN_ADDR): /readyz and /livez.
+            for (probe, path) in [
+                (&c.readiness_probe, "/readyz"),
+                (&c.liveness_probe, "/livez"),
+            ] {
+                let get = probe
                     .as_ref()
-                    .and_then(|p| p.tcp_socket.as_ref())
-                    .map(|t| &t.port)
-                    .unwrap_or_else(|| {
-                        panic!("{at}: needs tcpSocket readiness and liveness probes")
-                    });
+                    .and_then(|p| p.http_get.as_ref())
+                    .unwrap_or_else(|| panic!("{at}: needs an httpGet probe on {path}"));
+                assert_eq!(get.path.as_deref(), Some(path), "{at}");
                 assert!(
-                    container_port(c, port).is_some(),
-                    "{at}: probe port {port:?}"
+                    container_port(c, &get.port).is_some(),
+                    "{at}: probe port {:?}",
+                    get.port
                 );
             }
+            assert!(
+                c.env.iter().flatten().any(|e| e.name == "PGOP_ADMIN_ADDR"),
+                "{at}: no admin port (PGOP_ADMIN_ADDR)"
+            );
 
             let env = c.env.as_deref().unwrap_or_default();
             let mut defined = BTreeSet::new();

@@ -14,6 +14,6 @@ unset WATCHED_NAMESPACE # the ConfigMap names the namespaces
 PGOP_GRPC_ADDR=$watcher "$bin/pgop-watcher" &
 PGOP_GRPC_ADDR=$scheduler PGOP_WATCHER_ADDR=http://$watcher "$bin/pgop-scheduler" &
 PGOP_GRPC_ADDR=$worker PGOP_WORKER_ID=single PGOP_SCHEDULER_ADDR=http://$scheduler \
-  PGOP_METRICS_ADDR=127.0.0.1:$(port) "$bin/pgop-worker" &
+  PGOP_ADMIN_ADDR=127.0.0.1:$(port) "$bin/pgop-worker" &
 trap 'kill $(jobs -p) 2>/dev/null; wait' TERM INT
 wait

@@ -15,11 +15,11 @@ log() { echo "[local-env] $*" >&2; }
 
 # pgop's processes and their settings (ports as in the README).
 pgop_processes=(
-  "watcher pgop-watcher PGOP_GRPC_ADDR=127.0.0.1:50050 PGOP_NAMESPACE=$namespace"
-  "scheduler pgop-scheduler PGOP_GRPC_ADDR=127.0.0.1:50051 PGOP_WATCHER_ADDR=http://127.0.0.1:50050"
-  "worker-0 pgop-worker PGOP_GRPC_ADDR=127.0.0.1:50052 PGOP_METRICS_ADDR=127.0.0.1:9102 PGOP_WORKER_ID=worker-0 PGOP_SCHEDULER_ADDR=http://127.0.0.1:50051 PGOP_NAMESPACE=$namespace"
-  "worker-1 pgop-worker PGOP_GRPC_ADDR=127.0.0.1:50053 PGOP_METRICS_ADDR=127.0.0.1:9103 PGOP_WORKER_ID=worker-1 PGOP_SCHEDULER_ADDR=http://127.0.0.1:50051 PGOP_NAMESPACE=$namespace"
-  "api-gateway pgop-api-gateway PGOP_HTTP_ADDR=127.0.0.1:8080 PGOP_SCHEDULER_ADDR=http://127.0.0.1:50051"
+  "watcher pgop-watcher PGOP_GRPC_ADDR=127.0.0.1:50050 PGOP_ADMIN_ADDR=127.0.0.1:9100 PGOP_NAMESPACE=$namespace"
+  "scheduler pgop-scheduler PGOP_GRPC_ADDR=127.0.0.1:50051 PGOP_ADMIN_ADDR=127.0.0.1:9101 PGOP_WATCHER_ADDR=http://127.0.0.1:50050"
+  "worker-0 pgop-worker PGOP_GRPC_ADDR=127.0.0.1:50052 PGOP_ADMIN_ADDR=127.0.0.1:9102 PGOP_WORKER_ID=worker-0 PGOP_SCHEDULER_ADDR=http://127.0.0.1:50051 PGOP_NAMESPACE=$namespace"
+  "worker-1 pgop-worker PGOP_GRPC_ADDR=127.0.0.1:50053 PGOP_ADMIN_ADDR=127.0.0.1:9103 PGOP_WORKER_ID=worker-1 PGOP_SCHEDULER_ADDR=http://127.0.0.1:50051 PGOP_NAMESPACE=$namespace"
+  "api-gateway pgop-api-gateway PGOP_HTTP_ADDR=127.0.0.1:8080 PGOP_ADMIN_ADDR=127.0.0.1:9104 PGOP_SCHEDULER_ADDR=http://127.0.0.1:50051"
 )
 
 alive() { [ -f "$state/pids/$1.pid" ] && kill -0 "$(cat "$state/pids/$1.pid")" 2>/dev/null; }

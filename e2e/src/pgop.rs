@@ -164,6 +164,10 @@ pub struct Pgop {
     pub scheduler_addr: String,
     /// Every scheduler replica's address, [`Pgop::scheduler`]'s first.
     pub scheduler_addrs: Vec<String>,
+    /// Their admin ports (`/livez`, `/readyz`), in the same order.
+    pub scheduler_admin_addrs: Vec<String>,
+    /// The watcher replicas' admin ports, in the order of `watcher_addrs`.
+    pub watcher_admin_addrs: Vec<String>,
     /// Further scheduler replicas ([`Pgop::start_replicated`]).
     pub standby_schedulers: Vec<PgopProcess>,
     pub worker_addrs: Vec<String>,
@@ -272,14 +276,17 @@ impl Pgop {
         let (scheduler_addr, gateway_addr) = (addr()?, addr()?);
         let mut watcher_processes = Vec::new();
         let mut watcher_addrs = Vec::new();
+        let mut watcher_admin_addrs = Vec::new();
         for i in 0..watchers.max(1) {
             let watcher_addr = addr()?;
+            let admin = addr()?;
             let process = match watchers {
                 1 => format!("{name}-watcher"),
                 _ => format!("{name}-watcher-{i}"),
             };
             let mut watcher_env = vec![
                 ("PGOP_GRPC_ADDR", watcher_addr.clone()),
+                ("PGOP_ADMIN_ADDR", admin.clone()),
                 ("PGOP_NAMESPACE", namespace.into()),
             ];
             if watchers > 1 {
@@ -300,6 +307,7 @@ impl Pgop {
                 &kubeconfigs.watcher,
             )?);
             watcher_addrs.push(watcher_addr);
+            watcher_admin_addrs.push(admin);
         }
         let watcher = watcher_processes.remove(0);
         let watcher_addr = watcher_addrs[0].clone();
@@ -310,16 +318,19 @@ impl Pgop {
             .join(",");
         let mut scheduler_processes = Vec::new();
         let mut scheduler_addrs = vec![scheduler_addr.clone()];
+        let mut scheduler_admin_addrs = Vec::new();
         for i in 0..schedulers.max(1) {
             if i > 0 {
                 scheduler_addrs.push(addr()?);
             }
+            scheduler_admin_addrs.push(addr()?);
             let process = match schedulers {
                 1 => format!("{name}-scheduler"),
                 _ => format!("{name}-scheduler-{i}"),
             };
             let mut scheduler_env = vec![
                 ("PGOP_GRPC_ADDR", scheduler_addrs[i].clone()),
+                ("PGOP_ADMIN_ADDR", scheduler_admin_addrs[i].clone()),
                 ("PGOP_WATCHER_ADDR", all_watchers.clone()),
                 // A killed worker's TCP session ends at once; this only catches hung ones.
                 ("PGOP_HEARTBEAT_TIMEOUT_SECONDS", "6".into()),
@@ -369,7 +380,7 @@ impl Pgop {
                     ("PGOP_SCHEDULER_ADDR", all_schedulers.clone()),
                     ("PGOP_HEARTBEAT_INTERVAL_SECONDS", "1".into()),
                     ("PGOP_NAMESPACE", namespace.into()),
-                    ("PGOP_METRICS_ADDR", metrics.clone()),
+                    ("PGOP_ADMIN_ADDR", metrics.clone()),
                 ],
                 state_dir,
                 &kubeconfigs.worker,
@@ -398,7 +409,9 @@ impl Pgop {
             watcher_addrs,
             scheduler_addr,
             scheduler_addrs,
+            scheduler_admin_addrs,
             standby_schedulers: scheduler_processes,
+            watcher_admin_addrs,
             worker_addrs,
             worker_metrics_addrs,
             worker_ids,

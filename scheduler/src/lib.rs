@@ -28,6 +28,9 @@ pub struct Settings {
     pub identity: String,
     /// Where the lease lives (the operator's namespace); `POD_NAMESPACE` if empty.
     pub namespace: String,
+    /// The admin port: `/livez`, `/readyz` (ready while subscribed to the watcher and, with
+    /// leader election, leading); empty: not served.
+    pub admin_addr: String,
 }
 
 /// The Lease the scheduler replicas compete for.
@@ -45,6 +48,7 @@ impl Default for Settings {
             lease_duration_seconds: 15,
             identity: String::new(),
             namespace: String::new(),
+            admin_addr: String::new(),
         }
     }
 }

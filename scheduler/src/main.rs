@@ -1,6 +1,9 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use pgop_common::admin::Admin;
 use pgop_proto::v1::scheduler_server::SchedulerServer;
 use pgop_scheduler::actor::Actor;
 use pgop_scheduler::service::SchedulerService;
@@ -19,9 +22,11 @@ async fn main() -> anyhow::Result<()> {
         events.clone(),
     );
     tokio::spawn(actor.run(inputs_rx, shutdown.clone()));
+    let subscribed = Arc::new(AtomicBool::new(false));
     tokio::spawn(watcher_client::run(
         settings.watcher_addr.clone(),
         inputs.clone(),
+        subscribed.clone(),
         shutdown.clone(),
     ));
 
@@ -73,6 +78,24 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    let admin = Admin {
+        ready: Arc::new({
+            let leading = leading.clone();
+            move || match (subscribed.load(Ordering::Relaxed), *leading.borrow()) {
+                (false, _) => Err("not subscribed to the watcher".into()),
+                (true, false) => Err(format!(
+                    "a standby: another replica holds the lease {}",
+                    pgop_scheduler::LEASE_NAME
+                )),
+                (true, true) => Ok(()),
+            }
+        }),
+        counters: None,
+    };
+    let admin = tokio::spawn({
+        let (addr, shutdown) = (settings.admin_addr.clone(), shutdown.clone());
+        async move { pgop_common::admin::serve(&addr, admin, shutdown).await }
+    });
     let (reflection_v1, reflection_v1alpha) = pgop_proto::reflection_services()?;
     let addr = settings
         .grpc_addr
@@ -91,5 +114,8 @@ async fn main() -> anyhow::Result<()> {
         )))
         .serve_with_shutdown(addr, shutdown.cancelled_owned())
         .await?;
+    admin
+        .await?
+        .with_context(|| format!("admin_addr {:?}", settings.admin_addr))?;
     Ok(())
 }

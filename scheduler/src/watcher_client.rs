@@ -1,6 +1,9 @@
 //! The scheduler's subscription to the watcher, re-established after any failure; every
 //! subscription starts with a full snapshot, so nothing is lost across restarts.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use pgop_common::retry::{Backoff, RetryPolicy};
 use pgop_proto::v1::watcher_client::WatcherClient;
 use pgop_proto::v1::SubscribeRequest;
@@ -15,6 +18,7 @@ use crate::actor::Input;
 pub async fn run(
     addresses: String,
     inputs: mpsc::UnboundedSender<Input>,
+    subscribed: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let addresses: Vec<&str> = addresses
@@ -32,7 +36,9 @@ pub async fn run(
             return;
         }
         let address = addresses[(tried - 1) % addresses.len()];
-        let Err(e) = subscribe(address, &inputs, &shutdown, &mut backoff).await else {
+        let result = subscribe(address, &inputs, &subscribed, &shutdown, &mut backoff).await;
+        subscribed.store(false, Ordering::Relaxed);
+        let Err(e) = result else {
             return;
         };
         if tried % addresses.len() != 0 {
@@ -52,6 +58,7 @@ pub async fn run(
 async fn subscribe(
     address: &str,
     inputs: &mpsc::UnboundedSender<Input>,
+    subscribed: &AtomicBool,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
@@ -65,6 +72,7 @@ async fn subscribe(
         .await?
         .into_inner();
     tracing::info!(watcher = %address, "subscribed to the watcher");
+    subscribed.store(true, Ordering::Relaxed);
     backoff.reset();
     let _ = inputs.send(Input::SnapshotStarted);
     loop {

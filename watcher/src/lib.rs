@@ -38,6 +38,9 @@ pub struct Settings {
     pub lease_duration_seconds: u64,
     /// This replica among the candidates; `POD_NAME`, else `watcher-<pid>`, if empty.
     pub identity: String,
+    /// The admin port: `/livez`, `/readyz` (ready once every watch has listed and, with
+    /// leader election, while it leads); empty: not served.
+    pub admin_addr: String,
 }
 
 impl Default for Settings {
@@ -52,6 +55,7 @@ impl Default for Settings {
             leader_election: false,
             lease_duration_seconds: 15,
             identity: String::new(),
+            admin_addr: String::new(),
         }
     }
 }

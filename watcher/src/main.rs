@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use pgop_common::admin::Admin;
 use pgop_common::config::WatchedNamespaces;
 use pgop_proto::v1::watcher_server::WatcherServer;
 use pgop_watcher::service::WatcherService;
@@ -163,6 +164,24 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    let admin = Admin {
+        ready: Arc::new({
+            let (lists, leading) = (lists.clone(), leading.clone());
+            move || match (lists.complete(), *leading.borrow()) {
+                (false, _) => Err("the watches have not listed Kubernetes yet".into()),
+                (true, false) => Err(format!(
+                    "a standby: another replica holds the lease {}",
+                    pgop_watcher::LEASE_NAME
+                )),
+                (true, true) => Ok(()),
+            }
+        }),
+        counters: None,
+    };
+    let admin = tokio::spawn({
+        let (addr, shutdown) = (settings.admin_addr.clone(), shutdown.clone());
+        async move { pgop_common::admin::serve(&addr, admin, shutdown).await }
+    });
     let (reflection_v1, reflection_v1alpha) = pgop_proto::reflection_services()?;
     let addr = settings
         .grpc_addr
@@ -182,5 +201,8 @@ async fn main() -> anyhow::Result<()> {
         }))
         .serve_with_shutdown(addr, shutdown.cancelled_owned())
         .await?;
+    admin
+        .await?
+        .with_context(|| format!("admin_addr {:?}", settings.admin_addr))?;
     Ok(())
 }

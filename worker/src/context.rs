@@ -25,7 +25,7 @@ pub struct Context {
     pub operator_namespace: String,
     /// For the teams API.
     pub http: reqwest::Client,
-    /// Served on `metrics_addr`.
+    /// Served on the admin port (`admin_addr`).
     pub metrics: Arc<Counters>,
     /// Patroni's REST API on the pods.
     pub patroni: Patroni,

@@ -45,8 +45,9 @@ pub struct Settings {
     pub concurrency: u32,
     pub heartbeat_interval_seconds: u64,
     pub log_format: String,
-    /// Where `GET /metrics` is served (Prometheus text); empty: not served.
-    pub metrics_addr: String,
+    /// The admin port: `/metrics` (Prometheus text), `/livez`, `/readyz` (ready while a
+    /// session with the scheduler is open); empty: not served.
+    pub admin_addr: String,
 }
 
 impl Default for Settings {
@@ -60,7 +61,7 @@ impl Default for Settings {
             concurrency: 8,
             heartbeat_interval_seconds: 2,
             log_format: "text".into(),
-            metrics_addr: String::new(),
+            admin_addr: String::new(),
         }
     }
 }

@@ -1,7 +1,9 @@
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use pgop_common::admin::Admin;
 use pgop_common::metrics::{counting_kube_client, Counters};
 use pgop_proto::v1::worker_server::WorkerServer;
 use pgop_worker::cluster_log::ClusterLogLayer;
@@ -37,9 +39,20 @@ async fn main() -> anyhow::Result<()> {
         settings.namespace(),
         metrics.clone(),
     ));
-    let metrics_server = tokio::spawn({
-        let (addr, shutdown) = (settings.metrics_addr.clone(), shutdown.clone());
-        async move { pgop_common::metrics::serve(&addr, metrics, shutdown).await }
+    let session_open = Arc::new(AtomicBool::new(false));
+    let admin = Admin {
+        ready: Arc::new({
+            let open = session_open.clone();
+            move || match open.load(Ordering::Relaxed) {
+                true => Ok(()),
+                false => Err("no session with the scheduler".into()),
+            }
+        }),
+        counters: Some(metrics),
+    };
+    let admin_server = tokio::spawn({
+        let (addr, shutdown) = (settings.admin_addr.clone(), shutdown.clone());
+        async move { pgop_common::admin::serve(&addr, admin, shutdown).await }
     });
     let registry = Registry::start(ctx, shutdown.clone());
     let session = tokio::spawn(session::run(
@@ -52,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         },
         registry.clone(),
         view.clone(),
+        session_open,
         shutdown.clone(),
     ));
 
@@ -76,8 +90,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     // The session fences (stops every cluster task) before it returns.
     session.await?;
-    metrics_server
+    admin_server
         .await?
-        .with_context(|| format!("metrics_addr {:?}", settings.metrics_addr))?;
+        .with_context(|| format!("admin_addr {:?}", settings.admin_addr))?;
     Ok(())
 }

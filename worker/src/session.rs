@@ -2,6 +2,8 @@
 //! scheduler's assignments, events and release requests handed to the registry. When the
 //! session ends for any reason the worker fences itself (stops every cluster task) before
 //! it reconnects, so two workers never act on one cluster.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgop_common::retry::{Backoff, RetryPolicy};
@@ -38,10 +40,13 @@ pub enum SessionError {
     Closed,
 }
 
+/// Keeps a session with the scheduler open; `open` says whether one is (the worker's
+/// readiness).
 pub async fn run(
     settings: SessionSettings,
     registry: RegistryHandle,
     view: View,
+    open: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     // Scheduler replicas, comma-separated: a standby refuses (UNAVAILABLE) and the next is
@@ -60,10 +65,12 @@ pub async fn run(
             address,
             &registry,
             &view,
+            &open,
             &shutdown,
             &mut backoff,
         )
         .await;
+        open.store(false, Ordering::Relaxed);
         registry.fence().await;
         if shutdown.is_cancelled() {
             return;
@@ -89,6 +96,7 @@ async fn session(
     address: &str,
     registry: &RegistryHandle,
     view: &View,
+    open: &AtomicBool,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
@@ -122,6 +130,7 @@ async fn session(
         .await?
         .into_inner();
     tracing::info!(scheduler = %address, worker = %settings.worker_id, "session open");
+    open.store(true, Ordering::Relaxed);
     backoff.reset();
     registry.send(Command::SessionStarted(outbound.clone()));
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);

@@ -11,7 +11,7 @@ use kube::Api;
 use pgop_e2e::pgop::{grpcurl, Kubeconfigs, Pgop};
 use pgop_e2e::{simulated_cluster, wait};
 
-use super::operator::{prepare, wait_running};
+use super::operator::{http_get, prepare, wait_running};
 use super::{env, namespace, pg_patch};
 
 fn lease_holder(system_ns: &str) -> Result<String> {
@@ -24,6 +24,13 @@ fn lease_holder(system_ns: &str) -> Result<String> {
         "-o",
         "jsonpath={.spec.holderIdentity}",
     ])
+}
+
+/// `GET /readyz` of an admin port answers `code`; its body.
+fn readiness(admin: &str, code: u16) -> Result<serde_json::Value> {
+    let (status, body) = http_get(admin, "/readyz")?;
+    ensure!(status == code, "{admin}/readyz answered {status}: {body}");
+    Ok(body)
 }
 
 async fn replicas(sts: &Api<StatefulSet>, name: &str) -> Result<i32> {
@@ -81,6 +88,16 @@ pub async fn watcher_standby_takes_over_and_loses_no_change() -> Result<()> {
     ensure!(
         refused.contains("Unavailable") && refused.contains("standby"),
         "the standby's answer to Subscribe: {refused:?}"
+    );
+    // Only the leader is ready (a Service sends nobody to the standby).
+    readiness(&pgop.watcher_admin_addrs[leader_index], 200)?;
+    let why = readiness(&pgop.watcher_admin_addrs[standby_index], 503)?;
+    ensure!(
+        why["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("standby"),
+        "{why}"
     );
 
     // Half the changes before the kill, half after it.
@@ -246,6 +263,15 @@ pub async fn scheduler_standby_takes_over_and_no_cluster_has_two_owners() -> Res
     ensure!(
         refused.contains("Unavailable") && refused.contains("standby"),
         "the standby scheduler's answer: {refused:?}"
+    );
+    readiness(&pgop.scheduler_admin_addrs[leader_index], 200)?;
+    let why = readiness(&pgop.scheduler_admin_addrs[standby_index], 503)?;
+    ensure!(
+        why["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("standby"),
+        "{why}"
     );
 
     for name in &clusters[..10] {
