@@ -19,8 +19,11 @@ use tonic::Code;
 use crate::error::{ApiError, InvalidAddress};
 
 pub struct Backend {
-    /// The scheduler's replicas: a standby answers UNAVAILABLE and the next one is asked.
-    schedulers: Vec<SchedulerClient<Channel>>,
+    /// The scheduler's replicas (see `pgop_common::addresses`): a standby answers
+    /// UNAVAILABLE and the next one is asked.
+    scheduler_addr: String,
+    /// Scheduler channels by resolved address.
+    schedulers: Mutex<HashMap<String, Channel>>,
     /// Worker channels by normalised address.
     workers: Mutex<HashMap<String, Channel>>,
     timeout: Duration,
@@ -60,19 +63,20 @@ impl Backend {
     /// Connects lazily: nothing is dialled until the first request. `scheduler_addr` may
     /// name the scheduler's replicas comma-separated.
     pub fn new(scheduler_addr: &str, timeout: Duration) -> Result<Self, InvalidAddress> {
-        let schedulers = scheduler_addr
-            .split(',')
-            .filter(|a| !a.trim().is_empty())
-            .map(|a| Ok(SchedulerClient::new(endpoint(a, timeout)?.connect_lazy())))
-            .collect::<Result<Vec<_>, InvalidAddress>>()?;
-        if schedulers.is_empty() {
+        let mut listed = 0;
+        for address in scheduler_addr.split(',').filter(|a| !a.trim().is_empty()) {
+            endpoint(address, timeout)?;
+            listed += 1;
+        }
+        if listed == 0 {
             return Err(InvalidAddress {
                 address: scheduler_addr.into(),
                 reason: "empty".into(),
             });
         }
         Ok(Self {
-            schedulers,
+            scheduler_addr: scheduler_addr.into(),
+            schedulers: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
             timeout,
         })
@@ -126,16 +130,47 @@ impl Backend {
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut answer = None;
-        for client in &self.schedulers {
+        let resolved = pgop_common::addresses::resolve(&self.scheduler_addr).await;
+        // Replicas come and go (new pods, new addresses): keep the channels of current ones.
+        self.schedulers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|address, _| resolved.contains(address));
+        for address in resolved {
+            let client = self.scheduler_client(&address)?;
             let result = self
-                .call("scheduler", message.clone(), |r| send(client.clone(), r))
+                .call("scheduler", message.clone(), |r| send(client, r))
                 .await;
             match result {
                 Err(e @ ApiError::Unavailable { .. }) => answer = Some(Err(e)),
                 other => return other,
             }
         }
-        answer.expect("at least one scheduler address")
+        answer.unwrap_or_else(|| {
+            Err(ApiError::Unavailable {
+                backend: "scheduler".into(),
+                message: format!("{} resolves to no address", self.scheduler_addr),
+            })
+        })
+    }
+
+    /// The channel to one scheduler replica, made once (connected lazily) and kept.
+    fn scheduler_client(&self, address: &str) -> Result<SchedulerClient<Channel>, ApiError> {
+        let mut channels = self
+            .schedulers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(SchedulerClient::new(channel.clone()));
+        }
+        let channel = endpoint(address, self.timeout)
+            .map_err(|e| ApiError::Unavailable {
+                backend: "scheduler".into(),
+                message: e.to_string(),
+            })?
+            .connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(SchedulerClient::new(channel))
     }
 
     /// The operator configuration in force, as the scheduler has it (credentials redacted).

@@ -43,68 +43,58 @@ impl LeaseSettings {
     }
 }
 
-/// What the Lease says when it was read.
+/// What the Lease says when it was read, and how long this candidate has seen it unchanged
+/// (its own clock: the holder's timestamps are another machine's, so they are never compared
+/// with this one's, as in client-go).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     pub identity: String,
-    pub renewed: Timestamp,
     pub duration: Duration,
+    /// Since the record (its resourceVersion) last changed, as seen here.
+    pub unchanged_for: Duration,
 }
 
-/// What a candidate does after reading the Lease at `now`.
+/// What a candidate does after reading the Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Nobody holds it (or the holder let it lapse, or released it): take it.
     Acquire,
     /// It is ours: renew it.
     Renew,
-    /// Someone else holds it until this time.
-    Follow { leader: String, until: Timestamp },
+    /// Someone else holds it; it may be taken once unrenewed for this much longer.
+    Follow { leader: String, left: Duration },
 }
 
 /// The decision, from the Lease as read (None: it does not exist yet).
-pub fn step(holder: Option<&Holder>, me: &str, now: Timestamp) -> Step {
+pub fn step(holder: Option<&Holder>, me: &str) -> Step {
     let Some(holder) = holder else {
         return Step::Acquire;
     };
     if holder.identity == me {
         return Step::Renew;
     }
-    let until = holder
-        .renewed
-        .checked_add(holder.duration)
-        .unwrap_or(holder.renewed);
-    if holder.identity.is_empty() || until <= now {
+    if holder.identity.is_empty() || holder.unchanged_for >= holder.duration {
         Step::Acquire
     } else {
         Step::Follow {
             leader: holder.identity.clone(),
-            until,
+            left: holder.duration - holder.unchanged_for,
         }
     }
 }
 
-fn holder_of(lease: &Lease) -> Option<Holder> {
-    let spec = lease.spec.as_ref()?;
-    Some(Holder {
-        identity: spec.holder_identity.clone().unwrap_or_default(),
-        renewed: spec
-            .renew_time
-            .as_ref()
-            .or(spec.acquire_time.as_ref())
-            .map(|t| t.0)
-            .unwrap_or(Timestamp::UNIX_EPOCH),
-        duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
-    })
-}
-
-/// The candidate's identity: the configured one, else the pod's name (`POD_NAME`), else
-/// `<process>-<pid>`.
-pub fn identity(configured: &str, process: &str) -> String {
-    if !configured.is_empty() {
-        return configured.to_string();
-    }
-    std::env::var("POD_NAME").unwrap_or_else(|_| format!("{process}-{}", std::process::id()))
+/// The candidate's identity: the configured one, else the pod's name (`POD_NAME`, else
+/// `HOSTNAME`, which Kubernetes sets to it). Two replicas with one identity would both lead,
+/// so without one leader election does not start.
+pub fn identity(configured: &str) -> Option<String> {
+    [
+        Some(configured.to_string()),
+        std::env::var("POD_NAME").ok(),
+        std::env::var("HOSTNAME").ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|id| !id.is_empty())
 }
 
 /// Leadership for a process that runs alone: always leading.
@@ -116,17 +106,18 @@ pub fn always() -> watch::Receiver<bool> {
 }
 
 /// Whether this process leads, as a watch channel: true from the moment the lease is taken
-/// until it may no longer be ours (fenced: before it can expire, whatever the API server
-/// says); false after `shutdown`, once the lease is released for the standby to take at
-/// once.
+/// until it may no longer be ours (fenced: a fifth of the duration before anyone else may
+/// take it, whatever the API server says or however long it takes to answer); false after
+/// `shutdown`. The task ends once the lease is released (await it before exiting, so that a
+/// standby takes over at once instead of waiting for the lease to expire).
 pub fn run(
     client: Client,
     settings: LeaseSettings,
     shutdown: CancellationToken,
-) -> watch::Receiver<bool> {
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (leading, rx) = watch::channel(false);
-    tokio::spawn(hold(client, settings, leading, shutdown));
-    rx
+    let task = tokio::spawn(hold(client, settings, leading, shutdown));
+    (rx, task)
 }
 
 async fn hold(
@@ -136,20 +127,33 @@ async fn hold(
     shutdown: CancellationToken,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
-    // Until when this process may act as the leader (local monotonic clock).
+    // Until when this process may act as the leader (local monotonic clock), counted from
+    // the moment its last successful renewal was sent.
     let mut valid_until: Option<Instant> = None;
+    let mut seen = Seen::default();
     let mut last_leader = String::new();
     loop {
         let attempt = Instant::now();
-        match try_once(&api, &settings).await {
-            Ok(Outcome::Leading) => {
-                valid_until = Some(attempt + settings.duration - settings.margin());
-                if !*leading.borrow() {
-                    tracing::info!(lease = %settings.name, identity = %settings.identity, "leading");
-                    let _ = leading.send(true);
+        let fence_at = valid_until.unwrap_or(attempt + settings.duration);
+        // Every request is bounded, and the fence holds while one is under way.
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(fence_at), if valid_until.is_some() => None,
+            r = tokio::time::timeout(settings.retry(), try_once(&api, &settings, &mut seen)) => Some(r),
+        };
+        match outcome {
+            None => {}
+            Some(Ok(Ok(Outcome::Leading))) => {
+                let until = attempt + settings.duration - settings.margin();
+                if until > Instant::now() {
+                    valid_until = Some(until);
+                    if !*leading.borrow() {
+                        tracing::info!(lease = %settings.name, identity = %settings.identity, "leading");
+                        let _ = leading.send(true);
+                    }
                 }
             }
-            Ok(Outcome::Following(leader)) => {
+            Some(Ok(Ok(Outcome::Following(leader)))) => {
                 valid_until = None;
                 if *leading.borrow() {
                     tracing::warn!(lease = %settings.name, %leader, "lost the lease");
@@ -160,28 +164,62 @@ async fn hold(
                     last_leader = leader;
                 }
             }
-            Err(e) => tracing::warn!(lease = %settings.name, "lease: {e}"),
+            Some(Ok(Err(e))) => tracing::warn!(lease = %settings.name, "lease: {e}"),
+            Some(Err(_)) => {
+                tracing::warn!(lease = %settings.name, "lease: the API server did not answer in time")
+            }
         }
-        let wake = Instant::now() + settings.retry();
+        if valid_until.is_some_and(|t| t <= Instant::now()) {
+            // No renewal got through in time: stop acting before anyone else may start.
+            tracing::warn!(lease = %settings.name, "could not renew the lease in time: no longer leading");
+            valid_until = None;
+            let _ = leading.send(false);
+        }
+        let wake = attempt + settings.retry();
         let fence_at = valid_until.filter(|t| *t < wake);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(wake), if fence_at.is_none() => {}
-            _ = tokio::time::sleep_until(fence_at.unwrap_or(wake)), if fence_at.is_some() => {
-                // No renewal got through in time: stop acting before anyone else may start.
-                tracing::warn!(lease = %settings.name, "could not renew the lease in time: no longer leading");
-                valid_until = None;
-                let _ = leading.send(false);
-            }
+            _ = tokio::time::sleep_until(fence_at.unwrap_or(wake)) => {}
         }
     }
     let was_leading = *leading.borrow();
     let _ = leading.send(false);
     if was_leading {
-        if let Err(e) = release(&api, &settings).await {
-            tracing::warn!(lease = %settings.name, "releasing the lease: {e}");
+        match tokio::time::timeout(settings.retry(), release(&api, &settings)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(lease = %settings.name, "releasing the lease: {e}"),
+            Err(_) => {
+                tracing::warn!(lease = %settings.name, "releasing the lease: no answer in time")
+            }
         }
     }
+}
+
+/// When this candidate last saw the Lease record change.
+#[derive(Default)]
+struct Seen {
+    version: Option<String>,
+    at: Option<Instant>,
+}
+
+impl Seen {
+    fn unchanged_for(&mut self, version: Option<&str>) -> Duration {
+        let now = Instant::now();
+        if self.version.as_deref() != version || self.at.is_none() {
+            self.version = version.map(str::to_string);
+            self.at = Some(now);
+        }
+        now - self.at.unwrap_or(now)
+    }
+}
+
+fn holder_of(lease: &Lease, unchanged_for: Duration) -> Option<Holder> {
+    let spec = lease.spec.as_ref()?;
+    Some(Holder {
+        identity: spec.holder_identity.clone().unwrap_or_default(),
+        duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
+        unchanged_for,
+    })
 }
 
 enum Outcome {
@@ -189,11 +227,20 @@ enum Outcome {
     Following(String),
 }
 
-async fn try_once(api: &Api<Lease>, settings: &LeaseSettings) -> Result<Outcome, kube::Error> {
+async fn try_once(
+    api: &Api<Lease>,
+    settings: &LeaseSettings,
+    seen: &mut Seen,
+) -> Result<Outcome, kube::Error> {
     let now = Timestamp::now();
     let current = api.get_opt(&settings.name).await?;
-    let holder = current.as_ref().and_then(holder_of);
-    let next = match (&current, step(holder.as_ref(), &settings.identity, now)) {
+    let unchanged_for = seen.unchanged_for(
+        current
+            .as_ref()
+            .and_then(|l| l.metadata.resource_version.as_deref()),
+    );
+    let holder = current.as_ref().and_then(|l| holder_of(l, unchanged_for));
+    let next = match (&current, step(holder.as_ref(), &settings.identity)) {
         (_, Step::Follow { leader, .. }) => return Ok(Outcome::Following(leader)),
         (None, _) => None,
         (Some(lease), step) => Some((lease.clone(), step)),
@@ -263,45 +310,36 @@ async fn release(api: &Api<Lease>, settings: &LeaseSettings) -> Result<(), kube:
 mod tests {
     use super::*;
 
-    fn at(seconds: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
-    }
-
-    fn held(by: &str, renewed: i64) -> Holder {
+    fn held(by: &str, unchanged_for: u64) -> Holder {
         Holder {
             identity: by.into(),
-            renewed: at(renewed),
             duration: Duration::from_secs(10),
+            unchanged_for: Duration::from_secs(unchanged_for),
         }
     }
 
     #[test]
     fn a_candidate_takes_a_lease_only_when_nobody_holds_it() {
-        let table: &[(Option<Holder>, i64, Step)] = &[
-            (None, 0, Step::Acquire),
-            (Some(held("me", 0)), 5, Step::Renew),
-            // Our own, even expired: renewing it is taking it back.
-            (Some(held("me", 0)), 50, Step::Renew),
+        let table: &[(Option<Holder>, Step)] = &[
+            (None, Step::Acquire),
+            (Some(held("me", 5)), Step::Renew),
+            // Our own, even lapsed (the same pod restarted): renewing it is taking it back.
+            (Some(held("me", 50)), Step::Renew),
             (
-                Some(held("other", 0)),
-                9,
+                Some(held("other", 1)),
                 Step::Follow {
                     leader: "other".into(),
-                    until: at(10),
+                    left: Duration::from_secs(9),
                 },
             ),
-            // Expired: the standby takes over.
-            (Some(held("other", 0)), 10, Step::Acquire),
-            (Some(held("other", 0)), 11, Step::Acquire),
+            // Unrenewed for its whole duration, by this candidate's own clock: taken over.
+            (Some(held("other", 10)), Step::Acquire),
+            (Some(held("other", 11)), Step::Acquire),
             // Released on shutdown: at once.
-            (Some(held("", 0)), 1, Step::Acquire),
+            (Some(held("", 0)), Step::Acquire),
         ];
-        for (holder, now, want) in table {
-            assert_eq!(
-                &step(holder.as_ref(), "me", at(*now)),
-                want,
-                "{holder:?} at {now}"
-            );
+        for (holder, want) in table {
+            assert_eq!(&step(holder.as_ref(), "me"), want, "{holder:?}");
         }
     }
 
@@ -313,26 +351,46 @@ mod tests {
             identity: "me".into(),
             duration: Duration::from_secs(15),
         };
-        // Renewed at t: the leader acts until t + duration - margin, a standby waits until
-        // t + duration, and renewals come several times within that.
+        // Renewed at t: the leader acts until t + duration - margin, a standby waits until it
+        // has seen no change for the duration; a request is cut after `retry`, and renewals
+        // come at least twice within the leader's time.
         assert!(settings.margin() > Duration::ZERO);
         assert!(settings.retry() * 2 < settings.duration - settings.margin());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_counts_as_unchanged_from_when_it_was_first_seen_here() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.unchanged_for(Some("1")), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(seen.unchanged_for(Some("1")), Duration::from_secs(4));
+        // Renewed: a new resourceVersion starts the count again.
+        assert_eq!(seen.unchanged_for(Some("2")), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(seen.unchanged_for(Some("2")), Duration::from_secs(1));
     }
 
     #[test]
     fn the_lease_as_kubernetes_keeps_it() {
         let lease: Lease = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "pgop-watcher"},
+            "metadata": {"name": "pgop-watcher", "resourceVersion": "7"},
             "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 15,
                      "renewTime": "2027-01-15T08:00:00.000000Z"}
         }))
         .unwrap();
-        let holder = holder_of(&lease).unwrap();
-        assert_eq!(holder.identity, "pod-a");
-        assert_eq!(holder.duration, Duration::from_secs(15));
+        let holder = holder_of(&lease, Duration::from_secs(3)).unwrap();
         assert_eq!(
-            holder.renewed,
-            "2027-01-15T08:00:00Z".parse::<Timestamp>().unwrap()
+            holder,
+            Holder {
+                identity: "pod-a".into(),
+                duration: Duration::from_secs(15),
+                unchanged_for: Duration::from_secs(3),
+            }
         );
+    }
+
+    #[test]
+    fn an_identity_is_required() {
+        assert_eq!(identity("pod-a"), Some("pod-a".into()));
     }
 }

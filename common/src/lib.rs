@@ -1,5 +1,6 @@
 //! Types every pgop process shares. Service crates depend on this crate and on
 //! `pgop-proto`, never on each other.
+pub mod addresses;
 pub mod admin;
 pub mod config;
 pub mod corpus;

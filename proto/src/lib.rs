@@ -54,3 +54,24 @@ pub fn event_records(
         futures::future::ready(keep)
     })
 }
+
+/// Keeps `service`'s gRPC health status on SERVING while `leading` is true and NOT_SERVING
+/// while this replica is a standby (alive, but not the one to talk to).
+pub fn follow_leadership(
+    health: tonic_health::server::HealthReporter,
+    service: &'static str,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let status = match *leading.borrow_and_update() {
+                true => tonic_health::ServingStatus::Serving,
+                false => tonic_health::ServingStatus::NotServing,
+            };
+            health.set_service_status(service, status).await;
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}

@@ -24,12 +24,12 @@ pub struct Settings {
     pub leader_election: bool,
     /// How long the lease lasts without renewal.
     pub lease_duration_seconds: u64,
-    /// This replica among the candidates; `POD_NAME`, else `scheduler-<pid>`, if empty.
+    /// This replica among the candidates; `POD_NAME`, else `HOSTNAME`, if empty.
     pub identity: String,
     /// Where the lease lives (the operator's namespace); `POD_NAMESPACE` if empty.
     pub namespace: String,
-    /// The admin port: `/livez`, `/readyz` (ready while subscribed to the watcher and, with
-    /// leader election, leading); empty: not served.
+    /// The admin port: `/livez`, `/readyz` (ready while subscribed to the watcher, standby or
+    /// not); empty: not served.
     pub admin_addr: String,
 }
 

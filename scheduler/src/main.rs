@@ -30,8 +30,8 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let leading = match settings.leader_election {
-        false => pgop_common::lease::always(),
+    let (leading, lease) = match settings.leader_election {
+        false => (pgop_common::lease::always(), None),
         true => {
             // The only Kubernetes call a scheduler makes: its Lease.
             let client = kube::Client::try_default()
@@ -41,54 +41,34 @@ async fn main() -> anyhow::Result<()> {
                 true => std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into()),
                 false => settings.namespace.clone(),
             };
-            pgop_common::lease::run(
+            let (leading, task) = pgop_common::lease::run(
                 client,
                 pgop_common::lease::LeaseSettings {
                     namespace,
                     name: pgop_scheduler::LEASE_NAME.into(),
-                    identity: pgop_common::lease::identity(&settings.identity, "scheduler"),
+                    identity: pgop_common::lease::identity(&settings.identity).context(
+                        "leader election needs this replica's identity: set PGOP_IDENTITY or \
+                         POD_NAME",
+                    )?,
                     duration: Duration::from_secs(settings.lease_duration_seconds.max(3)),
                 },
                 shutdown.clone(),
-            )
+            );
+            (leading, Some(task))
         }
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    {
-        // SERVING only while leading: a standby is alive but not the one to talk to.
-        let (health, mut leading) = (health.clone(), leading.clone());
-        tokio::spawn(async move {
-            loop {
-                let leads = *leading.borrow_and_update();
-                match leads {
-                    true => {
-                        health
-                            .set_serving::<SchedulerServer<SchedulerService>>()
-                            .await
-                    }
-                    false => {
-                        health
-                            .set_not_serving::<SchedulerServer<SchedulerService>>()
-                            .await
-                    }
-                }
-                if leading.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    pgop_proto::follow_leadership(
+        health,
+        <SchedulerServer<SchedulerService> as tonic::server::NamedService>::NAME,
+        leading.clone(),
+    );
+    // Ready while subscribed, standby or not: a standby refuses and clients try the next
+    // replica, and a Deployment whose standby were never ready could not roll.
     let admin = Admin {
-        ready: Arc::new({
-            let leading = leading.clone();
-            move || match (subscribed.load(Ordering::Relaxed), *leading.borrow()) {
-                (false, _) => Err("not subscribed to the watcher".into()),
-                (true, false) => Err(format!(
-                    "a standby: another replica holds the lease {}",
-                    pgop_scheduler::LEASE_NAME
-                )),
-                (true, true) => Ok(()),
-            }
+        ready: Arc::new(move || match subscribed.load(Ordering::Relaxed) {
+            false => Err("not subscribed to the watcher".into()),
+            true => Ok(()),
         }),
         counters: None,
     };
@@ -114,6 +94,10 @@ async fn main() -> anyhow::Result<()> {
         )))
         .serve_with_shutdown(addr, shutdown.cancelled_owned())
         .await?;
+    if let Some(lease) = lease {
+        // Released once every session has ended, so that the standby takes over at once.
+        let _ = lease.await;
+    }
     admin
         .await?
         .with_context(|| format!("admin_addr {:?}", settings.admin_addr))?;

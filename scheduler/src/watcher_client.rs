@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgop_common::retry::{Backoff, RetryPolicy};
 use pgop_proto::v1::watcher_client::WatcherClient;
@@ -12,36 +13,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::Input;
 
-/// Subscribes to the first of `addresses` (comma-separated) that serves: with several
-/// watcher replicas, the standbys refuse (UNAVAILABLE) and the next address is tried at once;
-/// after a round without success, the reconnect back-off.
+/// Subscribes to the first of `addresses` (see [`pgop_common::addresses`]) that serves: with
+/// several watcher replicas, the standbys refuse (UNAVAILABLE) and the next address is tried
+/// at once; after a round without success, the reconnect back-off.
 pub async fn run(
     addresses: String,
     inputs: mpsc::UnboundedSender<Input>,
     subscribed: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let addresses: Vec<&str> = addresses
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .collect();
-    if addresses.is_empty() {
-        tracing::error!("no watcher address: watcher_addr is empty");
-        return;
-    }
     let mut backoff = RetryPolicy::RECONNECT.backoff();
-    for tried in 1usize.. {
-        if shutdown.is_cancelled() {
-            return;
+    let mut round: Vec<String> = Vec::new();
+    while !shutdown.is_cancelled() {
+        if round.is_empty() {
+            round = pgop_common::addresses::resolve(&addresses).await;
+            round.reverse();
         }
-        let address = addresses[(tried - 1) % addresses.len()];
-        let result = subscribe(address, &inputs, &subscribed, &shutdown, &mut backoff).await;
+        let Some(address) = round.pop() else {
+            tracing::error!("no watcher address: watcher_addr is empty");
+            return;
+        };
+        let result = subscribe(&address, &inputs, &subscribed, &shutdown, &mut backoff).await;
         subscribed.store(false, Ordering::Relaxed);
         let Err(e) = result else {
             return;
         };
-        if tried % addresses.len() != 0 {
+        if !round.is_empty() {
             tracing::info!(watcher = %address, "watcher subscription: {e}; trying the next address");
             continue;
         }
@@ -62,9 +59,17 @@ async fn subscribe(
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
-    let mut client = WatcherClient::connect(address.to_string())
+    // HTTP/2 pings notice a vanished or partitioned watcher within seconds.
+    let channel = tonic::transport::Endpoint::from_shared(address.to_string())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = WatcherClient::new(channel);
     let mut stream = client
         .subscribe(SubscribeRequest {
             subscriber: "scheduler".into(),

@@ -36,10 +36,10 @@ pub struct Settings {
     /// How long the lease lasts without renewal: a killed leader's standby takes over after
     /// at most this long.
     pub lease_duration_seconds: u64,
-    /// This replica among the candidates; `POD_NAME`, else `watcher-<pid>`, if empty.
+    /// This replica among the candidates; `POD_NAME`, else `HOSTNAME`, if empty.
     pub identity: String,
-    /// The admin port: `/livez`, `/readyz` (ready once every watch has listed and, with
-    /// leader election, while it leads); empty: not served.
+    /// The admin port: `/livez`, `/readyz` (ready once every watch has listed, standby or
+    /// not); empty: not served.
     pub admin_addr: String,
 }
 
@@ -92,10 +92,6 @@ impl ConfigSource {
 }
 
 impl Settings {
-    pub fn identity(&self) -> String {
-        pgop_common::lease::identity(&self.identity, "watcher")
-    }
-
     /// Where the operator configuration comes from, given the value of
     /// `POSTGRES_OPERATOR_CONFIGURATION_OBJECT` (`env`): an OperatorConfiguration when that or
     /// the `operator_configuration_object` setting names one (the environment wins; empty

@@ -9,6 +9,9 @@ use pgop_watcher::service::WatcherService;
 use pgop_watcher::store::{startup_config, PodLabels, Store};
 use pgop_watcher::{kube_watch, ConfigSource, Settings, OPERATOR_CONFIGURATION_OBJECT_ENV};
 
+const IDENTITY_NEEDED: &str =
+    "leader election needs this replica's identity: set PGOP_IDENTITY or POD_NAME";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (settings, shutdown) = pgop_common::settings::start::<Settings>()?;
@@ -130,50 +133,37 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let leading = match settings.leader_election {
-        false => pgop_common::lease::always(),
-        true => pgop_common::lease::run(
-            client.clone(),
-            pgop_common::lease::LeaseSettings {
-                namespace: settings.namespace.clone(),
-                name: pgop_watcher::LEASE_NAME.into(),
-                identity: settings.identity(),
-                duration: Duration::from_secs(settings.lease_duration_seconds.max(3)),
-            },
-            shutdown.clone(),
-        ),
+    let (leading, lease) = match settings.leader_election {
+        false => (pgop_common::lease::always(), None),
+        true => {
+            let (leading, task) = pgop_common::lease::run(
+                client.clone(),
+                pgop_common::lease::LeaseSettings {
+                    namespace: settings.namespace.clone(),
+                    name: pgop_watcher::LEASE_NAME.into(),
+                    identity: pgop_common::lease::identity(&settings.identity)
+                        .context(IDENTITY_NEEDED)?,
+                    duration: Duration::from_secs(settings.lease_duration_seconds.max(3)),
+                },
+                shutdown.clone(),
+            );
+            (leading, Some(task))
+        }
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    {
-        // SERVING only while leading: a standby is alive but not the one to talk to.
-        let (health, mut leading) = (health.clone(), leading.clone());
-        tokio::spawn(async move {
-            loop {
-                let leads = *leading.borrow_and_update();
-                match leads {
-                    true => health.set_serving::<WatcherServer<WatcherService>>().await,
-                    false => {
-                        health
-                            .set_not_serving::<WatcherServer<WatcherService>>()
-                            .await
-                    }
-                }
-                if leading.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    pgop_proto::follow_leadership(
+        health,
+        <WatcherServer<WatcherService> as tonic::server::NamedService>::NAME,
+        leading.clone(),
+    );
+    // Ready once listed, standby or not: a standby refuses subscriptions and clients try the
+    // next replica, and a Deployment whose standby were never ready could not roll.
     let admin = Admin {
         ready: Arc::new({
-            let (lists, leading) = (lists.clone(), leading.clone());
-            move || match (lists.complete(), *leading.borrow()) {
-                (false, _) => Err("the watches have not listed Kubernetes yet".into()),
-                (true, false) => Err(format!(
-                    "a standby: another replica holds the lease {}",
-                    pgop_watcher::LEASE_NAME
-                )),
-                (true, true) => Ok(()),
+            let lists = lists.clone();
+            move || match lists.complete() {
+                false => Err("the watches have not listed Kubernetes yet".into()),
+                true => Ok(()),
             }
         }),
         counters: None,
@@ -201,6 +191,10 @@ async fn main() -> anyhow::Result<()> {
         }))
         .serve_with_shutdown(addr, shutdown.cancelled_owned())
         .await?;
+    if let Some(lease) = lease {
+        // Released, so that the standby takes over at once (the task bounds its request).
+        let _ = lease.await;
+    }
     admin
         .await?
         .with_context(|| format!("admin_addr {:?}", settings.admin_addr))?;

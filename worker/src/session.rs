@@ -49,17 +49,20 @@ pub async fn run(
     open: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    // Scheduler replicas, comma-separated: a standby refuses (UNAVAILABLE) and the next is
-    // tried at once; the reconnect back-off after a round without a session.
-    let addresses: Vec<String> = settings
-        .scheduler_addr
-        .split(',')
-        .map(|a| a.trim().to_string())
-        .filter(|a| !a.is_empty())
-        .collect();
+    // The scheduler's replicas (see pgop_common::addresses): a standby refuses (UNAVAILABLE)
+    // and the next is tried at once; the reconnect back-off after a round without a session.
     let mut backoff = RetryPolicy::RECONNECT.backoff();
-    for tried in 1usize.. {
-        let address = &addresses[(tried - 1) % addresses.len().max(1)];
+    let mut round: Vec<String> = Vec::new();
+    loop {
+        if round.is_empty() {
+            round = pgop_common::addresses::resolve(&settings.scheduler_addr).await;
+            round.reverse();
+        }
+        let Some(address) = round.pop() else {
+            tracing::error!("no scheduler address: scheduler_addr is empty");
+            return;
+        };
+        let address = &address;
         let result = session(
             &settings,
             address,
@@ -75,7 +78,7 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return;
         }
-        if let (Err(e), true) = (&result, tried % addresses.len().max(1) != 0) {
+        if let (Err(e), false) = (&result, round.is_empty()) {
             tracing::info!(scheduler = %address, "session: {e}; trying the next address");
             continue;
         }
