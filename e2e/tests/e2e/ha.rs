@@ -14,13 +14,13 @@ use pgop_e2e::{simulated_cluster, wait};
 use super::operator::{http_get, prepare, wait_running};
 use super::{env, namespace, pg_patch};
 
-fn lease_holder(system_ns: &str) -> Result<String> {
+fn lease_holder(system_ns: &str, lease: &str) -> Result<String> {
     env().kubectl(&[
         "get",
         "lease",
         "-n",
         system_ns,
-        "pgop-watcher",
+        lease,
         "-o",
         "jsonpath={.spec.holderIdentity}",
     ])
@@ -42,98 +42,149 @@ async fn replicas(sts: &Api<StatefulSet>, name: &str) -> Result<i32> {
         .unwrap_or_default())
 }
 
+/// Simulated clusters, all Running, under a pgop with replicated watchers or schedulers.
+struct Fleet {
+    system_ns: &'static str,
+    ns: &'static str,
+    clusters: Vec<String>,
+    pgop: Pgop,
+    client: kube::Client,
+}
+
+impl Fleet {
+    /// `(watchers, schedulers, workers)` processes and `count` clusters.
+    async fn start(
+        name: &str,
+        (system_ns, ns): (&'static str, &'static str),
+        (watchers, schedulers, workers): (usize, usize, usize),
+        count: usize,
+    ) -> Result<Self> {
+        let client = env().client().await?;
+        prepare(&client, system_ns, &[("enable_database_access", "false")]).await?;
+        namespace(&client, ns).await?;
+        let pgop = Pgop::start_replicated(
+            name,
+            system_ns,
+            watchers,
+            schedulers,
+            workers,
+            &env().state_dir,
+            &Kubeconfigs::admin(&env().kubeconfig),
+            Some(ns),
+        )?;
+        let clusters: Vec<String> = (0..count).map(|i| format!("acid-{name}-{i}")).collect();
+        for cluster in &clusters {
+            env().apply(ns, &simulated_cluster(cluster, 1))?;
+        }
+        for cluster in &clusters {
+            wait_running(ns, cluster, Duration::from_secs(120)).await?;
+        }
+        Ok(Self {
+            system_ns,
+            ns,
+            clusters,
+            pgop,
+            client,
+        })
+    }
+
+    /// Which of the replicas `<prefix>-0` and `<prefix>-1` holds `lease`: (leader, standby).
+    async fn leader(&self, lease: &str, prefix: &str) -> Result<(usize, usize)> {
+        let holder = wait::until(
+            &format!("{lease} held"),
+            Duration::from_secs(30),
+            || async {
+                let holder = lease_holder(self.system_ns, lease)?;
+                Ok((!holder.is_empty()).then_some(holder))
+            },
+        )
+        .await?;
+        match holder.strip_prefix(prefix) {
+            Some("-0") => Ok((0, 1)),
+            Some("-1") => Ok((1, 0)),
+            _ => anyhow::bail!("unexpected holder of {lease}: {holder:?}"),
+        }
+    }
+
+    /// Changes every cluster (two instances), half before `kill` and half after it, then
+    /// waits for `standby` to hold `lease` and for every change to reach its StatefulSet:
+    /// the time from the kill to each.
+    async fn change_across_a_takeover(
+        &mut self,
+        lease: &str,
+        standby: &str,
+        kill: impl FnOnce(&mut Pgop),
+    ) -> Result<(Duration, Duration)> {
+        let two = serde_json::json!({"spec": {"numberOfInstances": 2}});
+        let half = self.clusters.len() / 2;
+        for cluster in &self.clusters[..half] {
+            pg_patch(self.ns, cluster, two.clone())?;
+        }
+        let killed = Instant::now();
+        kill(&mut self.pgop);
+        for cluster in &self.clusters[half..] {
+            pg_patch(self.ns, cluster, two.clone())?;
+        }
+        wait::until(
+            &format!("{standby} holding {lease}"),
+            Duration::from_secs(30),
+            || async { Ok((lease_holder(self.system_ns, lease)? == standby).then_some(())) },
+        )
+        .await?;
+        let takeover = killed.elapsed();
+        let sts: Api<StatefulSet> = Api::namespaced(self.client.clone(), self.ns);
+        wait::until(
+            "every change on its StatefulSet",
+            Duration::from_secs(120),
+            || async {
+                for cluster in &self.clusters {
+                    if replicas(&sts, cluster).await? != 2 {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+        .await?;
+        Ok((takeover, killed.elapsed()))
+    }
+}
+
+/// A standby answers `method` with UNAVAILABLE, saying it is one.
+fn refused_as_standby(addr: &str, args: &[&str]) -> Result<()> {
+    let refused = grpcurl(addr, args)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    ensure!(
+        refused.contains("Unavailable") && refused.contains("standby"),
+        "the standby at {addr} answered {args:?}: {refused:?}"
+    );
+    Ok(())
+}
+
 /// Two watchers; the leader SIGKILLed while ten clusters change: the standby takes the
 /// lease within the lease's duration, the scheduler subscribes to it, and every change made
 /// before, during and after the takeover reaches its StatefulSet.
 pub async fn watcher_standby_takes_over_and_loses_no_change() -> Result<()> {
-    let (system_ns, ns) = ("e2e-ha-system", "e2e-ha");
-    let client = env().client().await?;
-    prepare(&client, system_ns, &[("enable_database_access", "false")]).await?;
-    namespace(&client, ns).await?;
-    let mut pgop = Pgop::start_replicated(
-        "ha",
-        system_ns,
-        2,
-        1,
-        1,
-        &env().state_dir,
-        &Kubeconfigs::admin(&env().kubeconfig),
-        Some(ns),
-    )?;
-    let clusters: Vec<String> = (0..10).map(|i| format!("acid-ha-{i}")).collect();
-    for name in &clusters {
-        env().apply(ns, &simulated_cluster(name, 1))?;
-    }
-    for name in &clusters {
-        wait_running(ns, name, Duration::from_secs(120)).await?;
-    }
-    let leader = wait::until("a watcher leading", Duration::from_secs(30), || async {
-        let holder = lease_holder(system_ns)?;
-        Ok((!holder.is_empty()).then_some(holder))
-    })
-    .await?;
-    let (leader_index, standby_index) = match leader.as_str() {
-        "ha-watcher-0" => (0, 1),
-        "ha-watcher-1" => (1, 0),
-        other => anyhow::bail!("unexpected lease holder {other:?}"),
-    };
-    // The standby is alive and says why it does not serve.
-    let refused = grpcurl(
-        &pgop.watcher_addrs[standby_index],
+    let mut fleet = Fleet::start("ha", ("e2e-ha-system", "e2e-ha"), (2, 1, 1), 10).await?;
+    let (leader, standby) = fleet.leader("pgop-watcher", "ha-watcher").await?;
+    let addrs = fleet.pgop.watcher_addrs.clone();
+    refused_as_standby(
+        &addrs[standby],
         &["-d", r#"{"subscriber":"e2e"}"#, "pgop.v1.Watcher/Subscribe"],
-    )
-    .err()
-    .map(|e| format!("{e:#}"))
-    .unwrap_or_default();
-    ensure!(
-        refused.contains("Unavailable") && refused.contains("standby"),
-        "the standby's answer to Subscribe: {refused:?}"
-    );
+    )?;
     // Both are ready: the standby has listed too and refuses clients itself.
-    readiness(&pgop.watcher_admin_addrs[leader_index], 200)?;
-    readiness(&pgop.watcher_admin_addrs[standby_index], 200)?;
+    readiness(&fleet.pgop.watcher_admin_addrs[leader], 200)?;
+    readiness(&fleet.pgop.watcher_admin_addrs[standby], 200)?;
 
-    // Half the changes before the kill, half after it.
-    for name in &clusters[..5] {
-        pg_patch(
-            ns,
-            name,
-            serde_json::json!({"spec": {"numberOfInstances": 2}}),
-        )?;
-    }
-    let killed = Instant::now();
-    match leader_index {
-        0 => pgop.watcher.kill(),
-        _ => pgop.standby_watchers[0].kill(),
-    }
-    for name in &clusters[5..] {
-        pg_patch(
-            ns,
-            name,
-            serde_json::json!({"spec": {"numberOfInstances": 2}}),
-        )?;
-    }
-    let standby = format!("ha-watcher-{standby_index}");
-    wait::until("the standby leading", Duration::from_secs(30), || async {
-        Ok((lease_holder(system_ns)? == standby).then_some(()))
-    })
-    .await?;
-    let takeover = killed.elapsed();
-    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    wait::until(
-        "every change on its StatefulSet",
-        Duration::from_secs(90),
-        || async {
-            for name in &clusters {
-                if replicas(&sts, name).await? != 2 {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        },
-    )
-    .await?;
-    let flowing = killed.elapsed();
+    let identity = format!("ha-watcher-{standby}");
+    let (takeover, flowing) = fleet
+        .change_across_a_takeover("pgop-watcher", &identity, |pgop| match leader {
+            0 => pgop.watcher.kill(),
+            _ => pgop.standby_watchers[0].kill(),
+        })
+        .await?;
     eprintln!(
         "[e2e] watcher leader killed: standby leading after {:.1}s, all 10 changes applied after {:.1}s",
         takeover.as_secs_f64(),
@@ -145,22 +196,19 @@ pub async fn watcher_standby_takes_over_and_loses_no_change() -> Result<()> {
     );
 
     // The killed replica comes back as the standby: the lease stays where it is.
-    match leader_index {
-        0 => pgop.watcher.start_again()?,
-        _ => pgop.standby_watchers[0].start_again()?,
+    match leader {
+        0 => fleet.pgop.watcher.start_again()?,
+        _ => fleet.pgop.standby_watchers[0].start_again()?,
     }
     tokio::time::sleep(Duration::from_secs(8)).await;
     ensure!(
-        lease_holder(system_ns)? == standby,
+        lease_holder(fleet.system_ns, "pgop-watcher")? == identity,
         "the restarted replica took the lease back"
     );
-    let state = grpcurl(
-        &pgop.watcher_addrs[standby_index],
-        &["pgop.v1.Watcher/GetState"],
-    )
-    .context("the leader's state")?;
+    let state =
+        grpcurl(&addrs[standby], &["pgop.v1.Watcher/GetState"]).context("the leader's state")?;
     ensure!(state.contains("\"subscribers\": 1"), "{state}");
-    env().kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+    env().kubectl(&["delete", "namespace", fleet.ns, "--wait=false"])?;
     Ok(())
 }
 
@@ -208,100 +256,21 @@ fn ownership(log: &str, worker: &str) -> Vec<(String, String, Timestamp, Timesta
 /// duration, the workers fence themselves and open sessions with it, every change reaches
 /// its StatefulSet, and no cluster was ever owned by two workers at once.
 pub async fn scheduler_standby_takes_over_and_no_cluster_has_two_owners() -> Result<()> {
-    let (system_ns, ns) = ("e2e-hasched-system", "e2e-hasched");
-    let client = env().client().await?;
-    prepare(&client, system_ns, &[("enable_database_access", "false")]).await?;
-    namespace(&client, ns).await?;
-    let mut pgop = Pgop::start_replicated(
-        "hasched",
-        system_ns,
-        1,
-        2,
-        2,
-        &env().state_dir,
-        &Kubeconfigs::admin(&env().kubeconfig),
-        Some(ns),
-    )?;
-    let clusters: Vec<String> = (0..20).map(|i| format!("acid-hs-{i}")).collect();
-    for name in &clusters {
-        env().apply(ns, &simulated_cluster(name, 1))?;
-    }
-    for name in &clusters {
-        wait_running(ns, name, Duration::from_secs(120)).await?;
-    }
-    let holder = |system_ns: &'static str| {
-        env().kubectl(&[
-            "get",
-            "lease",
-            "-n",
-            system_ns,
-            "pgop-scheduler",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-    };
-    let leader = holder(system_ns)?;
-    let (leader_index, standby_index) = match leader.as_str() {
-        "hasched-scheduler-0" => (0, 1),
-        "hasched-scheduler-1" => (1, 0),
-        other => anyhow::bail!("unexpected lease holder {other:?}"),
-    };
-    let refused = grpcurl(
-        &pgop.scheduler_addrs[standby_index],
-        &["pgop.v1.Scheduler/ListAssignments"],
-    )
-    .err()
-    .map(|e| format!("{e:#}"))
-    .unwrap_or_default();
-    ensure!(
-        refused.contains("Unavailable") && refused.contains("standby"),
-        "the standby scheduler's answer: {refused:?}"
-    );
-    readiness(&pgop.scheduler_admin_addrs[leader_index], 200)?;
-    readiness(&pgop.scheduler_admin_addrs[standby_index], 200)?;
+    let mut fleet =
+        Fleet::start("hs", ("e2e-hasched-system", "e2e-hasched"), (1, 2, 2), 20).await?;
+    let (leader, standby) = fleet.leader("pgop-scheduler", "hs-scheduler").await?;
+    let addrs = fleet.pgop.scheduler_addrs.clone();
+    refused_as_standby(&addrs[standby], &["pgop.v1.Scheduler/ListAssignments"])?;
+    readiness(&fleet.pgop.scheduler_admin_addrs[leader], 200)?;
+    readiness(&fleet.pgop.scheduler_admin_addrs[standby], 200)?;
 
-    for name in &clusters[..10] {
-        pg_patch(
-            ns,
-            name,
-            serde_json::json!({"spec": {"numberOfInstances": 2}}),
-        )?;
-    }
-    let killed = Instant::now();
-    match leader_index {
-        0 => pgop.scheduler.kill(),
-        _ => pgop.standby_schedulers[0].kill(),
-    }
-    for name in &clusters[10..] {
-        pg_patch(
-            ns,
-            name,
-            serde_json::json!({"spec": {"numberOfInstances": 2}}),
-        )?;
-    }
-    let standby = format!("hasched-scheduler-{standby_index}");
-    wait::until(
-        "the standby scheduler leading",
-        Duration::from_secs(30),
-        || async { Ok((holder(system_ns)? == standby).then_some(())) },
-    )
-    .await?;
-    let takeover = killed.elapsed();
-    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    wait::until(
-        "every change on its StatefulSet",
-        Duration::from_secs(120),
-        || async {
-            for name in &clusters {
-                if replicas(&sts, name).await? != 2 {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        },
-    )
-    .await?;
-    let flowing = killed.elapsed();
+    let identity = format!("hs-scheduler-{standby}");
+    let (takeover, flowing) = fleet
+        .change_across_a_takeover("pgop-scheduler", &identity, |pgop| match leader {
+            0 => pgop.scheduler.kill(),
+            _ => pgop.standby_schedulers[0].kill(),
+        })
+        .await?;
     eprintln!(
         "[e2e] scheduler leader killed: standby leading after {:.1}s, all 20 changes applied after {:.1}s",
         takeover.as_secs_f64(),
@@ -312,18 +281,15 @@ pub async fn scheduler_standby_takes_over_and_no_cluster_has_two_owners() -> Res
         "the standby scheduler took {takeover:?} to lead"
     );
     // The new leader hands every cluster out again.
-    let assigned = grpcurl(
-        &pgop.scheduler_addrs[standby_index],
-        &["pgop.v1.Scheduler/ListAssignments"],
-    )?;
+    let assigned = grpcurl(&addrs[standby], &["pgop.v1.Scheduler/ListAssignments"])?;
     ensure!(
-        assigned.matches("\"Assigned\"").count() == clusters.len(),
+        assigned.matches("\"Assigned\"").count() == fleet.clusters.len(),
         "{assigned}"
     );
 
     // Never two owners at once.
     let mut intervals = Vec::new();
-    for id in &pgop.worker_ids {
+    for id in &fleet.pgop.worker_ids {
         let log = std::fs::read_to_string(env().state_dir.join(format!("logs/{id}.log")))?;
         intervals.extend(ownership(&log, id));
     }
@@ -344,8 +310,10 @@ pub async fn scheduler_standby_takes_over_and_no_cluster_has_two_owners() -> Res
             }
         }
     }
-    let moved = intervals.len();
-    eprintln!("[e2e] {moved} ownership intervals over 2 workers, none overlapping");
-    env().kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+    eprintln!(
+        "[e2e] {} ownership intervals over 2 workers, none overlapping",
+        intervals.len()
+    );
+    env().kubectl(&["delete", "namespace", fleet.ns, "--wait=false"])?;
     Ok(())
 }
