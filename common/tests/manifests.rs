@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
@@ -65,6 +66,7 @@ enum Object {
     Service(Service),
     CustomResourceDefinition(Box<CustomResourceDefinition>),
     Postgresql(Box<Postgresql>),
+    PodDisruptionBudget(PodDisruptionBudget),
 }
 
 #[derive(Debug)]
@@ -292,6 +294,7 @@ fn parse_object(value: &Value) -> Result<Object, String> {
         "Deployment" => Object::Deployment(Box::new(typed(value)?)),
         "Service" => Object::Service(typed(value)?),
         "CustomResourceDefinition" => Object::CustomResourceDefinition(Box::new(typed(value)?)),
+        "PodDisruptionBudget" => Object::PodDisruptionBudget(typed(value)?),
         // Example clusters; tests/crd.rs checks that they round-trip.
         "postgresql" => Object::Postgresql(Box::new(
             serde_json::from_value(value.clone()).map_err(|e| format!("postgresql: {e}"))?,
@@ -541,6 +544,7 @@ fn every_document_parses_into_its_kubernetes_type() {
             Object::Deployment(_) => "Deployment",
             Object::Service(_) => "Service",
             Object::CustomResourceDefinition(_) => "CustomResourceDefinition",
+            Object::PodDisruptionBudget(_) => "PodDisruptionBudget",
             Object::Postgresql(p) => {
                 assert!(p.spec.number_of_instances > 0, "{}", doc.at());
                 "postgresql"
@@ -584,6 +588,7 @@ fn no_object_is_defined_twice() {
             Object::Deployment(o) => ("Deployment", &o.metadata, true),
             Object::Service(o) => ("Service", &o.metadata, true),
             Object::CustomResourceDefinition(o) => ("CustomResourceDefinition", &o.metadata, false),
+            Object::PodDisruptionBudget(o) => ("PodDisruptionBudget", &o.metadata, true),
             // examples, applied one at a time into a namespace of the user's choice
             Object::Postgresql(_) => continue,
         };
@@ -1685,4 +1690,52 @@ fn rule_matching_follows_kubernetes() {
         permissions(&[rule(&["", "apps"], &["a", "b"], &["get", "list"], None)]).len(),
         8
     );
+}
+
+#[test]
+fn a_drain_never_takes_the_last_leader_candidate_or_several_workers() {
+    let m = manifests();
+    let budgets: Vec<&PodDisruptionBudget> = m
+        .docs
+        .iter()
+        .filter_map(|d| match &d.object {
+            Object::PodDisruptionBudget(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    for (doc, deployment) in m.deployments() {
+        let name = deployment.metadata.name.clone().unwrap_or_default();
+        let labels = pod_labels(deployment);
+        let covering: Vec<&&PodDisruptionBudget> = budgets
+            .iter()
+            .filter(|b| {
+                let selector = b
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.selector.as_ref())
+                    .and_then(|s| s.match_labels.clone())
+                    .unwrap_or_default();
+                !selector.is_empty() && labels_match(&selector, &labels)
+            })
+            .collect();
+        if name == "pgop-api-gateway" {
+            continue;
+        }
+        assert_eq!(
+            covering.len(),
+            1,
+            "{}: one disruption budget for {name}",
+            doc.at()
+        );
+        let spec = covering[0].spec.as_ref().unwrap();
+        let want = match name.as_str() {
+            "pgop-worker" => (None, Some(IntOrString::Int(1))),
+            _ => (Some(IntOrString::Int(1)), None),
+        };
+        assert_eq!(
+            (spec.min_available.clone(), spec.max_unavailable.clone()),
+            want,
+            "{name}"
+        );
+    }
 }
