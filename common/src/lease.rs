@@ -9,6 +9,7 @@
 //! lease from the moment it sent the last successful renewal and gives it up by itself a
 //! safety margin before it can expire; the standby takes over only after the full duration.
 //! The loop polls the one Lease (GET every `retry`), as client-go's leader election does.
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -97,12 +98,41 @@ pub fn identity(configured: &str) -> Option<String> {
     .find(|id| !id.is_empty())
 }
 
+/// Whether this replica leads: announced changes on a watch channel, and the deadline of
+/// the lease it holds, so that a process that was stopped (SIGSTOP, a frozen VM) and wakes
+/// after its lease expired acts on nothing before its lease loop has even run.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    announced: watch::Receiver<bool>,
+    until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Leadership {
+    /// Leading now: announced, and the lease not past its fencing deadline.
+    pub fn leads(&self) -> bool {
+        *self.announced.borrow()
+            && self
+                .until
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .is_none_or(|until| Instant::now() < until)
+    }
+
+    /// The announcements (true: leading), to wait for a change.
+    pub fn changes(&self) -> watch::Receiver<bool> {
+        self.announced.clone()
+    }
+}
+
 /// Leadership for a process that runs alone: always leading.
-pub fn always() -> watch::Receiver<bool> {
+pub fn always() -> Leadership {
     let (leading, rx) = watch::channel(true);
     // The sender lives as long as anyone looks: a closed channel would read as "lost".
     tokio::spawn(async move { leading.closed().await });
-    rx
+    Leadership {
+        announced: rx,
+        until: Arc::new(Mutex::new(None)),
+    }
 }
 
 /// Whether this process leads, as a watch channel: true from the moment the lease is taken
@@ -114,18 +144,31 @@ pub fn run(
     client: Client,
     settings: LeaseSettings,
     shutdown: CancellationToken,
-) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (leading, rx) = watch::channel(false);
-    let task = tokio::spawn(hold(client, settings, leading, shutdown));
-    (rx, task)
+    let until = Arc::new(Mutex::new(Some(Instant::now())));
+    let task = tokio::spawn(hold(client, settings, leading, until.clone(), shutdown));
+    (
+        Leadership {
+            announced: rx,
+            until,
+        },
+        task,
+    )
 }
 
 async fn hold(
     client: Client,
     settings: LeaseSettings,
     leading: watch::Sender<bool>,
+    deadline: Arc<Mutex<Option<Instant>>>,
     shutdown: CancellationToken,
 ) {
+    let set_deadline = |until: Instant| {
+        *deadline
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(until);
+    };
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     // Until when this process may act as the leader (local monotonic clock), counted from
     // the moment its last successful renewal was sent.
@@ -147,6 +190,7 @@ async fn hold(
                 let until = attempt + settings.duration - settings.margin();
                 if until > Instant::now() {
                     valid_until = Some(until);
+                    set_deadline(until);
                     if !*leading.borrow() {
                         tracing::info!(lease = %settings.name, identity = %settings.identity, "leading");
                         let _ = leading.send(true);
@@ -155,6 +199,7 @@ async fn hold(
             }
             Some(Ok(Ok(Outcome::Following(leader)))) => {
                 valid_until = None;
+                set_deadline(Instant::now());
                 if *leading.borrow() {
                     tracing::warn!(lease = %settings.name, %leader, "lost the lease");
                     let _ = leading.send(false);
@@ -387,6 +432,25 @@ mod tests {
                 unchanged_for: Duration::from_secs(3),
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_past_its_deadline_does_not_lead_even_before_its_loop_notices() {
+        let (announce, announced) = watch::channel(true);
+        let until = Arc::new(Mutex::new(Some(Instant::now() + Duration::from_secs(12))));
+        let leadership = Leadership {
+            announced,
+            until: until.clone(),
+        };
+        assert!(leadership.leads());
+        // Frozen past the deadline: nothing announced yet, and still not leading.
+        tokio::time::advance(Duration::from_secs(13)).await;
+        assert!(!leadership.leads());
+        *until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(12));
+        assert!(leadership.leads());
+        announce.send(false).unwrap();
+        assert!(!leadership.leads());
+        assert!(always().leads());
     }
 
     #[test]

@@ -92,6 +92,10 @@ fn main() {
             "scheduler_standby_takes_over_and_no_cluster_has_two_owners",
             || block_on(ha::scheduler_standby_takes_over_and_no_cluster_has_two_owners()),
         ),
+        (
+            "a_frozen_scheduler_is_fenced_and_stands_by_when_it_wakes",
+            || block_on(ha::a_frozen_scheduler_is_fenced_and_stands_by_when_it_wakes()),
+        ),
     ];
     let trials: Vec<Trial> = tests
         .into_iter()

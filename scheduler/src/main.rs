@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     pgop_proto::follow_leadership(
         health,
         <SchedulerServer<SchedulerService> as tonic::server::NamedService>::NAME,
-        leading.clone(),
+        leading.changes(),
     );
     // Ready while subscribed, standby or not: a standby refuses and clients try the next
     // replica, and a Deployment whose standby were never ready could not roll.

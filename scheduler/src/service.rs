@@ -6,13 +6,14 @@ use futures::{Stream, StreamExt};
 use std::collections::BTreeMap;
 
 use pgop_common::config;
+use pgop_common::lease::Leadership;
 use pgop_proto::v1::scheduler_server::Scheduler;
 use pgop_proto::v1::{
     worker_message, ClusterAssignment, EffectiveConfig, EventRecord, GetClusterRequest,
     GetConfigRequest, ListAssignmentsRequest, ListAssignmentsResponse, ListWorkersRequest,
     ListWorkersResponse, SchedulerMessage, WatchEventsRequest, WorkerMessage,
 };
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -28,7 +29,7 @@ pub struct SchedulerService {
     /// Whether this replica holds the lease (always, without leader election): only the
     /// leader takes sessions and answers; its sessions end the moment it stops leading, so
     /// their workers fence themselves before another leader hands out their clusters.
-    leading: watch::Receiver<bool>,
+    leading: Leadership,
 }
 
 impl SchedulerService {
@@ -36,7 +37,7 @@ impl SchedulerService {
         inputs: mpsc::UnboundedSender<Input>,
         events: broadcast::Sender<EventRecord>,
         shutdown: CancellationToken,
-        leading: watch::Receiver<bool>,
+        leading: Leadership,
     ) -> Self {
         Self {
             inputs,
@@ -49,7 +50,7 @@ impl SchedulerService {
 
     /// Refuses on a standby, so that clients go on to the leader.
     fn lead(&self) -> Result<(), Status> {
-        match *self.leading.borrow() {
+        match self.leading.leads() {
             true => Ok(()),
             false => Err(Status::unavailable(format!(
                 "this scheduler is a standby: the replica holding the lease {} answers; \
@@ -61,7 +62,7 @@ impl SchedulerService {
 
     /// Completes when this replica stops leading.
     fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut leading = self.leading.clone();
+        let mut leading = self.leading.changes();
         async move {
             let _ = leading.wait_for(|leads| !leads).await;
         }

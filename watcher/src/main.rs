@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     pgop_proto::follow_leadership(
         health,
         <WatcherServer<WatcherService> as tonic::server::NamedService>::NAME,
-        leading.clone(),
+        leading.changes(),
     );
     // Ready once listed, standby or not: a standby refuses subscriptions and clients try the
     // next replica, and a Deployment whose standby were never ready could not roll.

@@ -21,7 +21,7 @@ pub struct WatcherService {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Whether this replica holds the lease (always, without leader election): only the
     /// leader serves subscriptions, and they end the moment it stops leading.
-    pub leading: tokio::sync::watch::Receiver<bool>,
+    pub leading: pgop_common::lease::Leadership,
 }
 
 #[tonic::async_trait]
@@ -33,7 +33,7 @@ impl Watcher for WatcherService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let subscriber = request.into_inner().subscriber;
-        if !*self.leading.borrow() {
+        if !self.leading.leads() {
             return Err(Status::unavailable(format!(
                 "this watcher is a standby: the replica holding the lease {} serves \
                  subscriptions; retry with another address",
@@ -54,7 +54,7 @@ impl Watcher for WatcherService {
                 "subscriber lagged {n} events behind; resubscribe"
             ))),
         });
-        let mut leading = self.leading.clone();
+        let mut leading = self.leading.changes();
         let lost = async move {
             let _ = leading.wait_for(|leads| !leads).await;
         };

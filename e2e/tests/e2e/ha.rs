@@ -287,7 +287,13 @@ pub async fn scheduler_standby_takes_over_and_no_cluster_has_two_owners() -> Res
         "{assigned}"
     );
 
-    // Never two owners at once.
+    never_two_owners(&fleet)?;
+    env().kubectl(&["delete", "namespace", fleet.ns, "--wait=false"])?;
+    Ok(())
+}
+
+/// No cluster was owned by two of the fleet's workers at any moment, from their logs.
+fn never_two_owners(fleet: &Fleet) -> Result<()> {
     let mut intervals = Vec::new();
     for id in &fleet.pgop.worker_ids {
         let log = std::fs::read_to_string(env().state_dir.join(format!("logs/{id}.log")))?;
@@ -311,9 +317,65 @@ pub async fn scheduler_standby_takes_over_and_no_cluster_has_two_owners() -> Res
         }
     }
     eprintln!(
-        "[e2e] {} ownership intervals over 2 workers, none overlapping",
-        intervals.len()
+        "[e2e] {} ownership intervals over {} workers, none overlapping",
+        intervals.len(),
+        fleet.pgop.worker_ids.len()
     );
+    Ok(())
+}
+
+/// The leading scheduler frozen (SIGSTOP: alive to the kernel, silent to everyone, its lease
+/// unrenewed) while clusters change: the workers give up their sessions, the standby takes
+/// over and every change is applied; thawed (SIGCONT), the old leader finds its lease gone,
+/// stands by and refuses clients, and no cluster ever had two owners.
+pub async fn a_frozen_scheduler_is_fenced_and_stands_by_when_it_wakes() -> Result<()> {
+    let mut fleet = Fleet::start("fz", ("e2e-frozen-system", "e2e-frozen"), (1, 2, 2), 10).await?;
+    let (leader, standby) = fleet.leader("pgop-scheduler", "fz-scheduler").await?;
+    let frozen = match leader {
+        0 => fleet.pgop.scheduler.pid(),
+        _ => fleet.pgop.standby_schedulers[0].pid(),
+    }
+    .context("the leader's pid")?;
+    let signal = |sig| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(frozen as i32), sig)
+            .context("signalling the leader")
+    };
+    let identity = format!("fz-scheduler-{standby}");
+    let (takeover, flowing) = fleet
+        .change_across_a_takeover("pgop-scheduler", &identity, |_| {
+            let _ = signal(nix::sys::signal::Signal::SIGSTOP);
+        })
+        .await?;
+    eprintln!(
+        "[e2e] scheduler leader frozen: standby leading after {:.1}s, all 10 changes applied after {:.1}s",
+        takeover.as_secs_f64(),
+        flowing.as_secs_f64()
+    );
+    signal(nix::sys::signal::Signal::SIGCONT)?;
+    // Thawed, it sees its lease expired before anything else: it refuses, as a standby.
+    let addrs = fleet.pgop.scheduler_addrs.clone();
+    wait::until(
+        "the thawed scheduler standing by",
+        Duration::from_secs(15),
+        || async {
+            Ok(refused_as_standby(&addrs[leader], &["pgop.v1.Scheduler/ListAssignments"]).ok())
+        },
+    )
+    .await?;
+    ensure!(
+        lease_holder(fleet.system_ns, "pgop-scheduler")? == identity,
+        "the thawed scheduler took the lease back"
+    );
+    let log = std::fs::read_to_string(
+        env()
+            .state_dir
+            .join(format!("logs/fz-scheduler-{leader}.log")),
+    )?;
+    ensure!(
+        log.contains("no longer leading") || log.contains("lost the lease"),
+        "the thawed scheduler did not notice it lost its lease"
+    );
+    never_two_owners(&fleet)?;
     env().kubectl(&["delete", "namespace", fleet.ns, "--wait=false"])?;
     Ok(())
 }
