@@ -1,11 +1,13 @@
 //! Starting and stopping one local environment.
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::pgop::free_port;
 
 /// Waits up to `grace` for a signalled child to exit, then kills it.
 /// Waits up to `grace` for `child` to exit, then kills it. Its exit status when it exited
@@ -74,12 +76,6 @@ pub struct Environment {
     pub pod_network: Ipv4Addr,
     ports: [u16; 3],
     kubelets: std::sync::Mutex<Vec<Child>>,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
 }
 
 /// A /16 in 127/8 whose first address has nothing listening on Patroni's port.
