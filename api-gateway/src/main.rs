@@ -18,10 +18,7 @@ async fn main() -> anyhow::Result<()> {
         scheduler = %settings.scheduler_addr,
         "api-gateway serving"
     );
-    let admin = tokio::spawn({
-        let (addr, shutdown) = (settings.admin_addr.clone(), shutdown.clone());
-        async move { pgop_common::admin::serve(&addr, Admin::always_ready(), shutdown).await }
-    });
+    let admin = pgop_common::admin::spawn(&settings.admin_addr, Admin::always_ready(), &shutdown);
     axum::serve(listener, routes::router(Arc::new(backend)))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;

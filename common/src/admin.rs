@@ -70,6 +70,16 @@ pub fn router(admin: Admin) -> axum::Router {
     app
 }
 
+/// [`serve`] in a task of its own; the process awaits it after its main server stopped.
+pub fn spawn(
+    addr: &str,
+    admin: Admin,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let (addr, shutdown) = (addr.to_string(), shutdown.clone());
+    tokio::spawn(async move { serve(&addr, admin, shutdown).await })
+}
+
 /// Serves the admin port on `addr` until `shutdown`. An empty `addr` serves nothing.
 pub async fn serve(addr: &str, admin: Admin, shutdown: CancellationToken) -> std::io::Result<()> {
     if addr.is_empty() {

@@ -72,10 +72,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         counters: None,
     };
-    let admin = tokio::spawn({
-        let (addr, shutdown) = (settings.admin_addr.clone(), shutdown.clone());
-        async move { pgop_common::admin::serve(&addr, admin, shutdown).await }
-    });
+    let admin = pgop_common::admin::spawn(&settings.admin_addr, admin, &shutdown);
     let (reflection_v1, reflection_v1alpha) = pgop_proto::reflection_services()?;
     let addr = settings
         .grpc_addr

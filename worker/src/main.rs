@@ -50,10 +50,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         counters: Some(metrics),
     };
-    let admin_server = tokio::spawn({
-        let (addr, shutdown) = (settings.admin_addr.clone(), shutdown.clone());
-        async move { pgop_common::admin::serve(&addr, admin, shutdown).await }
-    });
+    let admin_server = pgop_common::admin::spawn(&settings.admin_addr, admin, &shutdown);
     let registry = Registry::start(ctx, shutdown.clone());
     let session = tokio::spawn(session::run(
         SessionSettings {
