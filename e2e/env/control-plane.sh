@@ -114,6 +114,8 @@ up() {
     --initial-cluster "pgop-local=http://127.0.0.1:$ETCD_PEER_PORT" \
     --quota-backend-bytes 8589934592 --snapshot-count 100000
   for i in $(seq 1 100); do curl -sf "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
+  # `kubectl logs` goes through the API server to the kubelet API at a node address: the
+  # nodes' Hostname (pgop-node-N) resolves nowhere, their InternalIP is 127.0.0.1.
   start kube-apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" --insecure-port 0 \
@@ -122,7 +124,8 @@ up() {
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range "$SERVICE_RANGE" --allow-privileged=true \
-    --max-requests-inflight 1000 --max-mutating-requests-inflight 500
+    --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
+    --kubelet-preferred-address-types InternalIP,Hostname
   wait_http "https://127.0.0.1:$API_PORT/readyz" 60 kube-apiserver
   start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
     --kubeconfig "$state/kubeconfig" --service-account-private-key-file "$pki/sa.key" \

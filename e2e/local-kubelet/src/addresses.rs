@@ -105,6 +105,18 @@ impl AddressPool {
         Err(AddressError::Exhausted(self.network))
     }
 
+    /// The cluster DNS server's address: the network's last usable one, never given to a pod.
+    pub fn dns_address(&self) -> Ipv4Addr {
+        self.addr(self.dns_host())
+    }
+
+    fn dns_host(&self) -> u32 {
+        (1..self.network.size() - 1)
+            .rev()
+            .find(|&h| usable(self.addr(h)))
+            .unwrap_or(1)
+    }
+
     pub fn release(&self, addr: Ipv4Addr) {
         if let Some(host) = self.host_part(addr) {
             self.inner
@@ -116,7 +128,10 @@ impl AddressPool {
     }
 
     fn usable(&self, host: u32) -> bool {
-        host != 0 && host != self.network.size() - 1 && usable(self.addr(host))
+        host != 0
+            && host != self.network.size() - 1
+            && host != self.dns_host()
+            && usable(self.addr(host))
     }
 }
 
@@ -180,11 +195,24 @@ mod tests {
     fn small_network_is_exhausted_cleanly() {
         let pool = AddressPool::new("127.6.0.0/30".parse().unwrap());
         assert_eq!(pool.allocate(None).unwrap(), Ipv4Addr::new(127, 6, 0, 1));
-        assert_eq!(pool.allocate(None).unwrap(), Ipv4Addr::new(127, 6, 0, 2));
         assert!(matches!(
             pool.allocate(None),
             Err(AddressError::Exhausted(_))
         ));
+    }
+
+    #[test]
+    fn the_dns_address_is_the_last_usable_and_never_a_pods() {
+        let cases = [
+            ("127.1.0.0/16", Ipv4Addr::new(127, 1, 255, 254)),
+            ("127.20.0.0/17", Ipv4Addr::new(127, 20, 127, 254)),
+            ("127.6.0.0/30", Ipv4Addr::new(127, 6, 0, 2)),
+        ];
+        for (network, dns) in cases {
+            let pool = AddressPool::new(network.parse().unwrap());
+            assert_eq!(pool.dns_address(), dns, "{network}");
+            assert_ne!(pool.allocate(Some(dns)).unwrap(), dns, "{network}");
+        }
     }
 
     #[test]

@@ -47,6 +47,19 @@ pub struct Config {
     /// (checked before the Spilo and pgbouncer runtimes).
     #[arg(long = "image-command")]
     pub image_commands: Vec<String>,
+    /// `NAME=DIR`: containers of images named NAME (any registry, tag or digest) run their own
+    /// command in a sandbox where DIR is /usr/local/bin, e.g. `pgop=target/debug` for pgop's
+    /// image (deploy/Dockerfile).
+    #[arg(long = "image-binaries")]
+    pub image_binaries: Vec<String>,
+    /// The cluster DNS address pods' /etc/resolv.conf names (port 53); default: the pod
+    /// network's last usable address, which is never given to a pod.
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The kubelet API's port (the API server proxies `kubectl logs` to it), advertised by
+    /// every node of this kubelet.
+    #[arg(long, default_value_t = crate::kubelet_api::DEFAULT_PORT)]
+    pub kubelet_port: u16,
     #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
     pub pg_bin_dir: PathBuf,
     #[arg(long, default_value = "patroni")]
@@ -77,6 +90,18 @@ impl Config {
     pub fn node_names(&self) -> Vec<String> {
         (1..=self.nodes)
             .map(|i| format!("{}-{}", self.node_prefix, i))
+            .collect()
+    }
+
+    /// Image binaries as (image name, absolute directory) pairs.
+    pub fn image_binaries(&self) -> Vec<(String, PathBuf)> {
+        self.image_binaries
+            .iter()
+            .filter_map(|s| s.split_once('='))
+            .map(|(name, dir)| {
+                let dir = PathBuf::from(dir);
+                (name.to_string(), std::fs::canonicalize(&dir).unwrap_or(dir))
+            })
             .collect()
     }
 

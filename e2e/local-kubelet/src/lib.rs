@@ -3,6 +3,8 @@
 //! stand-in command for everything else), or, in simulate mode, no processes at all.
 pub mod addresses;
 pub mod config;
+pub mod dns;
+pub mod kubelet_api;
 pub mod nodes;
 pub mod pods;
 pub mod runtime;
@@ -85,4 +87,15 @@ pub struct Shared {
     pub run_as: Option<(u32, u32)>,
     pub api_server: ApiServer,
     pub shutdown: CancellationToken,
+    /// The pod network shim preloaded into image containers (runtime::image).
+    pub pod_network_shim: std::path::PathBuf,
+}
+
+impl Shared {
+    /// The nameserver of every pod's /etc/resolv.conf.
+    pub fn cluster_dns(&self) -> std::net::Ipv4Addr {
+        self.config
+            .cluster_dns
+            .unwrap_or_else(|| self.pool.dns_address())
+    }
 }

@@ -4,8 +4,12 @@ use anyhow::Context;
 use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use pgop_local_kubelet::config::Config;
+use pgop_local_kubelet::runtime::image::install_pod_network_shim;
 use pgop_local_kubelet::runtime::process::lookup_user;
-use pgop_local_kubelet::{addresses::AddressPool, nodes, pods, storage, ApiServer, Shared};
+use pgop_local_kubelet::{
+    addresses::AddressPool, dns, kubelet_api, nodes, pods, storage, ApiServer, Shared,
+};
+use std::net::SocketAddr;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +45,8 @@ async fn main() -> anyhow::Result<()> {
         ensure_traversable(&state_dir)?;
     }
     let shutdown = CancellationToken::new();
+    let pod_network_shim = install_pod_network_shim(&state_dir)
+        .with_context(|| format!("writing the pod network shim below {}", state_dir.display()))?;
     let shared = Arc::new(Shared {
         client,
         pool: AddressPool::new(config.pod_network),
@@ -48,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         run_as,
         api_server,
         shutdown: shutdown.clone(),
+        pod_network_shim,
         config: Config {
             state_dir,
             ..config
@@ -62,6 +69,33 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tokio::spawn(storage::run(shared.clone()))
     };
+    // Pods that run processes get cluster DNS and `kubectl logs`; simulated ones need neither.
+    let (dns_task, kubelet_api_task) = if shared.config.simulate {
+        (
+            tokio::spawn(std::future::pending()),
+            tokio::spawn(std::future::pending()),
+        )
+    } else {
+        let dns = SocketAddr::from((shared.cluster_dns(), 53));
+        let upstream = std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|text| dns::upstream_from_resolv_conf(&text));
+        let kubelet_api = SocketAddr::from(([127, 0, 0, 1], shared.config.kubelet_port));
+        (
+            tokio::spawn(dns::run(
+                shared.client.clone(),
+                dns,
+                upstream,
+                shutdown.clone(),
+            )),
+            tokio::spawn(kubelet_api::serve(
+                kubelet_api,
+                shared.config.log_dir(),
+                shared.config.state_dir.clone(),
+                shutdown.clone(),
+            )),
+        )
+    };
     let pods_task = tokio::spawn(pods::run(shared.clone()));
     tracing::info!(nodes = ?shared.config.node_names(), simulate = shared.config.simulate, "local kubelet running");
     tokio::select! {
@@ -69,6 +103,8 @@ async fn main() -> anyhow::Result<()> {
         _ = sigint.recv() => tracing::info!("SIGINT: stopping pods"),
         r = nodes_task => anyhow::bail!("node registration ended: {:?}", r),
         r = storage_task => anyhow::bail!("storage ended: {:?}", r),
+        r = dns_task => anyhow::bail!("cluster DNS ended: {:?}", r),
+        r = kubelet_api_task => anyhow::bail!("the kubelet API ended: {:?}", r),
     }
     shutdown.cancel();
     let _ = pods_task.await;

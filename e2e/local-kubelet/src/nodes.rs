@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -43,12 +44,15 @@ pub fn parse_taint(spec: &str) -> Option<Taint> {
     })
 }
 
+/// `kubelet_port` is where the kubelet API serves (see `kubelet_api`): the API server sends
+/// `kubectl logs` there.
 pub fn desired_node(
     name: &str,
     index: usize,
     max_pods: u32,
     simulate: bool,
     taints: &[Taint],
+    kubelet_port: u16,
 ) -> Node {
     let zone = ZONES[index % ZONES.len()];
     let mode = if simulate { "simulate" } else { "processes" };
@@ -85,11 +89,11 @@ pub fn desired_node(
             taints: Some(taints.to_vec()),
             ..Default::default()
         }),
-        status: Some(node_status(name, capacity)),
+        status: Some(node_status(name, capacity, kubelet_port)),
     }
 }
 
-fn node_status(name: &str, capacity: BTreeMap<String, Quantity>) -> NodeStatus {
+fn node_status(name: &str, capacity: BTreeMap<String, Quantity>, kubelet_port: u16) -> NodeStatus {
     let t = now();
     let condition = |type_: &str, status: &str, reason: &str| NodeCondition {
         type_: type_.to_string(),
@@ -118,6 +122,11 @@ fn node_status(name: &str, capacity: BTreeMap<String, Quantity>) -> NodeStatus {
                 address: name.to_string(),
             },
         ]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(kubelet_port),
+            }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: "amd64".into(),
             boot_id: String::new(),
@@ -140,6 +149,7 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(shared.client.clone());
     let leases: Api<Lease> = Api::namespaced(shared.client.clone(), "kube-node-lease");
     let names = shared.config.node_names();
+    let kubelet_port = shared.config.kubelet_port;
     let taints = shared
         .config
         .taints
@@ -162,6 +172,7 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), kube::Error> {
             shared.config.max_pods,
             shared.config.simulate,
             &taints,
+            kubelet_port,
         );
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => tracing::info!(node = %name, "registered node"),
@@ -194,6 +205,7 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), kube::Error> {
                     shared.config.max_pods,
                     shared.config.simulate,
                     &taints,
+                    kubelet_port,
                 )
                 .status;
                 if let Err(e) = nodes
@@ -266,7 +278,7 @@ mod tests {
     fn nodes_spread_over_zones_and_report_ready() {
         let zones: Vec<String> = (0..3)
             .map(|i| {
-                desired_node(&format!("n-{i}"), i, 100, false, &[])
+                desired_node(&format!("n-{i}"), i, 100, false, &[], 10250)
                     .metadata
                     .labels
                     .unwrap()["topology.kubernetes.io/zone"]
@@ -275,7 +287,7 @@ mod tests {
             .collect();
         assert_eq!(zones, ["local-a", "local-b", "local-c"]);
         let taint = parse_taint("pgop.local/simulated=true:NoSchedule").unwrap();
-        let node = desired_node("n-1", 0, 250, true, std::slice::from_ref(&taint));
+        let node = desired_node("n-1", 0, 250, true, std::slice::from_ref(&taint), 12345);
         assert_eq!(node.spec.unwrap().taints.unwrap(), vec![taint]);
         assert_eq!(
             node.metadata.labels.as_ref().unwrap()[MODE_LABEL],
@@ -283,6 +295,8 @@ mod tests {
         );
         let status = node.status.unwrap();
         assert_eq!(status.capacity.unwrap()["pods"], Quantity("250".into()));
+        let endpoint = status.daemon_endpoints.unwrap().kubelet_endpoint.unwrap();
+        assert_eq!(endpoint.port, 12345);
         let ready = status
             .conditions
             .unwrap()

@@ -245,7 +245,7 @@ async fn simulate(ctx: &PodCtx, updates: &mut watch::Receiver<Option<Pod>>) -> E
     record.update_conditions();
 
     let spilo = containers.iter().find(|c| {
-        runtime_for(c.image.as_deref().unwrap_or_default(), &[], "") == RuntimeKind::Spilo
+        runtime_for(c.image.as_deref().unwrap_or_default(), &[], &[], "") == RuntimeKind::Spilo
     });
     if let Some(c) = spilo.filter(|_| !never_ready) {
         let role_label = c

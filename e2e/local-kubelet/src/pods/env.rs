@@ -183,7 +183,7 @@ pub fn field_value(pod: &Pod, pod_ip: &str, host_ip: &str, path: &str) -> Result
 
 /// Kubernetes' `$(VAR)` expansion: defined variables are replaced, `$$` escapes a `$`,
 /// undefined references stay as written.
-fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
+pub(crate) fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(pos) = rest.find('$') {

@@ -9,10 +9,13 @@ use k8s_openapi::api::core::v1::{Container, Endpoints, Pod};
 use kube::{Api, Client};
 use serde_json::json;
 
+use super::env::expand;
 use super::probes::{readiness_of, Readiness};
 use super::volumes::Mounts;
+use crate::runtime::image;
 use crate::runtime::pgbouncer::{pgbouncer_config, PgbouncerError, PgbouncerInput};
 use crate::runtime::process::{chown_tree, ProcessSpec};
+use crate::runtime::sandbox::{Bind, Sandbox};
 use crate::runtime::spilo::{
     bootstrap_users, bootstrap_users_sql, patroni_config, spilo_builtin_roles, SpiloError,
     SpiloInput,
@@ -35,6 +38,8 @@ pub enum LaunchError {
     Resolve { host: String, reason: String },
     #[error("generating a TLS certificate failed: {0}")]
     Certificate(String),
+    #[error("image {0:?} has no entrypoint here: the container must set `command`")]
+    NoCommand(String),
 }
 
 #[derive(Debug, Clone)]
@@ -104,7 +109,82 @@ pub async fn prepare(
         None => Ok(()),
     };
 
-    match runtime_for(&image, &config.image_overrides(), &config.default_command) {
+    match runtime_for(
+        &image,
+        &config.image_overrides(),
+        &config.image_binaries(),
+        &config.default_command,
+    ) {
+        RuntimeKind::Image(binaries) => {
+            let mut argv: Vec<String> = container
+                .command
+                .iter()
+                .flatten()
+                .chain(container.args.iter().flatten())
+                .map(|a| expand(a, env))
+                .collect();
+            if container.command.as_ref().is_none_or(Vec::is_empty) {
+                return Err(LaunchError::NoCommand(image));
+            }
+            let program = argv.remove(0);
+            let etc = run_dir.join("etc");
+            std::fs::create_dir_all(&etc).map_err(io(&etc))?;
+            let files = [
+                (
+                    "resolv.conf",
+                    image::resolv_conf(&namespace, ctx.shared.cluster_dns()),
+                ),
+                ("hosts", image::hosts_file(ctx.pod, ctx.ip)),
+                ("hostname", format!("{pod_name}\n")),
+            ];
+            let mut binds = vec![Bind {
+                source: binaries,
+                target: image::IMAGE_BIN_DIR.into(),
+                read_only: true,
+            }];
+            for (name, content) in files {
+                let path = etc.join(name);
+                write(&path, content.as_bytes(), 0o644)?;
+                binds.push(Bind {
+                    source: path,
+                    target: Path::new("/etc").join(name),
+                    read_only: true,
+                });
+            }
+            binds.extend(mounts.0.iter().map(|(target, source)| Bind {
+                source: source.clone(),
+                target: target.clone(),
+                read_only: false,
+            }));
+            let mut process_env = vec![
+                (
+                    "PATH".to_string(),
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                ),
+                ("HOSTNAME".into(), pod_name.clone()),
+                ("HOME".into(), "/".into()),
+            ];
+            process_env.extend(image::kubernetes_service_env(&ctx.shared.api_server.server));
+            process_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            process_env.push((
+                "LD_PRELOAD".into(),
+                ctx.shared.pod_network_shim.display().to_string(),
+            ));
+            process_env.push(("PGOP_POD_IP".into(), ctx.ip.to_string()));
+            Ok(Launch {
+                spec: ProcessSpec {
+                    program,
+                    args: argv,
+                    env: process_env,
+                    cwd: PathBuf::from("/"),
+                    user: image::run_as(ctx.pod, container),
+                    log_path,
+                    sandbox: Some(Sandbox { binds }),
+                },
+                readiness: readiness_of(container, Readiness::Running),
+                pgdata: None,
+            })
+        }
         RuntimeKind::Spilo => {
             let pgroot = mounts.translate(
                 env.get("PGROOT")
@@ -167,6 +247,7 @@ pub async fn prepare(
                     cwd: run_dir.clone(),
                     user,
                     log_path,
+                    sandbox: None,
                 },
                 readiness: readiness_of(
                     container,
@@ -214,6 +295,7 @@ pub async fn prepare(
                     cwd: run_dir.clone(),
                     user,
                     log_path,
+                    sandbox: None,
                 },
                 readiness: readiness_of(container, Readiness::Tcp { port }),
                 pgdata: None,
@@ -240,6 +322,7 @@ pub async fn prepare(
                     cwd: run_dir.clone(),
                     user: None,
                     log_path,
+                    sandbox: None,
                 },
                 readiness: readiness_of(container, Readiness::Running),
                 pgdata: None,

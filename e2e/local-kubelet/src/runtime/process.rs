@@ -8,6 +8,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
+use super::sandbox::Sandbox;
+
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
     pub program: String,
@@ -17,6 +19,8 @@ pub struct ProcessSpec {
     /// (uid, gid) to run as.
     pub user: Option<(u32, u32)>,
     pub log_path: PathBuf,
+    /// A mount namespace of its own (containers of images run as the workspace's binaries).
+    pub sandbox: Option<Sandbox>,
 }
 
 /// Sent when a process ends; `generation` tells a restarted container's runs apart.
@@ -58,8 +62,21 @@ impl Process {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(false);
-        if let Some((uid, gid)) = spec.user {
-            cmd.uid(uid).gid(gid);
+        match &spec.sandbox {
+            Some(sandbox) => {
+                sandbox.create_mount_points()?;
+                let entry = sandbox.entry(spec.user)?;
+                // SAFETY: `enter` makes only system calls (unshare, mount, set*id) on data
+                // prepared before the fork; it allocates nothing and takes no lock.
+                unsafe {
+                    cmd.pre_exec(move || entry.enter());
+                }
+            }
+            None => {
+                if let Some((uid, gid)) = spec.user {
+                    cmd.uid(uid).gid(gid);
+                }
+            }
         }
         let mut child = cmd.spawn()?;
         let pid = child
