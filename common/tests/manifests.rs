@@ -3,8 +3,9 @@
 //! is one pgop reads without unknown keys, the OperatorConfiguration CRD has Zalando's names
 //! and a structural schema, every binding points at a role and a
 //! ServiceAccount that exist, each process holds the permissions it needs (the worker all of
-//! `postgres-pod`'s, or Kubernetes would refuse its RoleBindings), `deploy/kustomization.yaml`
-//! lists existing files and all of them, and the Deployments, Services and the Dockerfile
+//! `postgres-pod`'s, or Kubernetes would refuse its RoleBindings), `deploy/base/kustomization.yaml`
+//! lists existing files and all of them, the local overlay renders the same objects but for the
+//! image and the PodDisruptionBudgets' API version, and the Deployments, Services and the Dockerfile
 //! agree on names, ports and binaries.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -86,7 +87,7 @@ impl Doc {
 
 struct Manifests {
     docs: Vec<Doc>,
-    /// `deploy/kustomization.yaml`, untyped.
+    /// `deploy/base/kustomization.yaml`, untyped.
     kustomization: serde_yaml::Value,
 }
 
@@ -157,7 +158,7 @@ impl Manifests {
     fn namespace(&self) -> String {
         self.kustomization["namespace"]
             .as_str()
-            .expect("deploy/kustomization.yaml sets `namespace`")
+            .expect("deploy/base/kustomization.yaml sets `namespace`")
             .to_string()
     }
 
@@ -316,7 +317,7 @@ fn load() -> Result<Manifests, Vec<String>> {
             let file = rel(&path);
             let text = std::fs::read_to_string(&path).unwrap();
             if is_kustomization(&path) {
-                if file == "deploy/kustomization.yaml" {
+                if file == "deploy/base/kustomization.yaml" {
                     match serde_yaml::from_str::<serde_yaml::Value>(&text) {
                         Ok(k) => kustomization = Some(k),
                         Err(e) => errors.push(format!("{file}: {e}")),
@@ -356,7 +357,7 @@ fn load() -> Result<Manifests, Vec<String>> {
         }
     }
     let Some(kustomization) = kustomization else {
-        errors.push("deploy/kustomization.yaml is missing".into());
+        errors.push("deploy/base/kustomization.yaml is missing".into());
         return Err(errors);
     };
     if errors.is_empty() {
@@ -1245,10 +1246,10 @@ fn the_scheduler_may_hold_its_lease_and_nothing_else() {
 #[test]
 fn kustomization_lists_existing_files_and_all_of_them() {
     let m = manifests();
-    let deploy = root().join("deploy");
+    let deploy = root().join("deploy/base");
     let resources: Vec<&str> = m.kustomization["resources"]
         .as_sequence()
-        .expect("deploy/kustomization.yaml has resources")
+        .expect("deploy/base/kustomization.yaml has resources")
         .iter()
         .map(|r| r.as_str().expect("a resource is a path"))
         .collect();
@@ -1256,9 +1257,9 @@ fn kustomization_lists_existing_files_and_all_of_them() {
     let mut listed = BTreeSet::new();
     for resource in &resources {
         let path = deploy.join(resource);
-        let path = path
-            .canonicalize()
-            .unwrap_or_else(|e| panic!("deploy/kustomization.yaml: resource {resource:?}: {e}"));
+        let path = path.canonicalize().unwrap_or_else(|e| {
+            panic!("deploy/base/kustomization.yaml: resource {resource:?}: {e}")
+        });
         if path.is_dir() {
             // A directory resource is another kustomization: what it lists counts as listed.
             let nested = path.join("kustomization.yaml");
@@ -1297,12 +1298,17 @@ fn kustomization_lists_existing_files_and_all_of_them() {
     for dir in ["manifests/rbac", "deploy/base"] {
         let files = yaml_files(&root().join(dir));
         assert!(!files.is_empty(), "{dir} is empty");
-        wanted.extend(files.iter().map(|f| rel(f)));
+        wanted.extend(
+            files
+                .iter()
+                .filter(|f| !is_kustomization(f))
+                .map(|f| rel(f)),
+        );
     }
     let forgotten: Vec<&String> = wanted.difference(&listed).collect();
     assert!(
         forgotten.is_empty(),
-        "deploy/kustomization.yaml does not list {forgotten:?}"
+        "deploy/base/kustomization.yaml does not list {forgotten:?}"
     );
 
     // The namespace it puts everything into is one it creates.
@@ -1313,6 +1319,64 @@ fn kustomization_lists_existing_files_and_all_of_them() {
             && listed.contains(&d.file)),
         "no listed file creates the namespace {namespace:?}"
     );
+}
+
+/// `kubectl kustomize` of a directory of the repository, as YAML documents.
+fn rendered(dir: &str) -> Vec<Value> {
+    let output = std::process::Command::new("kubectl")
+        .args(["kustomize", &root().join(dir).display().to_string()])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running kubectl kustomize {dir} (e2e/env/install.sh installs kubectl): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("UTF-8 output");
+    documents(&text).unwrap_or_else(|e| panic!("kubectl kustomize {dir}: {e}"))
+}
+
+#[test]
+fn the_local_overlay_swaps_only_the_image_and_the_disruption_budgets_version() {
+    let base = rendered("deploy");
+    let local = rendered("deploy/overlays/local");
+    assert_eq!(base.len(), local.len(), "the overlay adds or drops objects");
+    let mut images = BTreeSet::new();
+    let mut budgets = 0;
+    for (b, l) in base.iter().zip(&local) {
+        let mut expected = b.clone();
+        if b["kind"] == "PodDisruptionBudget" {
+            assert_eq!(b["apiVersion"], "policy/v1");
+            expected["apiVersion"] = "policy/v1beta1".into();
+            budgets += 1;
+        }
+        if b["kind"] == "Deployment" {
+            for (i, c) in b["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                assert_eq!(c["image"], "pgop:latest", "the base's image");
+                let image = &l["spec"]["template"]["spec"]["containers"][i]["image"];
+                images.insert(image.as_str().unwrap_or_default().to_string());
+                expected["spec"]["template"]["spec"]["containers"][i]["image"] =
+                    l["spec"]["template"]["spec"]["containers"][i]["image"].clone();
+            }
+        }
+        assert_eq!(
+            &expected,
+            l,
+            "{} {} differs",
+            b["kind"].as_str().unwrap_or_default(),
+            b["metadata"]["name"].as_str().unwrap_or_default()
+        );
+    }
+    assert_eq!(budgets, 3, "watcher, scheduler and worker budgets");
+    let images: Vec<_> = images.into_iter().collect();
+    assert_eq!(images, ["pgop:local"]);
 }
 
 // ---- tests: Deployments, Services, Dockerfile ----------------------------------------------

@@ -1,57 +1,55 @@
 #!/usr/bin/env bash
-# The local environment a user runs: control plane + local kubelet + pgop (watcher,
-# scheduler, two workers, the gateway on :8080),
-# with state in $PGOP_STATE_DIR (default .local/ in the checkout).
+# The local environment a user runs: control plane + local kubelet, pgop deployed into it the
+# way a user deploys it (`kubectl apply -k deploy/overlays/local`: the kubelet runs the image
+# `pgop` as the workspace's binaries), and a PostgreSQL cluster, with state in $PGOP_STATE_DIR
+# (default .local/ in the checkout).
 #   local-env.sh up     start everything, deploy a cluster, print how to connect with psql
-#   local-env.sh down   stop everything `up` started
+#   local-env.sh down   stop everything `up` started and remove its state
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 state=${PGOP_STATE_DIR:-$root/.local}
 bin=${PGOP_BIN_DIR:-$root/target/debug}
 export KUBECONFIG=$state/kubeconfig
 namespace=default
+operator_namespace=pgop-system
 cluster=acid-minimal-cluster
 log() { echo "[local-env] $*" >&2; }
 
-# pgop's processes and their settings (ports as in the README).
-pgop_processes=(
-  "watcher pgop-watcher PGOP_GRPC_ADDR=127.0.0.1:50050 PGOP_ADMIN_ADDR=127.0.0.1:9100 PGOP_NAMESPACE=$namespace"
-  "scheduler pgop-scheduler PGOP_GRPC_ADDR=127.0.0.1:50051 PGOP_ADMIN_ADDR=127.0.0.1:9101 PGOP_WATCHER_ADDR=http://127.0.0.1:50050"
-  "worker-0 pgop-worker PGOP_GRPC_ADDR=127.0.0.1:50052 PGOP_ADMIN_ADDR=127.0.0.1:9102 PGOP_WORKER_ID=worker-0 PGOP_SCHEDULER_ADDR=http://127.0.0.1:50051 PGOP_NAMESPACE=$namespace"
-  "worker-1 pgop-worker PGOP_GRPC_ADDR=127.0.0.1:50053 PGOP_ADMIN_ADDR=127.0.0.1:9103 PGOP_WORKER_ID=worker-1 PGOP_SCHEDULER_ADDR=http://127.0.0.1:50051 PGOP_NAMESPACE=$namespace"
-  "api-gateway pgop-api-gateway PGOP_HTTP_ADDR=127.0.0.1:8080 PGOP_ADMIN_ADDR=127.0.0.1:9104 PGOP_SCHEDULER_ADDR=http://127.0.0.1:50051"
-)
-
 alive() { [ -f "$state/pids/$1.pid" ] && kill -0 "$(cat "$state/pids/$1.pid")" 2>/dev/null; }
 
+# Where pod data goes: PostgreSQL runs as `postgres` and must reach its data directories.
+kubelet_state_dir() {
+  if runuser -u postgres -- test -x "$state" 2>/dev/null; then
+    echo "$state/kubelet"
+  else
+    echo "/var/tmp/pgop-kubelet-$(echo "$state" | md5sum | cut -c1-12)"
+  fi
+}
+
 up() {
+  local started=$SECONDS
   mkdir -p "$state/logs" "$state/pids"
   bash "$root/e2e/env/control-plane.sh" up "$state"
-  # PostgreSQL runs as `postgres` and must reach its data directories.
-  kubelet_state=$state/kubelet
-  if ! runuser -u postgres -- test -x "$state" 2>/dev/null; then
-    kubelet_state=/var/tmp/pgop-kubelet-$(echo "$state" | md5sum | cut -c1-12)
-    log "$state is not reachable by the postgres user: pod data goes to $kubelet_state"
-  fi
+  kubelet_state=$(kubelet_state_dir)
+  [ "$kubelet_state" = "$state/kubelet" ] || log "$state is not reachable by the postgres user: pod data goes to $kubelet_state"
   if ! alive kubelet; then
-    [ -x "$bin/pgop-local-kubelet" ] || { log "$bin/pgop-local-kubelet is missing: run 'make build'"; exit 1; }
+    for b in pgop-local-kubelet pgop-watcher pgop-scheduler pgop-worker pgop-api-gateway; do
+      [ -x "$bin/$b" ] || { log "$bin/$b is missing: run 'make build'"; exit 1; }
+    done
     setsid "$bin/pgop-local-kubelet" --state-dir "$kubelet_state" --log-dir "$state/logs" \
-      --pod-network "${PGOP_POD_NETWORK:-127.1.0.0/16}" >>"$state/logs/kubelet.log" 2>&1 < /dev/null &
+      --pod-network "${PGOP_POD_NETWORK:-127.1.0.0/16}" --image-binaries "pgop=$bin" \
+      >>"$state/logs/kubelet.log" 2>&1 < /dev/null &
     echo $! > "$state/pids/kubelet.pid"
   fi
   kubectl wait --for=condition=Ready node --all --timeout=60s >/dev/null
-  for i in $(seq 1 50); do kubectl get serviceaccount default -n "$namespace" >/dev/null 2>&1 && break; sleep 0.2; done
-  kubectl apply -f "$root/manifests/postgresql.crd.yaml" -f "$root/manifests/postgres-pod-rbac.yaml" >/dev/null
-  kubectl wait --for=condition=Established crd/postgresqls.acid.zalan.do --timeout=30s >/dev/null
-  kubectl apply -n "$namespace" -f "$root/manifests/configmap.yaml" >/dev/null
-  for p in "${pgop_processes[@]}"; do
-    read -r name binary settings <<<"$p"
-    alive "$name" && continue
-    [ -x "$bin/$binary" ] || { log "$bin/$binary is missing: run 'make build'"; exit 1; }
-    # shellcheck disable=SC2086
-    env NO_COLOR=1 $settings setsid "$bin/$binary" >>"$state/logs/$name.log" 2>&1 < /dev/null &
-    echo $! > "$state/pids/$name.pid"
+  # pgop, as a user deploys it.
+  kubectl apply -k "$root/deploy/overlays/local" >/dev/null
+  for d in watcher scheduler worker api-gateway; do
+    kubectl -n $operator_namespace rollout status "deployment/pgop-$d" --timeout=120s >/dev/null \
+      || { log "pgop-$d did not roll out; its logs are in $state/logs/pods/"; exit 1; }
   done
+  log "pgop is running in $operator_namespace ($((SECONDS - started))s)"
+  for i in $(seq 1 50); do kubectl get serviceaccount default -n "$namespace" >/dev/null 2>&1 && break; sleep 0.2; done
   kubectl apply -n "$namespace" -f "$root/manifests/minimal-postgres-manifest.yaml" >/dev/null
   log "waiting for $cluster to be Running"
   for i in $(seq 1 240); do
@@ -61,12 +59,19 @@ up() {
     sleep 1
   done
   [ "${status:-}" = Running ] && [ -n "${master:-}" ] || { log "the cluster did not come up (status '${status:-}'); logs are in $state/logs"; exit 1; }
+  log "$cluster is Running ($((SECONDS - started))s since make up)"
+  pod_ip() { kubectl -n $operator_namespace get pod "$@" -o jsonpath='{.items[0].status.podIP}'; }
+  gateway=$(pod_ip -l app.kubernetes.io/component=api-gateway)
+  leader=$(kubectl -n $operator_namespace get lease pgop-scheduler -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
+  scheduler=$(kubectl -n $operator_namespace get pod "$leader" -o jsonpath='{.status.podIP}' 2>/dev/null || true)
   cat <<TXT
 
-pgop's local environment is up (state in $state).
+pgop runs in the local cluster (state in $state).
   export KUBECONFIG=$KUBECONFIG
+  kubectl -n $operator_namespace get pods -o wide; kubectl -n $operator_namespace logs deploy/pgop-scheduler
   kubectl get pg; kubectl get pods -L spilo-role
-  curl -s localhost:8080/clusters/; grpcurl -plaintext 127.0.0.1:50051 list
+  curl -s $gateway:8080/clusters/          # the api-gateway's pod
+  grpcurl -plaintext ${scheduler:-<leading scheduler pod IP>}:50051 list   # the leading scheduler's pod
 
 Connect to the master of $cluster:
   PGPASSWORD=\$(kubectl get secret postgres.$cluster.credentials.postgresql.acid.zalan.do \\
@@ -88,12 +93,11 @@ stop_process() {
 }
 
 down() {
-  # pgop first, so nothing reconciles while the pods stop.
-  for p in "${pgop_processes[@]}"; do stop_process "${p%% *}" 10; done
-  # The kubelet stops every pod's processes gracefully before it exits.
+  # The kubelet stops every pod's processes (pgop's and PostgreSQL's) gracefully before it exits.
   stop_process kubelet 60
   [ -d "$state" ] && bash "$root/e2e/env/control-plane.sh" down "$state"
-  log "stopped"
+  rm -rf "$state" "$(kubelet_state_dir)"
+  log "stopped; removed $state"
 }
 
 case "${1:-}" in

@@ -57,6 +57,9 @@ pub struct EnvironmentOptions {
     pub simulated_nodes: bool,
     /// `--image-command` arguments for the process kubelet.
     pub image_commands: Vec<String>,
+    /// Run images named `pgop` as the workspace's binaries (pgop deployed with
+    /// `kubectl apply -k deploy/overlays/local`).
+    pub pgop_image: bool,
 }
 
 impl Default for EnvironmentOptions {
@@ -64,6 +67,7 @@ impl Default for EnvironmentOptions {
         Self {
             simulated_nodes: true,
             image_commands: Vec::new(),
+            pgop_image: false,
         }
     }
 }
@@ -78,18 +82,23 @@ pub struct Environment {
     kubelets: std::sync::Mutex<Vec<Child>>,
 }
 
-/// A /16 in 127/8 whose first address has nothing listening on Patroni's port.
+/// A /16 in 127/8 whose first address has nothing listening on Patroni's port, and which no
+/// other environment of this process has (their pods would share addresses).
 fn free_pod_network() -> Ipv4Addr {
+    static TAKEN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     let start = 20 + (std::process::id() % 200) as u8;
-    (0..200u8)
+    let second = (0..200u8)
         .map(|i| 20 + (start - 20 + i) % 200)
-        .map(|second| Ipv4Addr::new(127, second, 0, 0))
-        .find(|net| {
-            let first = Ipv4Addr::new(127, net.octets()[1], 0, 1);
+        .filter(|second| !taken.contains(second))
+        .find(|&second| {
+            let first = Ipv4Addr::new(127, second, 0, 1);
             std::net::TcpStream::connect_timeout(&(first, 8008).into(), Duration::from_millis(50))
                 .is_err()
         })
-        .unwrap_or(Ipv4Addr::new(127, 20, 0, 0))
+        .unwrap_or(20);
+    taken.push(second);
+    Ipv4Addr::new(127, second, 0, 0)
 }
 
 /// The process kubelet's state: below the state dir when PostgreSQL (running as `postgres`)
@@ -152,7 +161,14 @@ impl Environment {
             env.state_dir.join("logs").display().to_string(),
             "--pod-network".into(),
             format!("{pod_network}/17"),
+            // `kubectl logs` reaches the kubelet here; one port per environment.
+            "--kubelet-port".into(),
+            free_port()?.to_string(),
         ];
+        if options.pgop_image {
+            args.push("--image-binaries".into());
+            args.push(format!("pgop={}", bin_dir().display()));
+        }
         for c in &options.image_commands {
             args.push("--image-command".into());
             args.push(c.clone());

@@ -19,6 +19,8 @@ use pgop_e2e::{wait, Environment, EnvironmentOptions};
 mod compat;
 #[path = "e2e/ha.rs"]
 mod ha;
+#[path = "e2e/incluster.rs"]
+mod incluster;
 #[path = "e2e/invalid.rs"]
 mod invalid;
 #[path = "e2e/lifecycle.rs"]
@@ -95,6 +97,10 @@ fn main() {
         (
             "a_frozen_scheduler_is_fenced_and_stands_by_when_it_wakes",
             || block_on(ha::a_frozen_scheduler_is_fenced_and_stands_by_when_it_wakes()),
+        ),
+        (
+            "pgop_deployed_with_kubectl_apply_k_scales_rolls_and_survives_its_leaders",
+            || block_on(incluster::pgop_deployed_with_kubectl_apply_k()),
         ),
     ];
     let trials: Vec<Trial> = tests

@@ -212,35 +212,56 @@ pub async fn watcher_standby_takes_over_and_loses_no_change() -> Result<()> {
     Ok(())
 }
 
+/// A log line's time, message and `cluster` field, in the text or the JSON format.
+fn log_event(line: &str) -> Option<(Timestamp, String, Option<String>)> {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let at = v["timestamp"].as_str()?.parse().ok()?;
+        let fields = &v["fields"];
+        let message = fields["message"].as_str()?.to_string();
+        return Some((at, message, fields["cluster"].as_str().map(str::to_string)));
+    }
+    let mut words = line.split_whitespace();
+    let at = words.next()?.parse().ok()?;
+    let cluster = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("cluster="))
+        .map(str::to_string);
+    let message = if line.contains(" assigned ") {
+        "assigned"
+    } else if line.contains(" released ") {
+        "released"
+    } else if line.contains("fenced: every cluster task stopped") {
+        "fenced: every cluster task stopped"
+    } else {
+        ""
+    };
+    Some((at, message.to_string(), cluster))
+}
+
 /// Every interval during which a worker owned a cluster, from its log: from `assigned` to
 /// `released` or to the end of a fencing (every task stopped).
 fn ownership(log: &str, worker: &str) -> Vec<(String, String, Timestamp, Timestamp)> {
     let mut open: BTreeMap<String, Timestamp> = BTreeMap::new();
     let mut intervals = Vec::new();
-    for line in log.lines() {
-        let Some(at) = line
-            .split_whitespace()
-            .next()
-            .and_then(|t| t.parse::<Timestamp>().ok())
-        else {
-            continue;
-        };
-        let cluster = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("cluster="))
-            .map(str::to_string);
-        if line.contains(" assigned ") {
-            if let Some(cluster) = cluster {
-                open.entry(cluster).or_insert(at);
+    for (at, message, cluster) in log.lines().filter_map(log_event) {
+        match message.as_str() {
+            "assigned" => {
+                if let Some(cluster) = cluster {
+                    open.entry(cluster).or_insert(at);
+                }
             }
-        } else if line.contains(" released ") {
-            if let Some((cluster, from)) = cluster.and_then(|c| open.remove_entry(&c)) {
-                intervals.push((cluster, worker.to_string(), from, at));
+            "released" => {
+                if let Some((cluster, from)) = cluster.and_then(|c| open.remove_entry(&c)) {
+                    intervals.push((cluster, worker.to_string(), from, at));
+                }
             }
-        } else if line.contains("fenced: every cluster task stopped") {
-            for (cluster, from) in std::mem::take(&mut open) {
-                intervals.push((cluster, worker.to_string(), from, at));
+            "fenced: every cluster task stopped" => {
+                for (cluster, from) in std::mem::take(&mut open) {
+                    intervals.push((cluster, worker.to_string(), from, at));
+                }
             }
+            _ => {}
         }
     }
     let end = Timestamp::now();
@@ -249,6 +270,33 @@ fn ownership(log: &str, worker: &str) -> Vec<(String, String, Timestamp, Timesta
             .map(|(cluster, from)| (cluster, worker.to_string(), from, end)),
     );
     intervals
+}
+
+/// No cluster was owned by two workers at any moment, from their logs (worker, log text);
+/// the number of ownership intervals seen.
+pub(crate) fn never_two_owners_in(logs: &[(String, String)]) -> Result<usize> {
+    let mut intervals = Vec::new();
+    for (worker, log) in logs {
+        intervals.extend(ownership(log, worker));
+    }
+    for a in &intervals {
+        for b in &intervals {
+            if a.0 == b.0 && a.1 < b.1 {
+                ensure!(
+                    a.3 <= b.2 || b.3 <= a.2,
+                    "{} owned by {} ({} – {}) and {} ({} – {}) at once",
+                    a.0,
+                    a.1,
+                    a.2,
+                    a.3,
+                    b.1,
+                    b.2,
+                    b.3
+                );
+            }
+        }
+    }
+    Ok(intervals.len())
 }
 
 /// Two schedulers and two workers; the leading scheduler SIGKILLed while twenty clusters
@@ -294,32 +342,15 @@ pub async fn scheduler_standby_takes_over_and_no_cluster_has_two_owners() -> Res
 
 /// No cluster was owned by two of the fleet's workers at any moment, from their logs.
 fn never_two_owners(fleet: &Fleet) -> Result<()> {
-    let mut intervals = Vec::new();
+    let mut logs = Vec::new();
     for id in &fleet.pgop.worker_ids {
         let log = std::fs::read_to_string(env().state_dir.join(format!("logs/{id}.log")))?;
-        intervals.extend(ownership(&log, id));
+        logs.push((id.clone(), log));
     }
-    for a in &intervals {
-        for b in &intervals {
-            if a.0 == b.0 && a.1 < b.1 {
-                ensure!(
-                    a.3 <= b.2 || b.3 <= a.2,
-                    "{} owned by {} ({} – {}) and {} ({} – {}) at once",
-                    a.0,
-                    a.1,
-                    a.2,
-                    a.3,
-                    b.1,
-                    b.2,
-                    b.3
-                );
-            }
-        }
-    }
+    let intervals = never_two_owners_in(&logs)?;
     eprintln!(
-        "[e2e] {} ownership intervals over {} workers, none overlapping",
-        intervals.len(),
-        fleet.pgop.worker_ids.len()
+        "[e2e] {intervals} ownership intervals over {} workers, none overlapping",
+        logs.len()
     );
     Ok(())
 }
