@@ -374,24 +374,36 @@ impl InCluster<'_> {
     /// Waits until every cluster is assigned, to live workers only, spread over `spread`
     /// of them.
     async fn assigned_over(&self, clusters: &[String], spread: usize) -> Result<()> {
+        let last = std::sync::Mutex::new(String::new());
         wait::until(
             &format!("every cluster assigned over {spread} workers"),
             Duration::from_secs(90),
             || async {
                 let live = self.worker_pods().await?;
                 let assigned = self.assignments().await?;
-                let owners: std::collections::BTreeSet<&String> = clusters
-                    .iter()
-                    .filter_map(|c| assigned.get(&format!("{FLEET}/{c}")))
-                    .collect();
-                let all = clusters
-                    .iter()
-                    .all(|c| assigned.contains_key(&format!("{FLEET}/{c}")));
-                let only_live = owners.iter().all(|w| live.contains(w));
-                Ok((all && only_live && owners.len() == spread).then_some(()))
+                let mut per_worker: BTreeMap<&String, usize> = BTreeMap::new();
+                let mut unassigned = Vec::new();
+                for cluster in clusters {
+                    match assigned.get(&format!("{FLEET}/{cluster}")) {
+                        Some(worker) => *per_worker.entry(worker).or_default() += 1,
+                        None => unassigned.push(cluster.as_str()),
+                    }
+                }
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = format!(
+                    "live workers {live:?}; clusters per worker {per_worker:?}; not assigned {unassigned:?}"
+                );
+                let only_live = per_worker.keys().all(|w| live.contains(w));
+                // Rendezvous hashing leaves one of four workers without any of 20 clusters
+                // once in about 75 runs; two workers both get some all but certainly.
+                let spread_enough = match spread {
+                    1 | 2 => per_worker.len() == spread,
+                    _ => per_worker.len() + 1 >= spread,
+                };
+                Ok((unassigned.is_empty() && only_live && spread_enough).then_some(()))
             },
         )
         .await
+        .with_context(|| last.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     /// Workers 2 → 4 → 1 → 2: clusters spread over the new ones and come back to the one
