@@ -8,7 +8,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 up: install build
 	bash e2e/env/local-env.sh up
 
-## down: stop everything `make up` started
+## down: stop everything `make up` started and remove its state (.local/)
 down:
 	bash e2e/env/local-env.sh down
 

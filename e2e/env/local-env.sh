@@ -26,20 +26,38 @@ kubelet_state_dir() {
   fi
 }
 
+# pgop's processes of an environment started before pgop ran as pods.
+stop_old_processes() {
+  local f
+  for f in "$state"/pids/*.pid; do
+    [ -e "$f" ] || continue
+    case "$(basename "$f" .pid)" in kubelet|etcd|kube-*) ;; *) stop_process "$(basename "$f" .pid)" 10 ;; esac
+  done
+}
+
 up() {
   local started=$SECONDS
   mkdir -p "$state/logs" "$state/pids"
+  # `down` removes only a directory that carries this mark.
+  touch "$state/.pgop-local-env"
+  stop_old_processes
   bash "$root/e2e/env/control-plane.sh" up "$state"
   kubelet_state=$(kubelet_state_dir)
   [ "$kubelet_state" = "$state/kubelet" ] || log "$state is not reachable by the postgres user: pod data goes to $kubelet_state"
+  for b in pgop-local-kubelet pgop-watcher pgop-scheduler pgop-worker pgop-api-gateway; do
+    [ -x "$bin/$b" ] || { log "$bin/$b is missing: run 'make build'"; exit 1; }
+  done
+  kubelet_args=(--state-dir "$kubelet_state" --log-dir "$state/logs"
+    --pod-network "${PGOP_POD_NETWORK:-127.1.0.0/16}" --image-binaries "pgop=$bin")
+  # A kubelet started with other arguments (an older checkout's) is replaced.
+  if alive kubelet && [ "$(cat "$state/kubelet.args" 2>/dev/null)" != "${kubelet_args[*]}" ]; then
+    log "restarting the local kubelet with this checkout's arguments"
+    stop_process kubelet 60
+  fi
   if ! alive kubelet; then
-    for b in pgop-local-kubelet pgop-watcher pgop-scheduler pgop-worker pgop-api-gateway; do
-      [ -x "$bin/$b" ] || { log "$bin/$b is missing: run 'make build'"; exit 1; }
-    done
-    setsid "$bin/pgop-local-kubelet" --state-dir "$kubelet_state" --log-dir "$state/logs" \
-      --pod-network "${PGOP_POD_NETWORK:-127.1.0.0/16}" --image-binaries "pgop=$bin" \
-      >>"$state/logs/kubelet.log" 2>&1 < /dev/null &
+    setsid "$bin/pgop-local-kubelet" "${kubelet_args[@]}" >>"$state/logs/kubelet.log" 2>&1 < /dev/null &
     echo $! > "$state/pids/kubelet.pid"
+    echo "${kubelet_args[*]}" > "$state/kubelet.args"
   fi
   kubectl wait --for=condition=Ready node --all --timeout=60s >/dev/null
   # pgop, as a user deploys it.
@@ -93,10 +111,20 @@ stop_process() {
 }
 
 down() {
-  # The kubelet stops every pod's processes (pgop's and PostgreSQL's) gracefully before it exits.
+  [ -d "$state" ] || { log "nothing to stop in $state"; return 0; }
+  if [ ! -e "$state/.pgop-local-env" ]; then
+    log "$state was not made by 'make up' (no .pgop-local-env in it): not touching it"
+    exit 1
+  fi
+  local kubelet_state
+  kubelet_state=$(kubelet_state_dir)
+  stop_old_processes
+  # The kubelet stops every pod's processes (pgop's and PostgreSQL's) gracefully before it
+  # exits (a restarted kubelet stops what an earlier one left, from the pods' directories).
   stop_process kubelet 60
-  [ -d "$state" ] && bash "$root/e2e/env/control-plane.sh" down "$state"
-  rm -rf "$state" "$(kubelet_state_dir)"
+  bash "$root/e2e/env/control-plane.sh" down "$state"
+  rm -rf "$kubelet_state"
+  rm -rf "$state"
   log "stopped; removed $state"
 }
 

@@ -187,6 +187,9 @@ impl Environment {
                 "--taint",
                 SIMULATED_TAINT,
                 "--no-provisioner",
+                // Advertised by its nodes, served by nobody: never another kubelet's port.
+                "--kubelet-port",
+                &free_port()?.to_string(),
             ]
             .map(str::to_string);
             env.spawn_kubelet("kubelet-sim", &args)?;

@@ -21,6 +21,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// The domain pods search and this server is authoritative for.
@@ -30,8 +31,19 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 const TTL: u32 = 5;
 /// How long an upstream may take before the client gets SERVFAIL.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long an idle TCP client connection is kept open.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TCP client may take to send each query (its length and its bytes) or to take
+/// a reply before the connection is closed, so an idle or stalled client frees its slot.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queries handled at once, over UDP and TCP together (each UDP one is a task and its packet).
+const MAX_QUERIES_IN_FLIGHT: usize = 256;
+/// Queries relayed upstream at once (each holds a socket and a buffer for up to
+/// `FORWARD_TIMEOUT`); beyond that the client gets SERVFAIL.
+const MAX_FORWARDS: usize = 64;
+/// TCP client connections served at once; more wait in the listen backlog until one closes.
+const MAX_TCP_CONNECTIONS: usize = 64;
+/// Room for an upstream's UDP reply at least (more if the client advertised a larger EDNS
+/// size): the usual EDNS size, so an upstream that ignores a small limit is still relayed.
+const MIN_FORWARD_BUFFER: usize = 4096;
 /// CNAME hops followed inside the cluster domain before giving up (ExternalName loops).
 const MAX_CNAME_CHAIN: usize = 8;
 /// Large enough for any UDP datagram, so no query is cut short.
@@ -134,9 +146,16 @@ pub async fn run(
             .await
             .map_err(|_| DnsError::WatchEnded("Endpoints"))?;
         tracing::info!("cluster DNS caches filled, answering queries");
+        let limits = Limits::default();
         tokio::join!(
-            serve(udp, view.clone(), upstream, shutdown.clone()),
-            serve_tcp(tcp, view, upstream, shutdown.clone()),
+            serve(
+                udp,
+                view.clone(),
+                upstream,
+                limits.clone(),
+                shutdown.clone()
+            ),
+            serve_tcp(tcp, view, upstream, limits, shutdown.clone()),
         );
         Ok(())
     };
@@ -441,14 +460,57 @@ enum ForwardError {
     Io(#[from] std::io::Error),
     #[error("no reply within {FORWARD_TIMEOUT:?}")]
     Timeout,
+    #[error("the UDP reply is longer than {0} bytes")]
+    TooLarge(usize),
 }
 
-/// Serves DNS over UDP on `socket` until `shutdown`, each query in its own task so a slow
-/// upstream never delays cluster answers.
+/// The resource bounds of one server, shared by its UDP and TCP sides.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// A permit per query being handled: a UDP task, or a TCP connection's current query.
+    queries: Arc<Semaphore>,
+    /// A permit per query being relayed upstream.
+    forwards: Arc<Semaphore>,
+    /// A permit per open TCP client connection.
+    tcp_connections: Arc<Semaphore>,
+    /// See `TCP_IDLE_TIMEOUT`.
+    tcp_idle: Duration,
+}
+
+impl Limits {
+    pub(crate) fn new(
+        queries: usize,
+        forwards: usize,
+        tcp_connections: usize,
+        tcp_idle: Duration,
+    ) -> Self {
+        Limits {
+            queries: Arc::new(Semaphore::new(queries)),
+            forwards: Arc::new(Semaphore::new(forwards)),
+            tcp_connections: Arc::new(Semaphore::new(tcp_connections)),
+            tcp_idle,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::new(
+            MAX_QUERIES_IN_FLIGHT,
+            MAX_FORWARDS,
+            MAX_TCP_CONNECTIONS,
+            TCP_IDLE_TIMEOUT,
+        )
+    }
+}
+
+/// Serves DNS over UDP on `socket` until `shutdown`, each query in its own task (up to
+/// `limits.queries` at once) so a slow upstream never delays cluster answers.
 pub(crate) async fn serve(
     socket: UdpSocket,
     view: Arc<dyn ClusterView + Send + Sync>,
     upstream: Option<SocketAddr>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
     let socket = Arc::new(socket);
@@ -464,10 +526,24 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let packet = buf[..len].to_vec();
-        let (socket, view) = (socket.clone(), view.clone());
+        let packet = &buf[..len];
+        let Ok(permit) = limits.queries.clone().try_acquire_owned() else {
+            // Every slot is busy (a flood, or a slow upstream). A cluster name costs a parse and
+            // a cache lookup, so it is answered right here and keeps resolving, while this loop
+            // takes no more than it can answer; a name for the upstream is dropped, as a full
+            // socket buffer would drop it, and the client retries.
+            if let Some(reply) = answer_locally(packet, &*view, Transport::Udp) {
+                if let Err(e) = socket.send_to(&reply, peer).await {
+                    tracing::debug!("cluster DNS: replying to {peer}: {e}");
+                }
+            }
+            continue;
+        };
+        let packet = packet.to_vec();
+        let (socket, view, limits) = (socket.clone(), view.clone(), limits.clone());
         tokio::spawn(async move {
-            if let Some(reply) = handle(&packet, &*view, upstream, Transport::Udp).await {
+            let _permit = permit;
+            if let Some(reply) = handle(&packet, &*view, upstream, &limits, Transport::Udp).await {
                 if let Err(e) = socket.send_to(&reply, peer).await {
                     tracing::debug!("cluster DNS: replying to {peer}: {e}");
                 }
@@ -477,14 +553,23 @@ pub(crate) async fn serve(
 }
 
 /// Serves DNS over TCP (two-byte length prefixes) until `shutdown`, for clients that retry
-/// over TCP after a truncated UDP reply.
+/// over TCP after a truncated UDP reply; up to `limits.tcp_connections` clients at once.
 pub(crate) async fn serve_tcp(
     listener: TcpListener,
     view: Arc<dyn ClusterView + Send + Sync>,
     upstream: Option<SocketAddr>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
     loop {
+        // A free slot before accepting: clients beyond the bound wait in the listen backlog,
+        // holding no task and no descriptor of this process, until a connection closes.
+        let Ok(slot) = (tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = limits.tcp_connections.clone().acquire_owned() => slot,
+        }) else {
+            return;
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -495,11 +580,12 @@ pub(crate) async fn serve_tcp(
                 }
             },
         };
-        let (view, shutdown) = (view.clone(), shutdown.clone());
+        let (view, limits, shutdown) = (view.clone(), limits.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                result = tcp_connection(stream, &*view, upstream) => if let Err(e) = result {
+                result = tcp_connection(stream, &*view, upstream, &limits) => if let Err(e) = result {
                     tracing::debug!("cluster DNS: TCP client {peer}: {e}");
                 },
             }
@@ -507,21 +593,29 @@ pub(crate) async fn serve_tcp(
     }
 }
 
-/// Answers the queries of one TCP connection in order until the client closes it or idles.
+/// Answers the queries of one TCP connection in order until the client closes it, idles or
+/// stalls (`limits.tcp_idle` for each query, and for each reply).
 async fn tcp_connection(
     mut stream: TcpStream,
     view: &(dyn ClusterView + Send + Sync),
     upstream: Option<SocketAddr>,
+    limits: &Limits,
 ) -> std::io::Result<()> {
     loop {
-        let len = match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_u16()).await {
+        let packet = match tokio::time::timeout(limits.tcp_idle, read_frame(&mut stream)).await {
+            // Idle, or a length and then too few bytes: the slot goes to another client.
             Err(_) => return Ok(()),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(len) => len?,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(packet))) => packet,
+            Ok(Err(e)) => return Err(e),
         };
-        let mut packet = vec![0u8; usize::from(len)];
-        stream.read_exact(&mut packet).await?;
-        let Some(reply) = handle(&packet, view, upstream, Transport::Tcp).await else {
+        let reply = {
+            let Ok(_permit) = limits.queries.acquire().await else {
+                return Ok(());
+            };
+            handle(&packet, view, upstream, limits, Transport::Tcp).await
+        };
+        let Some(reply) = reply else {
             continue;
         };
         let Ok(reply_len) = u16::try_from(reply.len()) else {
@@ -530,7 +624,66 @@ async fn tcp_connection(
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&reply_len.to_be_bytes());
         framed.extend_from_slice(&reply);
-        stream.write_all(&framed).await?;
+        // A client that does not read its reply stalls as well.
+        match tokio::time::timeout(limits.tcp_idle, stream.write_all(&framed)).await {
+            Err(_) => return Ok(()),
+            Ok(written) => written?,
+        }
+    }
+}
+
+/// The next length-prefixed message of a TCP stream; None when the client closed it between
+/// messages.
+async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let len = match stream.read_u16().await {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        len => len?,
+    };
+    let mut packet = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut packet).await?;
+    Ok(Some(packet))
+}
+
+/// A query packet parsed; None (logged) when malformed.
+fn parse(packet: &[u8]) -> Option<Message> {
+    Message::from_vec(packet)
+        .map_err(|e| tracing::debug!("cluster DNS: dropping a malformed packet: {e}"))
+        .ok()
+}
+
+/// How long a reply to `query` may be over `transport`.
+fn reply_limit(query: &Message, transport: Transport) -> usize {
+    match transport {
+        Transport::Udp => usize::from(query.max_payload()),
+        Transport::Tcp => usize::from(u16::MAX),
+    }
+}
+
+/// The wire form of an answer from the caches, logged.
+fn local_reply(query: &Message, reply: &Message, limit: usize) -> Option<Vec<u8>> {
+    if let Some(q) = query.query() {
+        tracing::debug!(
+            "cluster DNS: {} {} -> {} ({} answers)",
+            q.query_type(),
+            q.name(),
+            reply.response_code(),
+            reply.answers().len()
+        );
+    }
+    encode(reply, limit)
+}
+
+/// The reply bytes for one query packet if the caches answer it; None drops it (malformed,
+/// not a query, or a name for the upstream).
+fn answer_locally(
+    packet: &[u8],
+    view: &(dyn ClusterView + Send + Sync),
+    transport: Transport,
+) -> Option<Vec<u8>> {
+    let query = parse(packet)?;
+    match answer(&query, view) {
+        Answer::Reply(reply) => local_reply(&query, &reply, reply_limit(&query, transport)),
+        Answer::Forward | Answer::Drop => None,
     }
 }
 
@@ -539,44 +692,36 @@ async fn handle(
     packet: &[u8],
     view: &(dyn ClusterView + Send + Sync),
     upstream: Option<SocketAddr>,
+    limits: &Limits,
     transport: Transport,
 ) -> Option<Vec<u8>> {
-    let query = match Message::from_vec(packet) {
-        Ok(query) => query,
-        Err(e) => {
-            tracing::debug!("cluster DNS: dropping a malformed packet: {e}");
-            return None;
-        }
-    };
-    let limit = match transport {
-        Transport::Udp => usize::from(query.max_payload()),
-        Transport::Tcp => usize::from(u16::MAX),
-    };
+    let query = parse(packet)?;
+    let limit = reply_limit(&query, transport);
     match answer(&query, view) {
         Answer::Drop => None,
-        Answer::Reply(reply) => {
-            if let Some(q) = query.query() {
-                tracing::debug!(
-                    "cluster DNS: {} {} -> {} ({} answers)",
-                    q.query_type(),
-                    q.name(),
-                    reply.response_code(),
-                    reply.answers().len()
-                );
-            }
-            encode(&reply, limit)
-        }
+        Answer::Reply(reply) => local_reply(&query, &reply, limit),
         Answer::Forward => {
             let Some(upstream) = upstream else {
                 return encode(&reply_to(&query, ResponseCode::Refused), limit);
             };
-            match forward(packet, upstream, transport).await {
+            let name = || query.query().map(|q| q.name().to_string());
+            let Ok(_forwarding) = limits.forwards.try_acquire() else {
+                tracing::debug!(
+                    "cluster DNS: too many queries relayed at once, SERVFAIL for {:?}",
+                    name()
+                );
+                return encode(&reply_to(&query, ResponseCode::ServFail), limit);
+            };
+            match forward(packet, upstream, transport, limit).await {
                 Ok(reply) => Some(reply),
+                // Too long for the client over UDP: it asks again over TCP.
+                Err(ForwardError::TooLarge(_)) => {
+                    let mut reply = reply_to(&query, ResponseCode::NoError);
+                    reply.set_truncated(true);
+                    encode(&reply, limit)
+                }
                 Err(e) => {
-                    tracing::debug!(
-                        "cluster DNS: forwarding {:?} to {upstream}: {e}",
-                        query.query().map(|q| q.name().to_string())
-                    );
+                    tracing::debug!("cluster DNS: forwarding {:?} to {upstream}: {e}", name());
                     encode(&reply_to(&query, ResponseCode::ServFail), limit)
                 }
             }
@@ -601,15 +746,16 @@ fn encode(reply: &Message, limit: usize) -> Option<Vec<u8>> {
 }
 
 /// Relays the raw query to `upstream` (same transport, a fresh socket) and returns its reply
-/// bytes as they are.
+/// bytes as they are; `limit` is how long a reply the client takes.
 async fn forward(
     packet: &[u8],
     upstream: SocketAddr,
     transport: Transport,
+    limit: usize,
 ) -> Result<Vec<u8>, ForwardError> {
     let exchange = async {
         match transport {
-            Transport::Udp => forward_udp(packet, upstream).await,
+            Transport::Udp => forward_udp(packet, upstream, limit.max(MIN_FORWARD_BUFFER)).await,
             Transport::Tcp => forward_tcp(packet, upstream).await,
         }
     };
@@ -618,7 +764,12 @@ async fn forward(
         .map_err(|_| ForwardError::Timeout)?
 }
 
-async fn forward_udp(packet: &[u8], upstream: SocketAddr) -> Result<Vec<u8>, ForwardError> {
+/// Relays over UDP; a reply longer than `capacity` is `TooLarge`.
+async fn forward_udp(
+    packet: &[u8],
+    upstream: SocketAddr,
+    capacity: usize,
+) -> Result<Vec<u8>, ForwardError> {
     let any: SocketAddr = match upstream {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -627,11 +778,15 @@ async fn forward_udp(packet: &[u8], upstream: SocketAddr) -> Result<Vec<u8>, For
     // Connected, so the kernel only passes datagrams from the upstream.
     socket.connect(upstream).await?;
     socket.send(packet).await?;
-    let mut buf = vec![0u8; MAX_UDP_PACKET];
+    // One byte more than a reply may have, to tell a longer (cut off) datagram.
+    let mut buf = vec![0u8; capacity + 1];
     loop {
         let len = socket.recv(&mut buf).await?;
         // A reply to another query (a late one, or spoofed) is not ours.
         if len >= 2 && packet.len() >= 2 && buf[..2] == packet[..2] {
+            if len > capacity {
+                return Err(ForwardError::TooLarge(capacity));
+            }
             buf.truncate(len);
             return Ok(buf);
         }
@@ -1216,6 +1371,13 @@ mod tests {
 
     /// A UDP server with the fixture view on 127.0.0.1 and a port of its own.
     async fn udp_server(upstream: Option<SocketAddr>) -> (SocketAddr, CancellationToken) {
+        udp_server_with(upstream, Limits::default()).await
+    }
+
+    async fn udp_server_with(
+        upstream: Option<SocketAddr>,
+        limits: Limits,
+    ) -> (SocketAddr, CancellationToken) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -1223,9 +1385,46 @@ mod tests {
             socket,
             Arc::new(cluster()),
             upstream,
+            limits,
             shutdown.clone(),
         ));
         (addr, shutdown)
+    }
+
+    /// A TCP server with the fixture view and no upstream on 127.0.0.1.
+    async fn tcp_server(limits: Limits) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve_tcp(
+            listener,
+            Arc::new(cluster()),
+            None,
+            limits,
+            shutdown.clone(),
+        ));
+        (addr, shutdown)
+    }
+
+    /// Sends one query over `stream` and reads its reply.
+    async fn tcp_ask(stream: &mut TcpStream, name: &str) -> Message {
+        let packet = query(name, RecordType::A).to_vec().unwrap();
+        stream.write_u16(packet.len() as u16).await.unwrap();
+        stream.write_all(&packet).await.unwrap();
+        let len = stream.read_u16().await.unwrap();
+        let mut buf = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut buf).await.unwrap();
+        Message::from_vec(&buf).unwrap()
+    }
+
+    /// Whether the server closes `stream` within `within` (anything it still sends first is
+    /// read and ignored).
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut sink = Vec::new();
+        matches!(
+            tokio::time::timeout(within, stream.read_to_end(&mut sink)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Sends `packet` to `server` over UDP and returns the reply, if one comes within 5 s.
@@ -1265,31 +1464,77 @@ mod tests {
 
     #[tokio::test]
     async fn serves_cluster_names_over_tcp() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(serve_tcp(
-            listener,
-            Arc::new(cluster()),
-            None,
-            shutdown.clone(),
-        ));
+        let (server, shutdown) = tcp_server(Limits::default()).await;
         let mut stream = TcpStream::connect(server).await.unwrap();
         // two queries on one connection
         for name in [
             "main.db.svc.cluster.local",
             "127-1-0-9.db.pod.cluster.local",
         ] {
-            let packet = query(name, RecordType::A).to_vec().unwrap();
-            stream.write_u16(packet.len() as u16).await.unwrap();
-            stream.write_all(&packet).await.unwrap();
-            let len = stream.read_u16().await.unwrap();
-            let mut buf = vec![0u8; usize::from(len)];
-            stream.read_exact(&mut buf).await.unwrap();
-            let reply = Message::from_vec(&buf).unwrap();
+            let reply = tcp_ask(&mut stream, name).await;
             assert_eq!(reply.response_code(), ResponseCode::NoError, "{name}");
             assert!(!reply.answers().is_empty(), "{name}");
         }
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn stalled_tcp_clients_are_disconnected_after_the_idle_timeout() {
+        let idle = Duration::from_millis(300);
+        let (server, shutdown) = tcp_server(Limits::new(256, 64, 64, idle)).await;
+        // a length, then fewer bytes than it promised
+        let mut stalled = TcpStream::connect(server).await.unwrap();
+        stalled.write_u16(30).await.unwrap();
+        stalled.write_all(&[0u8; 5]).await.unwrap();
+        // one that answers a query, then sends nothing
+        let mut silent = TcpStream::connect(server).await.unwrap();
+        let reply = tcp_ask(&mut silent, "main.db.svc.cluster.local").await;
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        let started = std::time::Instant::now();
+        assert!(closed_within(&mut stalled, Duration::from_secs(5)).await);
+        assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+        assert!(started.elapsed() >= idle - Duration::from_millis(100));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_tcp_idle_timeout_is_per_query_not_per_connection() {
+        let idle = Duration::from_millis(1500);
+        let (server, shutdown) = tcp_server(Limits::new(256, 64, 64, idle)).await;
+        let mut stream = TcpStream::connect(server).await.unwrap();
+        let started = std::time::Instant::now();
+        // queries well within the timeout of each other, for longer than the timeout in all
+        for _ in 0..4 {
+            let reply = tcp_ask(&mut stream, "main.db.svc.cluster.local").await;
+            assert_eq!(reply.response_code(), ResponseCode::NoError);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(started.elapsed() > idle);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn tcp_connections_beyond_the_bound_wait_for_a_free_slot() {
+        let (server, shutdown) = tcp_server(Limits::new(256, 64, 1, TCP_IDLE_TIMEOUT)).await;
+        let mut first = TcpStream::connect(server).await.unwrap();
+        let reply = tcp_ask(&mut first, "main.db.svc.cluster.local").await;
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        // the kernel completes the handshake, but nobody serves the second one yet
+        let mut second = TcpStream::connect(server).await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let reply = tcp_ask(&mut second, "main.db.svc.cluster.local").await;
+            (reply, std::time::Instant::now())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a second connection was served");
+        let released = std::time::Instant::now();
+        drop(first);
+        let (reply, answered) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("served once the first connection closed")
+            .unwrap();
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        assert!(answered >= released);
         shutdown.cancel();
     }
 
@@ -1324,6 +1569,165 @@ mod tests {
         let (server, shutdown) = udp_server(Some(upstream_addr)).await;
         let relayed = exchange(server, &packet).await.unwrap();
         assert_eq!(relayed, fake.await.unwrap());
+        shutdown.cancel();
+    }
+
+    /// An upstream that answers only when told to.
+    struct FakeUpstream(UdpSocket);
+
+    impl FakeUpstream {
+        async fn new() -> (Self, SocketAddr) {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            (FakeUpstream(socket), addr)
+        }
+
+        /// The next query relayed to it, if one comes within `within`.
+        async fn relayed(&self, within: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+            let mut buf = vec![0u8; 4096];
+            let (len, from) = tokio::time::timeout(within, self.0.recv_from(&mut buf))
+                .await
+                .ok()?
+                .unwrap();
+            buf.truncate(len);
+            Some((buf, from))
+        }
+
+        /// Answers a relayed query with itself, marked as a response.
+        async fn answer(&self, (query, from): &(Vec<u8>, SocketAddr)) {
+            let mut reply = Message::from_vec(query).unwrap();
+            reply.set_message_type(MessageType::Response);
+            self.0
+                .send_to(&reply.to_vec().unwrap(), from)
+                .await
+                .unwrap();
+        }
+    }
+
+    fn query_with_id(name: &str, id: u16) -> Vec<u8> {
+        let mut message = query(name, RecordType::A);
+        message.set_id(id);
+        message.to_vec().unwrap()
+    }
+
+    /// The next datagram `client` receives, parsed, if one comes within `within`.
+    async fn next_reply(client: &UdpSocket, within: Duration) -> Option<Message> {
+        let mut buf = vec![0u8; 4096];
+        let len = tokio::time::timeout(within, client.recv(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        Some(Message::from_vec(&buf[..len]).unwrap())
+    }
+
+    #[tokio::test]
+    async fn forwards_beyond_the_bound_are_servfail() {
+        let (upstream, upstream_addr) = FakeUpstream::new().await;
+        let limits = Limits::new(256, 1, 64, TCP_IDLE_TIMEOUT);
+        let (server, shutdown) = udp_server_with(Some(upstream_addr), limits).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let soon = Duration::from_secs(5);
+
+        client
+            .send_to(&query_with_id("one.example.com", 1), server)
+            .await
+            .unwrap();
+        // once the upstream has it, the only forward slot is taken
+        let first = upstream.relayed(soon).await.expect("the first is relayed");
+        client
+            .send_to(&query_with_id("two.example.com", 2), server)
+            .await
+            .unwrap();
+        let reply = next_reply(&client, soon).await.unwrap();
+        assert_eq!(reply.id(), 2);
+        assert_eq!(reply.response_code(), ResponseCode::ServFail);
+        assert!(upstream.relayed(Duration::from_millis(200)).await.is_none());
+
+        // the first is still relayed, and its slot is free again afterwards
+        upstream.answer(&first).await;
+        let reply = next_reply(&client, soon).await.unwrap();
+        assert_eq!(reply.id(), 1);
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        client
+            .send_to(&query_with_id("three.example.com", 3), server)
+            .await
+            .unwrap();
+        let third = upstream.relayed(soon).await.expect("the slot was released");
+        upstream.answer(&third).await;
+        assert_eq!(next_reply(&client, soon).await.unwrap().id(), 3);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn when_all_query_slots_are_busy_cluster_names_are_answered_and_others_dropped() {
+        let (upstream, upstream_addr) = FakeUpstream::new().await;
+        let limits = Limits::new(1, 64, 64, TCP_IDLE_TIMEOUT);
+        let (server, shutdown) = udp_server_with(Some(upstream_addr), limits).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let soon = Duration::from_secs(5);
+
+        client
+            .send_to(&query_with_id("one.example.com", 1), server)
+            .await
+            .unwrap();
+        // the only query slot is held while the upstream thinks
+        let first = upstream.relayed(soon).await.expect("the first is relayed");
+        client
+            .send_to(&query_with_id("two.example.com", 2), server)
+            .await
+            .unwrap();
+        client
+            .send_to(&query_with_id("main.db.svc.cluster.local", 3), server)
+            .await
+            .unwrap();
+        let reply = next_reply(&client, soon).await.unwrap();
+        assert_eq!(reply.id(), 3, "the cluster name is answered at once");
+        assert_eq!(a_records(&reply), [ip("127.1.0.5"), ip("127.1.0.6")]);
+        assert!(
+            upstream.relayed(Duration::from_millis(200)).await.is_none(),
+            "the second outside name is dropped, not relayed"
+        );
+
+        upstream.answer(&first).await;
+        assert_eq!(next_reply(&client, soon).await.unwrap().id(), 1);
+        assert!(next_reply(&client, Duration::from_millis(200))
+            .await
+            .is_none());
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_upstream_reply_too_long_to_relay_over_udp_is_truncated() {
+        let (upstream, upstream_addr) = FakeUpstream::new().await;
+        let (server, shutdown) = udp_server(Some(upstream_addr)).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let soon = Duration::from_secs(5);
+        // no EDNS, so the client takes 512 bytes; the buffer holds MIN_FORWARD_BUFFER
+        for (id, size) in [(1, MIN_FORWARD_BUFFER), (2, MIN_FORWARD_BUFFER + 1)] {
+            client
+                .send_to(&query_with_id("big.example.com", id), server)
+                .await
+                .unwrap();
+            let (query, from) = upstream.relayed(soon).await.unwrap();
+            let mut long = query.clone();
+            long[2] |= 0x80; // QR: a response
+            long.resize(size, 0);
+            upstream.0.send_to(&long, from).await.unwrap();
+            let mut buf = vec![0u8; 2 * MIN_FORWARD_BUFFER];
+            let len = tokio::time::timeout(soon, client.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            if size <= MIN_FORWARD_BUFFER {
+                // relayed as it is
+                assert_eq!(buf[..len], long[..]);
+            } else {
+                let reply = Message::from_vec(&buf[..len]).unwrap();
+                assert_eq!(reply.id(), id);
+                assert!(reply.truncated());
+                assert!(reply.answers().is_empty());
+            }
+        }
         shutdown.cancel();
     }
 

@@ -265,9 +265,10 @@ impl IntoResponse for LogsError {
 
 /// The query parameters of `/containerLogs` that are honoured.
 ///
-/// `timestamps` is accepted but ignored (the log files carry no per-line times), and so are
-/// `sinceSeconds` and `sinceTime`; `previous=true` is refused since restarted containers
-/// append to the same file.
+/// `timestamps` is accepted but ignored (pgop's processes stamp their own lines);
+/// `sinceSeconds` and `sinceTime` are refused (the log files carry no per-line times, and the
+/// whole log would answer a question about its last minute), and so is `previous=true`, since
+/// restarted containers append to the same file.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LogOptions {
     pub(crate) follow: bool,
@@ -289,6 +290,11 @@ pub(crate) fn parse_log_options<K: AsRef<str>, V: AsRef<str>>(
             }
             "tailLines" => options.tail_lines = Some(parse_count(key, value, 0)?),
             "limitBytes" => options.limit_bytes = Some(parse_count(key, value, 1)?),
+            "sinceSeconds" | "sinceTime" => {
+                return Err(LogsError::BadRequest(format!(
+                    "{key}: the local kubelet keeps no per-line times; use tailLines"
+                )))
+            }
             _ => {}
         }
     }
@@ -532,10 +538,9 @@ mod tests {
             (&[("previous", "true")], None),
             (&[("timestamps", "true")], ok(false, None, None)),
             (&[("timestamps", "maybe")], None),
-            (
-                &[("sinceSeconds", "5"), ("other", "x")],
-                ok(false, None, None),
-            ),
+            (&[("sinceSeconds", "5")], None),
+            (&[("sinceTime", "2026-01-01T00:00:00Z")], None),
+            (&[("other", "x")], ok(false, None, None)),
             (
                 &[("follow", "true"), ("tailLines", "2"), ("limitBytes", "7")],
                 ok(true, Some(2), Some(7)),

@@ -69,32 +69,32 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tokio::spawn(storage::run(shared.clone()))
     };
-    // Pods that run processes get cluster DNS and `kubectl logs`; simulated ones need neither.
-    let (dns_task, kubelet_api_task) = if shared.config.simulate {
-        (
-            tokio::spawn(std::future::pending()),
-            tokio::spawn(std::future::pending()),
-        )
+    // Pods that run processes get `kubectl logs`; containers of mapped images (the only ones
+    // with a resolv.conf of the kubelet's) get cluster DNS; simulated pods need neither.
+    let kubelet_api_task = if shared.config.simulate {
+        tokio::spawn(std::future::pending())
+    } else {
+        let kubelet_api = SocketAddr::from(([127, 0, 0, 1], shared.config.kubelet_port));
+        tokio::spawn(kubelet_api::serve(
+            kubelet_api,
+            shared.config.log_dir(),
+            shared.config.state_dir.clone(),
+            shutdown.clone(),
+        ))
+    };
+    let dns_task = if shared.config.simulate || shared.config.image_binaries.is_empty() {
+        tokio::spawn(std::future::pending())
     } else {
         let dns = SocketAddr::from((shared.cluster_dns(), 53));
         let upstream = std::fs::read_to_string("/etc/resolv.conf")
             .ok()
             .and_then(|text| dns::upstream_from_resolv_conf(&text));
-        let kubelet_api = SocketAddr::from(([127, 0, 0, 1], shared.config.kubelet_port));
-        (
-            tokio::spawn(dns::run(
-                shared.client.clone(),
-                dns,
-                upstream,
-                shutdown.clone(),
-            )),
-            tokio::spawn(kubelet_api::serve(
-                kubelet_api,
-                shared.config.log_dir(),
-                shared.config.state_dir.clone(),
-                shutdown.clone(),
-            )),
-        )
+        tokio::spawn(dns::run(
+            shared.client.clone(),
+            dns,
+            upstream,
+            shutdown.clone(),
+        ))
     };
     let pods_task = tokio::spawn(pods::run(shared.clone()));
     tracing::info!(nodes = ?shared.config.node_names(), simulate = shared.config.simulate, "local kubelet running");

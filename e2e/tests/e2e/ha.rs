@@ -9,13 +9,22 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use pgop_e2e::pgop::{grpcurl, Kubeconfigs, Pgop};
-use pgop_e2e::{simulated_cluster, wait};
+use pgop_e2e::{simulated_cluster, wait, Environment};
 
 use super::operator::{http_get, prepare, wait_running};
 use super::{env, namespace, pg_patch};
 
 fn lease_holder(system_ns: &str, lease: &str) -> Result<String> {
-    env().kubectl(&[
+    lease_holder_in(env(), system_ns, lease)
+}
+
+/// Who holds `lease` in the environment `in_env`.
+pub(crate) fn lease_holder_in(
+    in_env: &Environment,
+    system_ns: &str,
+    lease: &str,
+) -> Result<String> {
+    in_env.kubectl(&[
         "get",
         "lease",
         "-n",

@@ -12,11 +12,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use pgop_e2e::env::workspace_root;
-use pgop_e2e::pgop::grpcurl;
 use pgop_e2e::{create_namespace, simulated_cluster, wait, Environment, EnvironmentOptions};
 use serde_json::{json, Value};
 
-use super::ha::never_two_owners_in;
+use super::ha::{lease_holder_in, never_two_owners_in};
+use super::operator::{assignments_at, wait_running_in};
 
 const SYSTEM: &str = "pgop-system";
 const FLEET: &str = "fleet";
@@ -194,19 +194,7 @@ impl InCluster<'_> {
     }
 
     async fn wait_status(&self, ns: &str, name: &str, timeout: Duration) -> Result<()> {
-        wait::until(&format!("{ns}/{name} Running"), timeout, || async move {
-            let status = self.kubectl(&[
-                "get",
-                "pg",
-                "-n",
-                ns,
-                name,
-                "-o",
-                "jsonpath={.status.PostgresClusterStatus}",
-            ])?;
-            Ok((status == "Running").then_some(()))
-        })
-        .await
+        wait_running_in(self.env, ns, name, timeout).await
     }
 
     /// `kubectl logs` reaches the kubelet: the scheduler's JSON log lines.
@@ -302,32 +290,13 @@ impl InCluster<'_> {
     }
 
     fn lease_holder(&self, lease: &str) -> Result<String> {
-        self.kubectl(&[
-            "get",
-            "lease",
-            "-n",
-            SYSTEM,
-            lease,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
+        lease_holder_in(self.env, SYSTEM, lease)
     }
 
     /// cluster → worker, from the leading scheduler.
     async fn assignments(&self) -> Result<BTreeMap<String, String>> {
         let (_, ip) = self.leader("pgop-scheduler").await?;
-        let out = grpcurl(
-            &format!("{ip}:50051"),
-            &["pgop.v1.Scheduler/ListAssignments"],
-        )?;
-        let v: Value = serde_json::from_str(&out)?;
-        Ok(v["clusters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["state"] == "Assigned")
-            .filter_map(|c| Some((c["cluster"].as_str()?.into(), c["worker"].as_str()?.into())))
-            .collect())
+        assignments_at(&format!("{ip}:50051"))
     }
 
     async fn worker_pods(&self) -> Result<Vec<String>> {

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::ListParams;
 use kube::{Api, Client, Resource};
 use pgop_e2e::pgop::{grpcurl, Kubeconfigs, Pgop};
-use pgop_e2e::{simulated_cluster, wait};
+use pgop_e2e::{simulated_cluster, wait, Environment};
 use serde_json::Value;
 
 use super::{connect, env, namespace, role, secret_value};
@@ -127,7 +127,12 @@ pub(crate) fn events_of(ns: &str, name: &str) -> Result<String> {
 }
 
 pub(crate) fn cluster_status(ns: &str, name: &str) -> Result<String> {
-    env().kubectl(&[
+    cluster_status_in(env(), ns, name)
+}
+
+/// `status.PostgresClusterStatus` of a cluster in the environment `in_env`.
+pub(crate) fn cluster_status_in(in_env: &Environment, ns: &str, name: &str) -> Result<String> {
+    in_env.kubectl(&[
         "get",
         "pg",
         "-n",
@@ -139,8 +144,17 @@ pub(crate) fn cluster_status(ns: &str, name: &str) -> Result<String> {
 }
 
 pub(crate) async fn wait_running(ns: &str, name: &str, timeout: Duration) -> Result<()> {
+    wait_running_in(env(), ns, name, timeout).await
+}
+
+pub(crate) async fn wait_running_in(
+    in_env: &Environment,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
     wait::until(&format!("{ns}/{name} Running"), timeout, || async move {
-        let status = cluster_status(ns, name)?;
+        let status = cluster_status_in(in_env, ns, name)?;
         if status == "Running" {
             Ok(Some(()))
         } else {
@@ -157,7 +171,12 @@ pub(crate) fn grpc_json(addr: &str, args: &[&str]) -> Result<Value> {
 
 /// cluster key → worker id, for clusters the scheduler has Assigned.
 pub(crate) fn assignments(pgop: &Pgop) -> Result<BTreeMap<String, String>> {
-    let v = grpc_json(&pgop.scheduler_addr, &["pgop.v1.Scheduler/ListAssignments"])?;
+    assignments_at(&pgop.scheduler_addr)
+}
+
+/// cluster key → worker id, for clusters the scheduler at `addr` has Assigned.
+pub(crate) fn assignments_at(addr: &str) -> Result<BTreeMap<String, String>> {
+    let v = grpc_json(addr, &["pgop.v1.Scheduler/ListAssignments"])?;
     Ok(v["clusters"]
         .as_array()
         .into_iter()

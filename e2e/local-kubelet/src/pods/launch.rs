@@ -12,7 +12,7 @@ use serde_json::json;
 use super::env::expand;
 use super::probes::{readiness_of, Readiness};
 use super::volumes::Mounts;
-use crate::runtime::image;
+use crate::runtime::image::{self, DEFAULT_PATH};
 use crate::runtime::pgbouncer::{pgbouncer_config, PgbouncerError, PgbouncerInput};
 use crate::runtime::process::{chown_tree, ProcessSpec};
 use crate::runtime::sandbox::{Bind, Sandbox};
@@ -40,6 +40,8 @@ pub enum LaunchError {
     Certificate(String),
     #[error("image {0:?} has no entrypoint here: the container must set `command`")]
     NoCommand(String),
+    #[error("container has runAsNonRoot and would run as root")]
+    RunsAsRoot,
 }
 
 #[derive(Debug, Clone)]
@@ -71,10 +73,7 @@ fn write(path: &Path, content: &[u8], mode: u32) -> Result<(), LaunchError> {
 
 fn base_env(ctx: &LaunchContext, run_dir: &Path) -> Vec<(String, String)> {
     vec![
-        (
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
+        ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), run_dir.display().to_string()),
         ("LANG".into(), "C.UTF-8".into()),
         (
@@ -116,74 +115,7 @@ pub async fn prepare(
         &config.default_command,
     ) {
         RuntimeKind::Image(binaries) => {
-            let mut argv: Vec<String> = container
-                .command
-                .iter()
-                .flatten()
-                .chain(container.args.iter().flatten())
-                .map(|a| expand(a, env))
-                .collect();
-            if container.command.as_ref().is_none_or(Vec::is_empty) {
-                return Err(LaunchError::NoCommand(image));
-            }
-            let program = argv.remove(0);
-            let etc = run_dir.join("etc");
-            std::fs::create_dir_all(&etc).map_err(io(&etc))?;
-            let files = [
-                (
-                    "resolv.conf",
-                    image::resolv_conf(&namespace, ctx.shared.cluster_dns()),
-                ),
-                ("hosts", image::hosts_file(ctx.pod, ctx.ip)),
-                ("hostname", format!("{pod_name}\n")),
-            ];
-            let mut binds = vec![Bind {
-                source: binaries,
-                target: image::IMAGE_BIN_DIR.into(),
-                read_only: true,
-            }];
-            for (name, content) in files {
-                let path = etc.join(name);
-                write(&path, content.as_bytes(), 0o644)?;
-                binds.push(Bind {
-                    source: path,
-                    target: Path::new("/etc").join(name),
-                    read_only: true,
-                });
-            }
-            binds.extend(mounts.0.iter().map(|(target, source)| Bind {
-                source: source.clone(),
-                target: target.clone(),
-                read_only: false,
-            }));
-            let mut process_env = vec![
-                (
-                    "PATH".to_string(),
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-                ),
-                ("HOSTNAME".into(), pod_name.clone()),
-                ("HOME".into(), "/".into()),
-            ];
-            process_env.extend(image::kubernetes_service_env(&ctx.shared.api_server.server));
-            process_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            process_env.push((
-                "LD_PRELOAD".into(),
-                ctx.shared.pod_network_shim.display().to_string(),
-            ));
-            process_env.push(("PGOP_POD_IP".into(), ctx.ip.to_string()));
-            Ok(Launch {
-                spec: ProcessSpec {
-                    program,
-                    args: argv,
-                    env: process_env,
-                    cwd: PathBuf::from("/"),
-                    user: image::run_as(ctx.pod, container),
-                    log_path,
-                    sandbox: Some(Sandbox { binds }),
-                },
-                readiness: readiness_of(container, Readiness::Running),
-                pgdata: None,
-            })
+            prepare_image(ctx, container, env, mounts, binaries, &run_dir, log_path)
         }
         RuntimeKind::Spilo => {
             let pgroot = mounts.translate(
@@ -331,6 +263,101 @@ pub async fn prepare(
     }
 }
 
+/// A container of an image mapped to binaries: its own command in a sandbox holding its
+/// volumes, the binaries at /usr/local/bin and the pod's resolver files.
+fn prepare_image(
+    ctx: &LaunchContext,
+    container: &Container,
+    env: &BTreeMap<String, String>,
+    mounts: &Mounts,
+    binaries: PathBuf,
+    run_dir: &Path,
+    log_path: PathBuf,
+) -> Result<Launch, LaunchError> {
+    let image = container.image.clone().unwrap_or_default();
+    if container.command.as_ref().is_none_or(Vec::is_empty) {
+        return Err(LaunchError::NoCommand(image));
+    }
+    let mut argv: Vec<String> = container
+        .command
+        .iter()
+        .flatten()
+        .chain(container.args.iter().flatten())
+        .map(|a| expand(a, env))
+        .collect();
+    let program = argv.remove(0);
+    let namespace = ctx.pod.metadata.namespace.clone().unwrap_or_default();
+    let security = image::security(ctx.pod, container);
+    if security.run_as_non_root && security.user.is_none_or(|(uid, _)| uid == 0) {
+        return Err(LaunchError::RunsAsRoot);
+    }
+    let etc = run_dir.join("etc");
+    std::fs::create_dir_all(&etc).map_err(io(&etc))?;
+    let mut binds = vec![Bind {
+        source: binaries,
+        target: image::IMAGE_BIN_DIR.into(),
+        read_only: true,
+    }];
+    let files = [
+        (
+            "resolv.conf",
+            image::resolv_conf(&namespace, ctx.shared.cluster_dns()),
+        ),
+        ("hosts", image::hosts_file(ctx.pod, ctx.ip)),
+    ];
+    for (name, content) in files {
+        let path = etc.join(name);
+        write(&path, content.as_bytes(), 0o644)?;
+        binds.push(Bind {
+            source: path,
+            target: Path::new("/etc").join(name),
+            read_only: true,
+        });
+    }
+    for (target, source) in &mounts.0 {
+        let read_only = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| Path::new(&m.mount_path) == target && m.read_only == Some(true));
+        // A subPath the container names is created as a directory, as the kubelet does.
+        if !source.exists() {
+            std::fs::create_dir_all(source).map_err(io(source))?;
+        }
+        binds.push(Bind {
+            source: source.clone(),
+            target: target.clone(),
+            read_only,
+        });
+    }
+    let process_env = image::container_env(
+        &ctx.shared.api_server.server,
+        &ctx.pod.metadata.name.clone().unwrap_or_default(),
+        env,
+        &ctx.shared.pod_network_shim,
+        ctx.ip,
+    );
+    Ok(Launch {
+        spec: ProcessSpec {
+            program,
+            args: argv,
+            env: process_env,
+            cwd: PathBuf::from("/"),
+            user: security.user,
+            log_path,
+            sandbox: Some(Sandbox {
+                binds,
+                hostname: image::hostname(ctx.pod),
+                working_dir: container.working_dir.as_ref().map(PathBuf::from),
+                read_only_root: security.read_only_root,
+                no_new_privileges: security.no_new_privileges,
+            }),
+        },
+        readiness: readiness_of(container, Readiness::Running),
+        pgdata: None,
+    })
+}
+
 /// The certificate and key PostgreSQL serves: the mounted ones named by SSL_CERTIFICATE_FILE
 /// and SSL_PRIVATE_KEY_FILE (copied, since PostgreSQL insists on owning a private key), or a
 /// self-signed pair like Spilo's.
@@ -422,7 +449,7 @@ fn write_patroni_kubeconfig(
 }
 
 /// A Service host name (`name`, `name.namespace`, `name.namespace.svc[.domain]`) resolved to
-/// the first ready address of its Endpoints: this machine has no cluster DNS or proxy.
+/// the first ready address of its Endpoints: pgbouncer runs outside a sandbox, with the machine's resolver.
 pub async fn resolve_host(
     client: &Client,
     namespace: &str,

@@ -39,8 +39,12 @@ pub fn install_pod_network_shim(state_dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     let path = dir.join("libpgop_pod_network.so");
-    std::fs::write(&path, POD_NETWORK_SHIM)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    // A new file renamed over the old one: containers left running by an earlier kubelet
+    // still map the old file, and truncating it under them would crash them.
+    let fresh = dir.join(format!(".libpgop_pod_network.so.{}", std::process::id()));
+    std::fs::write(&fresh, POD_NETWORK_SHIM)?;
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&fresh, &path)?;
     Ok(path)
 }
 
@@ -103,20 +107,88 @@ pub fn kubernetes_service_env(server_url: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// The (uid, gid) the container runs as: its securityContext, else the pod's; root when
-/// neither names a user.
-pub fn run_as(pod: &Pod, container: &Container) -> Option<(u32, u32)> {
+/// The pod's host name: `spec.hostname`, else its name.
+pub(crate) fn hostname(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default()
+}
+
+/// What a container's securityContext (over its pod's) asks of the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Security {
+    /// (uid, gid); None: root.
+    pub user: Option<(u32, u32)>,
+    pub run_as_non_root: bool,
+    pub read_only_root: bool,
+    pub no_new_privileges: bool,
+}
+
+pub(crate) fn security(pod: &Pod, container: &Container) -> Security {
     let pod_context = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let own = container.security_context.as_ref();
     let uid = own
         .and_then(|c| c.run_as_user)
-        .or_else(|| pod_context.and_then(|c| c.run_as_user))?;
+        .or_else(|| pod_context.and_then(|c| c.run_as_user));
     let gid = own
         .and_then(|c| c.run_as_group)
-        .or_else(|| pod_context.and_then(|c| c.run_as_group))
-        .unwrap_or(uid);
-    Some((u32::try_from(uid).ok()?, u32::try_from(gid).ok()?))
+        .or_else(|| pod_context.and_then(|c| c.run_as_group));
+    let user = uid.and_then(|uid| {
+        let gid = gid.unwrap_or(uid);
+        Some((u32::try_from(uid).ok()?, u32::try_from(gid).ok()?))
+    });
+    Security {
+        user,
+        run_as_non_root: own
+            .and_then(|c| c.run_as_non_root)
+            .or_else(|| pod_context.and_then(|c| c.run_as_non_root))
+            .unwrap_or(false),
+        read_only_root: own
+            .and_then(|c| c.read_only_root_filesystem)
+            .unwrap_or(false),
+        no_new_privileges: own.and_then(|c| c.allow_privilege_escalation) == Some(false),
+    }
 }
+
+/// The shim finds the pod's address here; a name of the kubelet's own, so no setting of the
+/// container's can collide with it.
+pub(crate) const POD_IP_FOR_SHIM: &str = "LOCAL_KUBELET_POD_IP";
+
+/// A container's environment, later entries winning as in Kubernetes: the defaults, the
+/// `kubernetes` Service's variables, the container's own; then the pod network shim, put
+/// before any preload the container names.
+pub(crate) fn container_env(
+    api_server: &str,
+    pod_name: &str,
+    env: &std::collections::BTreeMap<String, String>,
+    shim: &Path,
+    ip: Ipv4Addr,
+) -> Vec<(String, String)> {
+    let mut out: std::collections::BTreeMap<String, String> = [
+        ("PATH", DEFAULT_PATH),
+        ("HOME", "/"),
+        ("HOSTNAME", pod_name),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    out.extend(kubernetes_service_env(api_server));
+    out.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let preload = match out.get("LD_PRELOAD").filter(|p| !p.is_empty()) {
+        Some(theirs) => format!("{}:{theirs}", shim.display()),
+        None => shim.display().to_string(),
+    };
+    out.insert("LD_PRELOAD".into(), preload);
+    out.insert(POD_IP_FOR_SHIM.into(), ip.to_string());
+    out.into_iter().collect()
+}
+
+/// A container's PATH unless it sets its own (Debian's, as in pgop's image).
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[cfg(test)]
 mod tests {
@@ -185,16 +257,66 @@ mod tests {
     }
 
     #[test]
-    fn container_user_overrides_the_pods() {
-        let pod: Pod = serde_json::from_value(json!({"metadata": {}, "spec": {"securityContext": {"runAsUser": 1000, "runAsGroup": 2000}, "containers": []}})).unwrap();
-        let own: Container =
-            serde_json::from_value(json!({"name": "c", "securityContext": {"runAsUser": 65532}}))
-                .unwrap();
+    fn container_security_overrides_the_pods() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {}, "spec": {"securityContext": {"runAsUser": 1000, "runAsGroup": 2000, "runAsNonRoot": true}, "containers": []}})).unwrap();
+        let own: Container = serde_json::from_value(json!({"name": "c", "securityContext": {"runAsUser": 65532, "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false}})).unwrap();
         let plain: Container = serde_json::from_value(json!({"name": "c"})).unwrap();
-        assert_eq!(run_as(&pod, &own), Some((65532, 2000)));
-        assert_eq!(run_as(&pod, &plain), Some((1000, 2000)));
+        assert_eq!(
+            security(&pod, &own),
+            Security {
+                user: Some((65532, 2000)),
+                run_as_non_root: true,
+                read_only_root: true,
+                no_new_privileges: true
+            }
+        );
+        assert_eq!(
+            security(&pod, &plain),
+            Security {
+                user: Some((1000, 2000)),
+                run_as_non_root: true,
+                ..Default::default()
+            }
+        );
         let bare: Pod =
             serde_json::from_value(json!({"metadata": {}, "spec": {"containers": []}})).unwrap();
-        assert_eq!(run_as(&bare, &plain), None);
+        assert_eq!(security(&bare, &plain), Security::default());
+    }
+
+    #[test]
+    fn the_containers_variables_win_and_the_shim_comes_first() {
+        let theirs: std::collections::BTreeMap<String, String> = [
+            ("PATH", "/opt/bin"),
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("LD_PRELOAD", "/usr/lib/libjemalloc.so"),
+            (POD_IP_FOR_SHIM, "1.2.3.4"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let env: std::collections::BTreeMap<String, String> = container_env(
+            "https://127.0.0.1:6443",
+            "pod-a",
+            &theirs,
+            Path::new("/k/lib/shim.so"),
+            Ipv4Addr::new(127, 1, 0, 9),
+        )
+        .into_iter()
+        .collect();
+        assert_eq!(env["PATH"], "/opt/bin");
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.0.0.1");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT"], "6443");
+        assert_eq!(env["HOSTNAME"], "pod-a");
+        assert_eq!(env["LD_PRELOAD"], "/k/lib/shim.so:/usr/lib/libjemalloc.so");
+        assert_eq!(env[POD_IP_FOR_SHIM], "127.1.0.9", "the kubelet's own");
+        let plain = container_env(
+            "https://127.0.0.1:6443",
+            "p",
+            &Default::default(),
+            Path::new("/s.so"),
+            Ipv4Addr::LOCALHOST,
+        );
+        assert!(plain.contains(&("LD_PRELOAD".into(), "/s.so".into())));
+        assert!(plain.contains(&("PATH".into(), DEFAULT_PATH.into())));
     }
 }

@@ -64,8 +64,10 @@ impl Process {
             .kill_on_drop(false);
         match &spec.sandbox {
             Some(sandbox) => {
-                sandbox.create_mount_points()?;
-                let entry = sandbox.entry(spec.user)?;
+                sandbox
+                    .create_mount_points()
+                    .map_err(std::io::Error::other)?;
+                let entry = sandbox.entry(spec.user).map_err(std::io::Error::other)?;
                 // SAFETY: `enter` makes only system calls (unshare, mount, set*id) on data
                 // prepared before the fork; it allocates nothing and takes no lock.
                 unsafe {
@@ -152,4 +154,66 @@ pub fn chown_tree(path: &std::path::Path, user: (u32, u32)) -> std::io::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::sandbox::{Bind, Sandbox};
+
+    /// A sandboxed process sees its bind at the mount path, its own host name and its
+    /// working directory; the machine sees neither.
+    #[tokio::test]
+    async fn a_sandboxed_process_sees_its_mounts_and_host_name() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("[not run] sandboxes need root (mount namespaces), as the kubelet does");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs as root"
+            );
+            return;
+        }
+        let tmp = std::env::temp_dir().join(format!("pgop-sandboxed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("volume")).unwrap();
+        std::fs::write(tmp.join("volume/secret"), "inside").unwrap();
+        let target = tmp.join("mounted");
+        let spec = ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "cat secret; echo; hostname; pwd".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: "/".into(),
+            user: None,
+            log_path: tmp.join("log"),
+            sandbox: Some(Sandbox {
+                binds: vec![Bind {
+                    source: tmp.join("volume"),
+                    target: target.clone(),
+                    read_only: true,
+                }],
+                hostname: "pod-a".into(),
+                working_dir: Some(target.clone()),
+                ..Default::default()
+            }),
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        Process::spawn(&spec, 0, 1, tx).unwrap();
+        let exit = rx.recv().await.unwrap();
+        let log = std::fs::read_to_string(tmp.join("log")).unwrap();
+        assert_eq!(exit.code, 0, "{log}");
+        assert_eq!(
+            log,
+            format!("inside\npod-a\n{}\n", target.display()),
+            "the bind, the host name and the working directory inside"
+        );
+        assert!(
+            !target.join("secret").exists(),
+            "the mount stays inside the container's namespace"
+        );
+        assert_ne!(
+            nix::unistd::gethostname().unwrap().to_string_lossy(),
+            "pod-a"
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }
