@@ -123,6 +123,13 @@ fn materialise_one(
     }
     create_dir(dir)?;
     if volume.empty_dir.is_some() {
+        // Writable by whichever user the containers run as, as Kubernetes makes it.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).map_err(
+            |source| VolumeError::Io {
+                path: dir.to_path_buf(),
+                source,
+            },
+        )?;
         return Ok(dir.to_path_buf());
     }
     if let Some(secret) = &volume.secret {
@@ -346,6 +353,15 @@ mod tests {
             "x=1"
         );
         assert!(dirs["scratch"].is_dir());
+        assert_eq!(
+            std::fs::metadata(&dirs["scratch"])
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o777,
+            "an emptyDir is writable by any container user"
+        );
         assert_eq!(dirs["data"], PathBuf::from("/claims/pvc-9"));
         std::fs::remove_dir_all(&tmp).unwrap();
 

@@ -11,20 +11,20 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use crate::dns::CLUSTER_DOMAIN;
 
 /// Where the image's binaries are in the container.
-pub const IMAGE_BIN_DIR: &str = "/usr/local/bin";
+pub(crate) const IMAGE_BIN_DIR: &str = "/usr/local/bin";
 
 /// The pod network shim (shim/pod_network.c), compiled by build.rs.
 const POD_NETWORK_SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libpgop_pod_network.so"));
 
 /// The image's name without registry, tag or digest: `registry.example.com/pgop:v1` → `pgop`.
-pub fn image_name(image: &str) -> &str {
+pub(crate) fn image_name(image: &str) -> &str {
     let without_digest = image.split('@').next().unwrap_or(image);
     let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
     last.split(':').next().unwrap_or(last)
 }
 
 /// The directory standing in for the image's binaries, from `NAME=DIR` mappings.
-pub fn binaries_for(image: &str, mappings: &[(String, PathBuf)]) -> Option<PathBuf> {
+pub(crate) fn binaries_for(image: &str, mappings: &[(String, PathBuf)]) -> Option<PathBuf> {
     let name = image_name(image);
     mappings
         .iter()
@@ -49,14 +49,14 @@ pub fn install_pod_network_shim(state_dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// The pod's resolver configuration: the cluster DNS, Kubernetes' search path and ndots.
-pub fn resolv_conf(namespace: &str, nameserver: Ipv4Addr) -> String {
+pub(crate) fn resolv_conf(namespace: &str, nameserver: Ipv4Addr) -> String {
     format!(
         "search {namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\nnameserver {nameserver}\noptions ndots:5\n"
     )
 }
 
 /// The pod's /etc/hosts: localhost and its own names, as the kubelet writes it.
-pub fn hosts_file(pod: &Pod, ip: Ipv4Addr) -> String {
+pub(crate) fn hosts_file(pod: &Pod, ip: Ipv4Addr) -> String {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let spec = pod.spec.as_ref();
@@ -80,7 +80,7 @@ pub fn hosts_file(pod: &Pod, ip: Ipv4Addr) -> String {
 
 /// `KUBERNETES_SERVICE_HOST/PORT` and the other variables of the `kubernetes` Service. They
 /// name the API server itself: there is no Service proxy on this machine.
-pub fn kubernetes_service_env(server_url: &str) -> Vec<(String, String)> {
+pub(crate) fn kubernetes_service_env(server_url: &str) -> Vec<(String, String)> {
     let authority = server_url
         .trim_start_matches("https://")
         .split('/')
