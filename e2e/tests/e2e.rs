@@ -47,9 +47,10 @@ fn main() {
         ("simulated_nodes_run_spilo_pods_without_processes", || {
             block_on(simulated_pods())
         }),
-        ("stand_in_containers_report_their_exit_codes", || {
-            block_on(stand_in_exit_codes())
-        }),
+        (
+            "stand_in_containers_report_exit_codes_and_fail_liveness",
+            || block_on(stand_in_exit_codes()),
+        ),
         ("claims_are_provisioned_resized_and_released", || {
             block_on(claim_lifecycle())
         }),
@@ -123,7 +124,10 @@ fn main() {
         .unwrap_or_else(|| pgop_e2e::env::workspace_root().join("target/e2e/state"));
     let started = Instant::now();
     let options = EnvironmentOptions {
-        image_commands: vec!["e2e/exit-code=exit \"$EXIT_CODE\"".into()],
+        image_commands: vec![
+            "e2e/exit-code=exit \"$EXIT_CODE\"".into(),
+            "e2e/sleep=exec sleep 3600".into(),
+        ],
         ..Default::default()
     };
     let environment = match Environment::start(&state_dir, options) {
@@ -662,6 +666,58 @@ async fn stand_in_exit_codes() -> Result<()> {
             terminated.exit_code
         );
     }
+
+    // A container failing its livenessProbe is killed and restarted; the same container
+    // without the probe runs on.
+    let sleeper = |name: &str, probe: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 2\n  nodeSelector: {{pgop.local/kubelet-mode: processes}}\n  containers:\n  - name: main\n    image: e2e/sleep:1\n{probe}"
+        )
+    };
+    let probe =
+        "    livenessProbe: {tcpSocket: {port: 1}, periodSeconds: 1, failureThreshold: 2}\n";
+    env().apply(
+        ns,
+        &format!(
+            "{}---\n{}",
+            sleeper("not-alive", probe),
+            sleeper("alive", "")
+        ),
+    )?;
+    let restarts = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .map(|c| c.restart_count)
+            .unwrap_or_default()
+    };
+    let restarted = wait::until(
+        "the container failing its liveness probe restarted",
+        Duration::from_secs(60),
+        || async {
+            let p = pods.get("not-alive").await?;
+            Ok((restarts(&p) >= 1).then_some(p))
+        },
+    )
+    .await?;
+    let last = restarted
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.last_state)
+        .and_then(|s| s.terminated)
+        .context("the killed run's terminated state")?;
+    ensure!(
+        last.exit_code == 143,
+        "killed with SIGTERM, exit code {}",
+        last.exit_code
+    );
+    let alive = pods.get("alive").await?;
+    ensure!(
+        restarts(&alive) == 0 && alive.status.and_then(|s| s.phase).as_deref() == Some("Running"),
+        "the container without a probe was restarted"
+    );
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::env::{referenced_names, resolve_env};
 use super::launch::{prepare, Launch, LaunchContext};
-use super::probes::{check, Readiness};
+use super::probes::{check, LivenessState, Readiness};
 use super::status::{now, ContainerRecord, PodRecord, RestartPolicy, RunState};
 use super::volumes::{container_mounts, materialise, VolumeInputs};
 use crate::runtime::process::{Exit, Process};
@@ -433,6 +433,8 @@ struct Slot {
     process: Option<Process>,
     generation: u64,
     restart_at: Option<Instant>,
+    /// The running process's liveness, when the container has a livenessProbe.
+    liveness: Option<LivenessState>,
 }
 
 fn pgid_file(pod_dir: &Path) -> PathBuf {
@@ -514,6 +516,11 @@ fn start(
     match Process::spawn(&slot.launch.spec, index, slot.generation, exits.clone()) {
         Ok(p) => {
             slot.process = Some(p);
+            slot.liveness = slot
+                .launch
+                .liveness
+                .as_ref()
+                .map(|l| LivenessState::started(l, Instant::now()));
             record.state = RunState::Running { started_at: now() };
         }
         Err(e) => {
@@ -525,6 +532,49 @@ fn start(
         }
     }
     record.ready = false;
+}
+
+/// Probes the running containers whose liveness probe is due; one that failed its threshold
+/// is stopped (SIGTERM, SIGKILL after the pod's grace period) and restarted through its exit,
+/// as the kubelet does.
+async fn probe_liveness(
+    ctx: &PodCtx,
+    slots: &mut [Slot],
+    records: &[ContainerRecord],
+    grace: Duration,
+) {
+    let now = Instant::now();
+    let due: Vec<usize> = slots
+        .iter()
+        .enumerate()
+        .filter(|(i, slot)| records[*i].is_running() && slot.liveness.is_some_and(|l| l.due(now)))
+        .map(|(i, _)| i)
+        .collect();
+    let checks = due.iter().map(|&i| {
+        let (http, ip) = (ctx.shared.http.clone(), ctx.ip);
+        let liveness = slots[i].launch.liveness.clone();
+        async move {
+            match liveness {
+                Some(l) => check(&http, ip, &l.check).await,
+                None => true,
+            }
+        }
+    });
+    let results = futures::future::join_all(checks).await;
+    for (i, alive) in due.into_iter().zip(results) {
+        let slot = &mut slots[i];
+        let (Some(state), Some(liveness)) = (slot.liveness, slot.launch.liveness.as_ref()) else {
+            continue;
+        };
+        let next = state.observe(liveness, alive, Instant::now());
+        slot.liveness = Some(next);
+        if next == LivenessState::Failed {
+            if let Some(process) = &slot.process {
+                tracing::warn!(pod = %ctx.name, container = %records[i].name, "liveness probe failed {} times: restarting the container", liveness.failure_threshold);
+                tokio::spawn(Process::stop_group(process.pgid(), grace));
+            }
+        }
+    }
 }
 
 enum Wake {
@@ -607,6 +657,7 @@ async fn supervise(ctx: &PodCtx, updates: &mut watch::Receiver<Option<Pod>>) -> 
             process: None,
             generation: 0,
             restart_at: None,
+            liveness: None,
         })
         .collect();
     let mut slots: Vec<Slot> = prepared
@@ -617,6 +668,7 @@ async fn supervise(ctx: &PodCtx, updates: &mut watch::Receiver<Option<Pod>>) -> 
             process: None,
             generation: 0,
             restart_at: None,
+            liveness: None,
         })
         .collect();
     // Init containers are numbered after the containers in exit reports.
@@ -676,6 +728,7 @@ async fn supervise(ctx: &PodCtx, updates: &mut watch::Receiver<Option<Pod>>) -> 
                     continue;
                 }
                 slot.process = None;
+                slot.liveness = None;
                 if let Some(pgdata) = &slot.launch.pgdata {
                     stop_postmaster(pgdata, Duration::from_secs(5)).await;
                 }
@@ -750,6 +803,7 @@ async fn supervise(ctx: &PodCtx, updates: &mut watch::Receiver<Option<Pod>>) -> 
                 for (rec, ready) in record.containers.iter_mut().zip(results) {
                     rec.ready = ready;
                 }
+                probe_liveness(ctx, &mut slots, &record.containers, grace_period(&pod)).await;
             }
         }
         record.update_conditions();

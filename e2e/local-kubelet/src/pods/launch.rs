@@ -10,7 +10,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use super::env::expand;
-use super::probes::{readiness_of, Readiness};
+use super::probes::{liveness_of, readiness_of, Liveness, Readiness};
 use super::volumes::Mounts;
 use crate::runtime::image::{self, DEFAULT_PATH};
 use crate::runtime::pgbouncer::{pgbouncer_config, PgbouncerError, PgbouncerInput};
@@ -48,6 +48,7 @@ pub enum LaunchError {
 pub struct Launch {
     pub spec: ProcessSpec,
     pub readiness: Readiness,
+    pub liveness: Option<Liveness>,
     /// PostgreSQL's data directory, for stopping a postmaster that outlived Patroni.
     pub pgdata: Option<PathBuf>,
 }
@@ -188,6 +189,7 @@ pub async fn prepare(
                         path: "/readiness".into(),
                     },
                 ),
+                liveness: liveness_of(container),
                 pgdata: Some(pgroot.join("data")),
             })
         }
@@ -230,6 +232,7 @@ pub async fn prepare(
                     sandbox: None,
                 },
                 readiness: readiness_of(container, Readiness::Tcp { port }),
+                liveness: liveness_of(container),
                 pgdata: None,
             })
         }
@@ -257,6 +260,7 @@ pub async fn prepare(
                     sandbox: None,
                 },
                 readiness: readiness_of(container, Readiness::Running),
+                liveness: liveness_of(container),
                 pgdata: None,
             })
         }
@@ -354,6 +358,7 @@ fn prepare_image(
             }),
         },
         readiness: readiness_of(container, Readiness::Running),
+        liveness: liveness_of(container),
         pgdata: None,
     })
 }
