@@ -78,6 +78,14 @@ impl InCluster<'_> {
         self.workers_scale(&clusters).await?;
         let scheduler = self.leader_pod_deleted("pgop-scheduler", &clusters).await?;
         let watcher = self.leader_pod_deleted("pgop-watcher", &clusters).await?;
+        let crashed = self
+            .leader_process_killed("pgop-scheduler", &clusters)
+            .await?;
+        eprintln!(
+            "[e2e] in-cluster: the leading scheduler's process SIGKILLed (no lease released; its container restarts): all 20 changes applied after {:.1}s, {}",
+            crashed.1.as_secs_f64(),
+            crashed.0
+        );
         eprintln!(
             "[e2e] in-cluster takeovers (leader pod force-deleted → new leader / all 20 changes applied): scheduler {:.1}s / {:.1}s, watcher {:.1}s / {:.1}s",
             scheduler.0.as_secs_f64(),
@@ -450,6 +458,37 @@ impl InCluster<'_> {
         Ok((takeover, flowing))
     }
 
+    /// The leader's process SIGKILLed (a crash: no lease released) while every cluster
+    /// changes: who leads then, and when every change reached its StatefulSet.
+    async fn leader_process_killed(
+        &self,
+        lease: &str,
+        clusters: &[String],
+    ) -> Result<(String, Duration)> {
+        let (leader, ip) = self.leader(lease).await?;
+        let instances = self.flipped(clusters).await?;
+        let pid = process_with_env(&format!("{POD_IP_FOR_SHIM}={ip}"))?
+            .with_context(|| format!("no process of the pod {leader}"))?;
+        let killed = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        for cluster in clusters {
+            self.patch_instances(cluster, instances)?;
+        }
+        self.applied(clusters, instances).await?;
+        let flowing = killed.elapsed();
+        let (holder, _) = self.leader(lease).await?;
+        let who = if holder == leader {
+            format!("the restarted {holder} leading again")
+        } else {
+            format!("the standby {holder} leading")
+        };
+        self.rolled_out()?;
+        Ok((who, flowing))
+    }
+
     /// Every Deployment moved to a new image tag while clusters change: the rollout
     /// completes and every change is applied.
     async fn image_rollout(&self, clusters: &[String]) -> Result<()> {
@@ -523,4 +562,24 @@ impl InCluster<'_> {
         );
         Ok(())
     }
+}
+
+/// The kubelet's variable naming a pod's address in its containers' environment.
+const POD_IP_FOR_SHIM: &str = "LOCAL_KUBELET_POD_IP";
+
+/// The pid of the process whose environment holds `entry` (`NAME=value`).
+fn process_with_env(entry: &str) -> Result<Option<i32>> {
+    for dir in std::fs::read_dir("/proc")? {
+        let dir = dir?;
+        let Some(pid) = dir.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(dir.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|e| e == entry.as_bytes()) {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
 }
