@@ -16,6 +16,7 @@ use pgop_proto::v1::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::builders::restart::TemplateHashes;
 use crate::builders::{statefulset::desired_instances, BuildError};
@@ -279,12 +280,19 @@ impl ClusterTask {
             }
             dirty = false;
             retry_at = None;
-            self.mark_running();
+            let trigger = self.mark_running();
+            // Every line of the pass carries its cluster (and the log ring files it) from here.
+            let span = tracing::info_span!(
+                "pass",
+                cluster = %self.key,
+                trigger = %trigger,
+                generation = tracing::field::Empty
+            );
             let next = tokio::select! {
                 biased;
                 // Dropping the pass mid-way is safe: every write is idempotent.
                 _ = cancel.cancelled() => return,
-                next = self.reconcile_once() => next,
+                next = self.reconcile_once().instrument(span) => next,
             };
             drop(permit);
             match next {
@@ -327,16 +335,25 @@ impl ClusterTask {
         });
     }
 
-    fn mark_running(&mut self) {
+    /// Marks the pass running; what triggered it.
+    fn mark_running(&mut self) -> String {
         self.pending = 0;
         let trigger = std::mem::take(&mut self.pending_event);
+        let shown = trigger.clone();
         self.ctx.view.update(&self.key, |v| {
             v.running = true;
             v.pending = 0;
-            if !trigger.is_empty() {
-                v.trigger = trigger;
+            if !shown.is_empty() {
+                v.trigger = shown;
             }
         });
+        trigger
+    }
+
+    /// The manifest generation this pass works on, also on the pass's span.
+    fn set_generation(&mut self, generation: i64) {
+        self.generation = generation;
+        tracing::Span::current().record("generation", generation);
     }
 
     /// `PostgresClusterStatus` as last read or written.
@@ -402,7 +419,7 @@ impl ClusterTask {
         let config = self.config.borrow().clone();
         let sync_requested = std::mem::take(&mut self.sync_requested);
         if let Some(old) = self.pending_delete.clone() {
-            self.generation = generation_of(&old);
+            self.set_generation(generation_of(&old));
             let next = self.delete(&old, &config, self.pending_delete_count).await;
             self.warnings.settle();
             return match next {
@@ -415,14 +432,14 @@ impl ClusterTask {
             };
         }
         if object.r#type == ClusterEventType::Delete as i32 {
-            self.generation = generation_of(&object);
+            self.set_generation(generation_of(&object));
             let deleted = crate::manifest::metadata(&object.manifest_json);
             if let Some(reason) = self
                 .deletion_refused(&object, deleted.as_ref(), &config)
                 .await
             {
                 // The manifest is gone: its objects stay, as Zalando leaves them.
-                tracing::warn!(cluster = %self.key, "deletion refused, the cluster's objects stay: {reason}");
+                tracing::warn!("deletion refused, the cluster's objects stay: {reason}");
                 for _ in 0..std::mem::take(&mut self.object_delete_count) {
                     self.report(DELETED, "", "");
                 }
@@ -439,7 +456,7 @@ impl ClusterTask {
         }
         let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
         let metadata = crate::manifest::metadata(&object.manifest_json).unwrap_or_default();
-        self.generation = metadata.generation.unwrap_or_default();
+        self.set_generation(metadata.generation.unwrap_or_default());
         if metadata.deletion_timestamp.is_some() {
             // Whatever the spec holds: a manifest pgop's types refuse is deleted all the same.
             let next = self.finalize(&object, &metadata, &config).await;
@@ -494,7 +511,7 @@ impl ClusterTask {
                     .await;
                 let mut result = match handover {
                     Ok(Some(note)) => {
-                        tracing::info!(cluster = %self.key, "{note}");
+                        tracing::info!("{note}");
                         self.ctx.view.record(&self.key, "scale-down", &note);
                         SyncResult::Updating(note)
                     }
@@ -566,7 +583,7 @@ impl ClusterTask {
                     self.mark_updating().await;
                 }
                 if !written.is_empty() {
-                    tracing::info!(cluster = %self.key, ?written, "objects written");
+                    tracing::info!(?written, "objects written");
                     self.ctx
                         .view
                         .record(&self.key, "written", written.join(", "));
@@ -630,7 +647,7 @@ impl ClusterTask {
                     false => Retry::BackingOff,
                 };
                 let delay = self.standing.failed(chrono::Utc::now(), retry);
-                tracing::warn!(cluster = %self.key, failures = self.standing.failures(), retry_in = ?delay, "sync failed: {m}");
+                tracing::warn!(failures = self.standing.failures(), retry_in = ?delay, "sync failed: {m}");
                 Next::RetryIn(delay)
             }
             SyncResult::Synced { .. } => Next::Idle,
@@ -654,7 +671,7 @@ impl ClusterTask {
             match write_status(&self.ctx.client, &self.namespace, &self.name, &desired).await {
                 Ok(()) => {
                     if status != previous {
-                        tracing::info!(cluster = %self.key, from = %previous, to = status, "status");
+                        tracing::info!(from = %previous, to = status, "status");
                         self.ctx.view.record(&self.key, "status", status);
                         if matches!(result, SyncResult::Synced { .. }) {
                             self.ctx
@@ -665,7 +682,7 @@ impl ClusterTask {
                     self.status = Some(desired);
                 }
                 Err(e) => {
-                    tracing::warn!(cluster = %self.key, "{e}");
+                    tracing::warn!("{e}");
                     // A failed pass has its next try already.
                     if !matches!(result, SyncResult::Failed(_)) {
                         let delay = self.standing.failed(chrono::Utc::now(), Retry::BackingOff);
@@ -677,7 +694,7 @@ impl ClusterTask {
         if let SyncResult::Invalid(m) | SyncResult::Failed(m) = &result {
             if self.warnings.is_news(self.generation, status, m) {
                 if matches!(result, SyncResult::Invalid(_)) {
-                    tracing::warn!(cluster = %self.key, "invalid manifest: {m}");
+                    tracing::warn!("invalid manifest: {m}");
                 }
                 self.ctx
                     .warning(reference, self.generation, status, m.clone())
@@ -709,7 +726,7 @@ impl ClusterTask {
         self.standing.succeeded();
         if !self.paused {
             self.paused = true;
-            tracing::info!(cluster = %self.key, "{message}");
+            tracing::info!("{message}");
             self.ctx.view.record(&self.key, "paused", "");
             self.ctx.event(reference, "Paused", message.clone()).await;
         }
@@ -728,7 +745,7 @@ impl ClusterTask {
         note: &str,
     ) {
         if self.warnings.is_news(self.generation, reason, note) {
-            tracing::warn!(cluster = %self.key, "{reason}: {note}");
+            tracing::warn!("{reason}: {note}");
             self.ctx
                 .warning(reference, self.generation, reason, note.to_string())
                 .await;
@@ -767,7 +784,7 @@ impl ClusterTask {
                 self.status = Some(updating);
                 self.ctx.view.record(&self.key, "status", s::UPDATING);
             }
-            Err(e) => tracing::warn!(cluster = %self.key, "{e}"),
+            Err(e) => tracing::warn!("{e}"),
         }
     }
 
@@ -805,7 +822,7 @@ impl ClusterTask {
                 SyncResult::Synced { pods_ready: ready }
             }
             Ok(RollingProgress::Acted(note)) => {
-                tracing::info!(cluster = %self.key, "{note}");
+                tracing::info!("{note}");
                 self.ctx.view.record(&self.key, "pods", &note);
                 SyncResult::Updating(note)
             }
@@ -840,13 +857,13 @@ impl ClusterTask {
         };
         if problem != self.patroni_problem {
             if !problem.is_empty() {
-                tracing::warn!(cluster = %self.key, "Patroni's configuration not synced: {problem}");
+                tracing::warn!("Patroni's configuration not synced: {problem}");
             }
             self.patroni_problem = problem;
         }
         match progress {
             Ok(PatroniProgress::Acted(note)) => {
-                tracing::info!(cluster = %self.key, "{note}");
+                tracing::info!("{note}");
                 self.ctx.view.record(&self.key, "patroni", &note);
                 Some(SyncResult::Updating(note))
             }
@@ -875,11 +892,11 @@ impl ClusterTask {
         // Bounded: a sync stuck on a lock or a vanished master must not hold the slot.
         let report = tokio::time::timeout(
             Duration::from_secs(120),
-            crate::role_sync::sync(&self.ctx, &self.namespace, pg, config, &master),
+            crate::role_sync::sync(&self.ctx, pg, config, &master),
         )
         .await
         .map_err(|_| crate::role_sync::RoleSyncError::TimedOut)??;
-        tracing::info!(cluster = %self.key, statements = report.statements, "database in sync");
+        tracing::info!(statements = report.statements, "database in sync");
         if report.statements > 0 {
             self.ctx.view.record(
                 &self.key,
@@ -908,7 +925,7 @@ impl ClusterTask {
             Ok(Some(live)) => Some(live),
             Ok(None) => carried_status(manifest_json),
             Err(e) => {
-                tracing::warn!(cluster = %self.key, "reading the live status: {e}");
+                tracing::warn!("reading the live status: {e}");
                 carried_status(manifest_json)
             }
         }
@@ -947,7 +964,7 @@ impl ClusterTask {
                 {
                     Ok(()) => Next::Idle,
                     Err(e) => {
-                        tracing::warn!(cluster = %self.key, "removing the finalizer: {e}");
+                        tracing::warn!("removing the finalizer: {e}");
                         let delay = self.standing.failed(chrono::Utc::now(), Retry::BackingOff);
                         Next::RetryIn(delay)
                     }
@@ -996,7 +1013,7 @@ impl ClusterTask {
     ) -> Next {
         let progress = match self.superseded(&object.uid).await {
             Ok(true) => {
-                tracing::info!(cluster = %self.key, "a newer manifest has the name: its objects stay");
+                tracing::info!("a newer manifest has the name: its objects stay");
                 Ok(Progress::Done)
             }
             Ok(false) => delete_cluster(
@@ -1013,7 +1030,7 @@ impl ClusterTask {
         };
         match progress {
             Ok(Progress::Done) => {
-                tracing::info!(cluster = %self.key, "deleted");
+                tracing::info!("deleted");
                 self.ctx
                     .view
                     .record(&self.key, "deleted", "every object removed");

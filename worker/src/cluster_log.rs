@@ -1,12 +1,14 @@
 //! Keeps each owned cluster's recent log lines for `GET /clusters/{ns}/{name}/logs/`: every
-//! event with a `cluster` field goes into that cluster's ring in the [`View`] (as Zalando's
-//! operator keeps `ring_log_lines` per cluster).
+//! event with a `cluster` field, or inside a span with one (a pass), goes into that cluster's
+//! ring in the [`View`] (as Zalando's operator keeps `ring_log_lines` per cluster).
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use crate::view::View;
@@ -52,14 +54,32 @@ impl Visit for Line {
     }
 }
 
-impl<S: Subscriber> Layer<S> for ClusterLogLayer {
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+/// The `cluster` field of a span, kept in its extensions for the events inside it.
+struct SpanCluster(String);
+
+impl<S> Layer<S> for ClusterLogLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Line::default();
+        attrs.record(&mut fields);
+        if let (Some(cluster), Some(span)) = (fields.cluster, ctx.span(id)) {
+            span.extensions_mut().insert(SpanCluster(cluster));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let Some(view) = self.view.get() else {
             return;
         };
         let mut line = Line::default();
         event.record(&mut line);
-        if let Some(cluster) = line.cluster {
+        let cluster = line.cluster.or_else(|| {
+            ctx.event_scope(event)?
+                .find_map(|span| span.extensions().get::<SpanCluster>().map(|c| c.0.clone()))
+        });
+        if let Some(cluster) = cluster {
             let level = event.metadata().level().as_str();
             view.log(&cluster, level, format!("{}{}", line.message, line.fields));
         }
@@ -83,6 +103,11 @@ mod tests {
             tracing::info!(cluster = %key, statements = 3, "database in sync");
             tracing::warn!(cluster = "ns/a", "sync failed: {}", "boom");
             tracing::info!("no cluster here");
+            let pass = tracing::info_span!("pass", cluster = "ns/a", trigger = "UPDATE");
+            pass.in_scope(|| {
+                let inner = tracing::info_span!("patroni");
+                inner.in_scope(|| tracing::info!(written = 2, "objects written"));
+            });
         });
         let logs = view.logs("ns/a").unwrap();
         let lines: Vec<(&str, &str)> = logs
@@ -93,7 +118,8 @@ mod tests {
             lines,
             [
                 ("INFO", "database in sync statements=3"),
-                ("WARN", "sync failed: boom")
+                ("WARN", "sync failed: boom"),
+                ("INFO", "objects written written=2"),
             ]
         );
     }

@@ -10,7 +10,7 @@ use kube::Api;
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
 
-use crate::builders::{cluster_name, secrets::credential_secret};
+use crate::builders::secrets::credential_secret;
 use crate::context::Context;
 use crate::database::{connect, DbError};
 use crate::reconcile::random_password;
@@ -384,12 +384,10 @@ async fn read_current(
 /// `config` ask for. Statements are logged without passwords.
 pub async fn sync(
     ctx: &Context,
-    namespace: &str,
     pg: &Postgresql,
     config: &OperatorConfig,
     master: &str,
 ) -> Result<Report, RoleSyncError> {
-    let cluster = cluster_name(pg);
     let mut problems = Vec::new();
     let Credentials {
         passwords,
@@ -547,14 +545,14 @@ pub async fn sync(
             }
         }
         let shown = redacted(statement);
-        tracing::info!(cluster = %format!("{namespace}/{cluster}"), %database, sql = %shown, "statement");
+        tracing::info!(%database, sql = %shown, "statement");
         let outcome = match connections[&database]
             .batch_execute(&render(statement))
             .await
         {
             Ok(()) => "ok",
             Err(e) => {
-                tracing::warn!(cluster = %format!("{namespace}/{cluster}"), sql = %shown, "statement failed: {}", sql_message(&e));
+                tracing::warn!(sql = %shown, "statement failed: {}", sql_message(&e));
                 failed.push(format!("{shown}: {}", sql_message(&e)));
                 "failed"
             }
