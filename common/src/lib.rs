@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod corpus;
 pub mod crd;
+pub mod fencing;
 pub mod lease;
 pub mod metrics;
 mod operator_configuration;

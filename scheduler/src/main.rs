@@ -57,6 +57,13 @@ async fn main() -> anyhow::Result<()> {
             (leading, Some(task))
         }
     };
+    // Alone, this scheduler has no predecessor whose workers could still be acting.
+    let takeover_grace = match settings.leader_election {
+        false => Duration::ZERO,
+        true => pgop_common::fencing::takeover_grace(Duration::from_secs(
+            settings.lease_duration_seconds.max(3),
+        )),
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     pgop_proto::follow_leadership(
         health,
@@ -88,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
             events,
             shutdown.clone(),
             leading,
+            takeover_grace,
         )))
         .serve_with_shutdown(addr, shutdown.cancelled_owned())
         .await?;

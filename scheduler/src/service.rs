@@ -1,6 +1,10 @@
 //! The Scheduler gRPC service: worker sessions and inspection.
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::{Stream, StreamExt};
 use std::collections::BTreeMap;
@@ -30,6 +34,10 @@ pub struct SchedulerService {
     /// leader takes sessions and answers; its sessions end the moment it stops leading, so
     /// their workers fence themselves before another leader hands out their clusters.
     leading: Leadership,
+    /// When this replica last started leading, and how long after that it refuses worker
+    /// sessions (`pgop_common::fencing`): the previous leader's workers are fencing.
+    leading_since: Arc<Mutex<Option<Instant>>>,
+    takeover_grace: Duration,
 }
 
 impl SchedulerService {
@@ -38,13 +46,42 @@ impl SchedulerService {
         events: broadcast::Sender<EventRecord>,
         shutdown: CancellationToken,
         leading: Leadership,
+        takeover_grace: Duration,
     ) -> Self {
+        let leading_since = Arc::new(Mutex::new(None));
+        let mut changes = leading.changes();
+        let since = leading_since.clone();
+        tokio::spawn(async move {
+            loop {
+                let leads = *changes.borrow_and_update();
+                *since.lock().unwrap_or_else(|e| e.into_inner()) = leads.then(Instant::now);
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
         Self {
             inputs,
             events,
             sessions: AtomicU64::new(0),
             shutdown,
             leading,
+            leading_since,
+            takeover_grace,
+        }
+    }
+
+    /// Refuses worker sessions while the previous leader's workers may still be acting.
+    fn taken_over(&self) -> Result<(), Status> {
+        let since = *self.leading_since.lock().unwrap_or_else(|e| e.into_inner());
+        match since.map(|s| s.elapsed()) {
+            Some(led) if led < self.takeover_grace => Err(Status::unavailable(format!(
+                "this scheduler took the lease {:.1}s ago and takes worker sessions after {:.1}s, \
+                 once the previous leader's workers have stopped; retry",
+                led.as_secs_f64(),
+                self.takeover_grace.as_secs_f64()
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -90,6 +127,7 @@ impl Scheduler for SchedulerService {
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         self.lead()?;
+        self.taken_over()?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(WorkerMessage {
@@ -212,5 +250,47 @@ impl Scheduler for SchedulerService {
             .take_until(self.shutdown.clone().cancelled_owned())
             .take_until(self.lost());
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new leader refuses worker sessions for the takeover grace, then takes them.
+    #[tokio::test(start_paused = true)]
+    async fn sessions_are_refused_during_the_takeover_grace() {
+        let (inputs, _) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(1);
+        let service = SchedulerService::new(
+            inputs,
+            events,
+            CancellationToken::new(),
+            pgop_common::lease::always(),
+            Duration::from_secs(5),
+        );
+        tokio::task::yield_now().await;
+        let refused = service.taken_over().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(refused.message().contains("retry"), "{}", refused.message());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(service.taken_over().is_err(), "still within the grace");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(service.taken_over().is_ok(), "past the grace");
+
+        let (inputs, _) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(1);
+        let alone = SchedulerService::new(
+            inputs,
+            events,
+            CancellationToken::new(),
+            pgop_common::lease::always(),
+            Duration::ZERO,
+        );
+        tokio::task::yield_now().await;
+        assert!(
+            alone.taken_over().is_ok(),
+            "no grace without leader election"
+        );
     }
 }

@@ -108,12 +108,13 @@ async fn session(
         source,
     };
     // HTTP/2 pings notice a vanished scheduler (or a partition) within seconds, well before
-    // the scheduler's heartbeat timeout hands this worker's clusters to another one.
+    // the scheduler's heartbeat timeout hands this worker's clusters to another one, and
+    // before a new leader takes sessions (`pgop_common::fencing`).
     let channel = Endpoint::from_shared(address.to_string())
         .map_err(connect_error)?
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(pgop_common::fencing::WORKER_PING_INTERVAL)
+        .keep_alive_timeout(pgop_common::fencing::WORKER_PING_TIMEOUT)
         .keep_alive_while_idle(true);
     let connect = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
