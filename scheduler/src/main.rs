@@ -14,6 +14,9 @@ use tokio::sync::{broadcast, mpsc};
 async fn main() -> anyhow::Result<()> {
     let (settings, shutdown) = pgop_common::settings::start::<Settings>()?;
 
+    // Unbounded: the actor only updates memory, faster than the watcher's stream and the
+    // sessions deliver (HTTP/2 flow control bounds them); a bound would let one busy input
+    // source stall the others, heartbeats included.
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(4096);
     let actor = Actor::new(

@@ -140,6 +140,9 @@ impl Scheduler for SchedulerService {
             }
         };
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
+        // Unbounded: the actor never waits on one slow worker (the others carry on). The
+        // backlog is that worker's own clusters' events; a worker that stops reading misses
+        // its heartbeats, is declared dead and its channel dropped.
         let (tx, rx) = mpsc::unbounded_channel();
         let id = hello.worker_id.clone();
         self.inputs

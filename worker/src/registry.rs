@@ -67,7 +67,11 @@ impl RegistryHandle {
 
 impl Registry {
     pub fn start(ctx: Arc<Context>, shutdown: CancellationToken) -> RegistryHandle {
+        // Unbounded: the session's reader feeds this and must never wait on it (a reader that
+        // stalls stops the heartbeats, and the scheduler declares the worker dead); the
+        // registry only routes, in memory, faster than HTTP/2 flow control delivers.
         let (tx, rx) = mpsc::unbounded_channel();
+        // At most one message per cluster task, sent as it ends.
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let registry = Self {
             ctx,
@@ -208,6 +212,9 @@ impl Registry {
     /// only for clusters this worker owns.
     fn task(&mut self, key: &str) -> &Running {
         if !self.tasks.contains_key(key) {
+            // Unbounded: a full queue would stop the registry, and with it every cluster,
+            // behind one slow pass. What waits here is one cluster's events during one pass;
+            // the task takes them all before its next pass and coalesces them.
             let running = self.spawn(key, mpsc::unbounded_channel());
             self.tasks.insert(key.to_string(), running);
         }
@@ -225,6 +232,8 @@ impl Registry {
         let outbound = self
             .outbound
             .clone()
+            // No session yet: what the task reports goes nowhere (the scheduler re-sends
+            // state when a session opens).
             .unwrap_or_else(|| mpsc::unbounded_channel().0);
         let task = ClusterTask::new(
             key.to_string(),
@@ -268,6 +277,7 @@ impl Registry {
             return;
         }
         tracing::debug!(cluster = %f.key, inputs = leftover.len(), "restarting the cluster's task");
+        // The same queue as any task's, refilled with what the ended one had not taken.
         let (tx, rx) = mpsc::unbounded_channel();
         for input in leftover {
             let _ = tx.send(input);

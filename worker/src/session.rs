@@ -121,6 +121,9 @@ async fn session(
         c = channel.connect() => c,
     };
     let mut client = SchedulerClient::new(connect.map_err(connect_error)?);
+    // Unbounded: cluster tasks report (statuses, releases) without ever waiting on the
+    // network, so a slow connection never holds up a pass; about one message per pass, sent
+    // as fast as HTTP/2 takes them, and dropped with the session.
     let (outbound, rx) = mpsc::unbounded_channel();
     let _ = outbound.send(WorkerMessage {
         message: Some(worker_message::Message::Hello(Hello {
