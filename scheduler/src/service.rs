@@ -260,18 +260,22 @@ impl Scheduler for SchedulerService {
 mod tests {
     use super::*;
 
-    /// A new leader refuses worker sessions for the takeover grace, then takes them.
-    #[tokio::test(start_paused = true)]
-    async fn sessions_are_refused_during_the_takeover_grace() {
+    fn service(takeover_grace: Duration) -> SchedulerService {
         let (inputs, _) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(1);
-        let service = SchedulerService::new(
+        SchedulerService::new(
             inputs,
             events,
             CancellationToken::new(),
             pgop_common::lease::always(),
-            Duration::from_secs(5),
-        );
+            takeover_grace,
+        )
+    }
+
+    /// A new leader refuses worker sessions for the takeover grace, then takes them.
+    #[tokio::test(start_paused = true)]
+    async fn sessions_are_refused_during_the_takeover_grace() {
+        let service = service(Duration::from_secs(5));
         tokio::task::yield_now().await;
         let refused = service.taken_over().unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unavailable);
@@ -281,15 +285,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(service.taken_over().is_ok(), "past the grace");
 
-        let (inputs, _) = mpsc::unbounded_channel();
-        let (events, _) = broadcast::channel(1);
-        let alone = SchedulerService::new(
-            inputs,
-            events,
-            CancellationToken::new(),
-            pgop_common::lease::always(),
-            Duration::ZERO,
-        );
+        let alone = self::service(Duration::ZERO);
         tokio::task::yield_now().await;
         assert!(
             alone.taken_over().is_ok(),
