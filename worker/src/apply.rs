@@ -379,4 +379,127 @@ mod tests {
             "a removed field changes the hash"
         );
     }
+
+    mod request_sequences {
+        use super::*;
+        use crate::mock_api::{client, Exchange};
+        use k8s_openapi::api::core::v1::ConfigMap;
+
+        const PATH: &str = "/api/v1/namespaces/ns/configmaps/cm";
+
+        fn desired() -> ConfigMap {
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "cm", "namespace": "ns", "labels": {"team": "acid"}},
+                "data": {"a": "1"}
+            }))
+            .unwrap()
+        }
+
+        /// The object as the API server returns it after pgop applied `desired`: with the
+        /// content hash and what the server fills in.
+        fn live(data: Value) -> Value {
+            let desired = desired();
+            let hash = hash_of(&Target::of(&desired).unwrap(), &desired).unwrap();
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "cm", "namespace": "ns", "labels": {"team": "acid"},
+                    "annotations": {APPLIED_HASH: hash}, "uid": "u-1", "resourceVersion": "7",
+                    "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "data": data
+            })
+        }
+
+        fn api(c: kube::Client) -> Api<ConfigMap> {
+            Api::namespaced(c, "ns")
+        }
+
+        #[tokio::test]
+        async fn an_object_in_sync_costs_one_read_and_no_write() {
+            let (c, server) = client(vec![Exchange::new(
+                "GET",
+                PATH,
+                200,
+                live(json!({"a": "1"})),
+            )]);
+            assert_eq!(
+                apply(&api(c), &desired()).await.unwrap(),
+                Applied::Unchanged
+            );
+            assert_eq!(server.await.unwrap().len(), 1);
+        }
+
+        #[tokio::test]
+        async fn a_missing_or_drifted_object_is_applied_server_side_with_its_hash() {
+            for found in [
+                Exchange::not_found("GET", PATH),
+                Exchange::new("GET", PATH, 200, live(json!({"a": "changed by hand"}))),
+            ] {
+                let (c, server) = client(vec![
+                    found,
+                    Exchange::new("PATCH", PATH, 200, live(json!({"a": "1"}))),
+                ]);
+                assert_eq!(apply(&api(c), &desired()).await.unwrap(), Applied::Written);
+                let seen = server.await.unwrap();
+                let patch = &seen[1];
+                assert!(patch.query.contains("fieldManager=pgop"), "{}", patch.query);
+                assert!(patch.query.contains("force=true"), "{}", patch.query);
+                let body = patch.body.as_ref().unwrap();
+                assert_eq!(body["data"], json!({"a": "1"}));
+                assert!(body["metadata"]["annotations"][APPLIED_HASH].is_string());
+            }
+        }
+
+        #[tokio::test]
+        async fn create_if_absent_reads_metadata_and_never_overwrites() {
+            let metadata = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "cm", "namespace": "ns", "resourceVersion": "7"}});
+            let (c, server) = client(vec![Exchange::new("GET", PATH, 200, metadata)]);
+            assert_eq!(
+                create_if_absent(&api(c), &desired()).await.unwrap(),
+                Applied::Unchanged
+            );
+            assert_eq!(
+                server.await.unwrap().len(),
+                1,
+                "an existing object is not written"
+            );
+
+            let collection = "/api/v1/namespaces/ns/configmaps";
+            let (c, server) = client(vec![
+                Exchange::not_found("GET", PATH),
+                Exchange::new("POST", collection, 201, live(json!({"a": "1"}))),
+            ]);
+            assert_eq!(
+                create_if_absent(&api(c), &desired()).await.unwrap(),
+                Applied::Written
+            );
+            assert_eq!(
+                server.await.unwrap()[1].body.as_ref().unwrap()["data"],
+                json!({"a": "1"})
+            );
+
+            // Created meanwhile by someone else: theirs is kept.
+            let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "AlreadyExists", "code": 409, "message": "exists"});
+            let (c, server) = client(vec![
+                Exchange::not_found("GET", PATH),
+                Exchange::new("POST", collection, 409, conflict),
+            ]);
+            assert_eq!(
+                create_if_absent(&api(c), &desired()).await.unwrap(),
+                Applied::Unchanged
+            );
+            assert_eq!(server.await.unwrap().len(), 2);
+        }
+
+        #[tokio::test]
+        async fn deleting_an_absent_object_costs_one_read() {
+            let (c, server) = client(vec![Exchange::not_found("GET", PATH)]);
+            let applied = delete_as::<ConfigMap>(&c, "ns", "cm", "v1").await.unwrap();
+            assert_eq!(applied, Applied::Unchanged);
+            drop(c);
+            assert_eq!(server.await.unwrap().len(), 1);
+        }
+    }
 }

@@ -11,6 +11,8 @@ pub mod discovery;
 pub mod finalizer;
 pub mod maintenance;
 pub mod manifest;
+#[cfg(test)]
+mod mock_api;
 pub mod objects_memo;
 pub mod patroni;
 pub mod patroni_config;
