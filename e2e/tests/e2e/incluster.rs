@@ -465,9 +465,10 @@ impl InCluster<'_> {
         lease: &str,
         clusters: &[String],
     ) -> Result<(String, Duration)> {
-        let (leader, ip) = self.leader(lease).await?;
+        let (leader, _) = self.leader(lease).await?;
         let instances = self.flipped(clusters).await?;
-        let pid = process_with_env(&format!("{POD_IP_FOR_SHIM}={ip}"))?
+        // A container's HOSTNAME is its pod's name, as on any kubelet.
+        let pid = process_with_env(&format!("HOSTNAME={leader}"))?
             .with_context(|| format!("no process of the pod {leader}"))?;
         let killed = Instant::now();
         nix::sys::signal::kill(
@@ -563,9 +564,6 @@ impl InCluster<'_> {
         Ok(())
     }
 }
-
-/// The kubelet's variable naming a pod's address in its containers' environment.
-const POD_IP_FOR_SHIM: &str = "LOCAL_KUBELET_POD_IP";
 
 /// The pid of the process whose environment holds `entry` (`NAME=value`).
 fn process_with_env(entry: &str) -> Result<Option<i32>> {

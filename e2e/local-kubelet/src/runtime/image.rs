@@ -81,20 +81,20 @@ pub(crate) fn hosts_file(pod: &Pod, ip: Ipv4Addr) -> String {
 /// `KUBERNETES_SERVICE_HOST/PORT` and the other variables of the `kubernetes` Service. They
 /// name the API server itself: there is no Service proxy on this machine.
 pub(crate) fn kubernetes_service_env(server_url: &str) -> Vec<(String, String)> {
-    let authority = server_url
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.to_string()),
-        _ => (authority.to_string(), "443".to_string()),
+    // The kubeconfig's server is a URL the kubelet itself connects to: it parses.
+    let Ok(server) = reqwest::Url::parse(server_url) else {
+        return Vec::new();
     };
-    let host = host
+    let (Some(address), Some(port)) = (server.host_str(), server.port_or_known_default()) else {
+        return Vec::new();
+    };
+    // `[::1]` in URLs, `::1` as a host.
+    let host = address
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let url = format!("tcp://{host}:{port}");
+    let port = port.to_string();
+    let url = format!("tcp://{address}:{port}");
     vec![
         ("KUBERNETES_SERVICE_HOST".into(), host.clone()),
         ("KUBERNETES_SERVICE_PORT".into(), port.clone()),
@@ -254,6 +254,11 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(env["KUBERNETES_SERVICE_PORT"], "443");
+        let env: std::collections::BTreeMap<_, _> = kubernetes_service_env("https://[::1]:6443")
+            .into_iter()
+            .collect();
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "::1");
+        assert_eq!(env["KUBERNETES_PORT"], "tcp://[::1]:6443");
     }
 
     #[test]
