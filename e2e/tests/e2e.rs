@@ -17,6 +17,8 @@ use pgop_e2e::{wait, Environment, EnvironmentOptions};
 
 #[path = "e2e/compat.rs"]
 mod compat;
+#[path = "e2e/drift.rs"]
+mod drift;
 #[path = "e2e/ha.rs"]
 mod ha;
 #[path = "e2e/incluster.rs"]
@@ -88,6 +90,10 @@ fn main() {
         ("invalid_manifests_cost_one_pass_and_one_event", || {
             block_on(invalid::invalid_manifests_cost_one_pass_and_one_event())
         }),
+        (
+            "drift_is_repaired_in_seconds_and_a_resync_in_sync_sends_nothing",
+            || block_on(drift::drift_is_repaired_and_a_resync_in_sync_sends_nothing()),
+        ),
         ("watcher_standby_takes_over_and_loses_no_change", || {
             block_on(ha::watcher_standby_takes_over_and_loses_no_change())
         }),

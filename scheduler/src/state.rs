@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pgop_proto::v1::{
-    scheduler_message, watch_event, Assign, ClusterEvent, ClusterEventType, ConfigEvent, NodeState,
-    PodState, Release, SchedulerMessage, WatchEvent,
+    scheduler_message, watch_event, Assign, ChildState, ClusterEvent, ClusterEventType,
+    ConfigEvent, NodeState, PodState, Release, SchedulerMessage, WatchEvent,
 };
 
 use crate::sharding;
@@ -40,7 +40,7 @@ pub struct ClusterEntry {
     pub pending_delete: Option<ClusterEvent>,
     /// DELETEs sent to the owner (or the releasing owner) that it has not confirmed yet.
     pub unconfirmed_deletes: u32,
-    pub pods: BTreeMap<String, PodState>,
+    pub members: Members,
     pub ownership: Ownership,
     pub status: String,
     pub team: String,
@@ -50,6 +50,73 @@ impl ClusterEntry {
     pub fn deleting(&self) -> bool {
         is_delete(&self.current)
     }
+}
+
+/// What the watcher reported of a cluster besides its object: its pods and the objects pgop
+/// writes for it. Its owner receives them with the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    /// pod name → state
+    pub pods: BTreeMap<String, PodState>,
+    /// `Kind/name` → state
+    pub children: BTreeMap<String, ChildState>,
+}
+
+impl Members {
+    fn is_empty(&self) -> bool {
+        self.pods.is_empty() && self.children.is_empty()
+    }
+
+    fn pod(&mut self, p: &PodState) {
+        match p.deleted {
+            true => self.pods.remove(&p.name),
+            false => self.pods.insert(p.name.clone(), p.clone()),
+        };
+    }
+
+    fn child(&mut self, c: &ChildState) {
+        let key = format!("{}/{}", c.kind, c.name);
+        match c.deleted {
+            true => self.children.remove(&key),
+            false => self.children.insert(key, c.clone()),
+        };
+    }
+
+    /// Drops what a snapshot did not mention (`seen` holds member keys of [`member_key`]);
+    /// returns the deletions to tell the owner.
+    fn keep_seen(&mut self, cluster: &str, seen: &BTreeSet<String>) -> Vec<watch_event::Event> {
+        let mut gone = Vec::new();
+        self.pods.retain(|name, p| {
+            let keep = seen.contains(&member_key(cluster, "Pod", name));
+            if !keep {
+                gone.push(watch_event::Event::Pod(PodState {
+                    deleted: true,
+                    ..p.clone()
+                }));
+            }
+            keep
+        });
+        self.children.retain(|key, c| {
+            let keep = seen.contains(&format!("{cluster}|{key}"));
+            if !keep {
+                gone.push(watch_event::Event::Child(ChildState {
+                    deleted: true,
+                    ..c.clone()
+                }));
+            }
+            keep
+        });
+        gone
+    }
+}
+
+/// The kind under which shared child objects are seen in a snapshot (their names hold the
+/// namespace and kind).
+const SHARED: &str = "Shared";
+
+/// A pod's or child object's key in a snapshot: `cluster|Kind/name`.
+fn member_key(cluster: &str, kind: &str, name: &str) -> String {
+    format!("{cluster}|{kind}/{name}")
 }
 
 #[derive(Debug, Clone, Default)]
@@ -63,16 +130,21 @@ pub struct WorkerEntry {
 #[derive(Debug, Default)]
 pub struct SchedulerState {
     pub clusters: BTreeMap<String, ClusterEntry>,
-    /// Pods of keys with no cluster: left by a deletion that kept its objects (delete
-    /// protection) or seen before their manifest. A cluster created under the key starts
-    /// with them, so its owner knows the pods it adopts.
-    pub unowned_pods: BTreeMap<String, BTreeMap<String, PodState>>,
+    /// Pods and objects of keys with no cluster: left by a deletion that kept its objects
+    /// (delete protection) or seen before their manifest. A cluster created under the key
+    /// starts with them, so its owner knows the pods and objects it adopts.
+    pub unowned: BTreeMap<String, Members>,
+    /// What the clusters of a namespace share (the pod service account and its role
+    /// binding): every worker knows them.
+    shared: BTreeMap<String, ChildState>,
     pub workers: BTreeMap<String, WorkerEntry>,
     config: Option<ConfigEvent>,
     /// Every node as the watcher reported it, for workers that join later.
     nodes: BTreeMap<String, NodeState>,
     /// Keys seen since the current watcher snapshot began.
     snapshot_seen: Option<BTreeSet<String>>,
+    /// Pods and child objects seen since then ([`member_key`]).
+    snapshot_members: BTreeSet<String>,
 }
 
 pub fn cluster_key(namespace: &str, name: &str) -> String {
@@ -119,7 +191,8 @@ fn assign(key: &str, entry: &mut ClusterEntry, worker: &str, out: &mut Outbox) {
             message: Some(scheduler_message::Message::Assign(Assign {
                 cluster: key.to_string(),
                 current: Some(first),
-                pods: entry.pods.values().cloned().collect(),
+                pods: entry.members.pods.values().cloned().collect(),
+                children: entry.members.children.values().cloned().collect(),
             })),
         },
     ));
@@ -186,6 +259,12 @@ impl SchedulerState {
             out.push((
                 id.to_string(),
                 event(watch_event::Event::Node(node.clone())),
+            ));
+        }
+        for child in self.shared.values() {
+            out.push((
+                id.to_string(),
+                event(watch_event::Event::Child(child.clone())),
             ));
         }
         if reconnect {
@@ -276,8 +355,8 @@ impl SchedulerState {
             entry.pending_delete = None;
             if entry.deleting() {
                 if let Some(entry) = self.clusters.remove(cluster) {
-                    if !entry.pods.is_empty() {
-                        self.unowned_pods.insert(cluster.to_string(), entry.pods);
+                    if !entry.members.is_empty() {
+                        self.unowned.insert(cluster.to_string(), entry.members);
                     }
                 }
                 return true;
@@ -296,12 +375,14 @@ impl SchedulerState {
     /// A new watcher subscription starts with a snapshot.
     pub fn snapshot_started(&mut self) {
         self.snapshot_seen = Some(BTreeSet::new());
+        self.snapshot_members.clear();
     }
 
     pub fn watch_event(&mut self, ev: WatchEvent) -> Outbox {
         match ev.event {
             Some(watch_event::Event::Cluster(c)) => self.cluster_event(c),
             Some(watch_event::Event::Pod(p)) => self.pod_event(p),
+            Some(watch_event::Event::Child(c)) => self.child_event(c),
             Some(watch_event::Event::Config(c)) => {
                 self.config = Some(c.clone());
                 let msg = event(watch_event::Event::Config(c));
@@ -337,14 +418,14 @@ impl SchedulerState {
             // listened (the watcher reports such leftovers in its snapshot). A worker still
             // has to remove its objects, so it is placed like any other cluster.
             let pending_delete = is_delete(&c).then(|| c.clone());
-            let pods = self.unowned_pods.remove(&key).unwrap_or_default();
+            let members = self.unowned.remove(&key).unwrap_or_default();
             self.clusters.insert(
                 key.clone(),
                 ClusterEntry {
                     current: c,
                     pending_delete,
                     unconfirmed_deletes: 0,
-                    pods,
+                    members,
                     ownership: Ownership::Unassigned,
                     status: String::new(),
                     team: String::new(),
@@ -393,25 +474,56 @@ impl SchedulerState {
 
     fn pod_event(&mut self, p: PodState) -> Outbox {
         let key = cluster_key(&p.namespace, &p.cluster);
+        self.member_seen(&key, "Pod", &p.name, p.deleted);
+        self.member_event(key, |m| m.pod(&p), watch_event::Event::Pod(p.clone()))
+    }
+
+    fn child_event(&mut self, c: ChildState) -> Outbox {
+        if c.cluster.is_empty() {
+            // Shared by the namespace's clusters: every worker keeps them.
+            let key = format!("{}/{}/{}", c.namespace, c.kind, c.name);
+            self.member_seen("", SHARED, &key, c.deleted);
+            match c.deleted {
+                true => self.shared.remove(&key),
+                false => self.shared.insert(key, c.clone()),
+            };
+            let msg = event(watch_event::Event::Child(c));
+            return self
+                .workers
+                .keys()
+                .map(|w| (w.clone(), msg.clone()))
+                .collect();
+        }
+        let key = cluster_key(&c.namespace, &c.cluster);
+        self.member_seen(&key, &c.kind, &c.name, c.deleted);
+        self.member_event(key, |m| m.child(&c), watch_event::Event::Child(c.clone()))
+    }
+
+    fn member_seen(&mut self, cluster: &str, kind: &str, name: &str, deleted: bool) {
+        if self.snapshot_seen.is_some() && !deleted {
+            self.snapshot_members
+                .insert(member_key(cluster, kind, name));
+        }
+    }
+
+    /// A pod or child object of the cluster `key` changed: kept, and sent to the owner.
+    fn member_event(
+        &mut self,
+        key: String,
+        apply: impl FnOnce(&mut Members),
+        news: watch_event::Event,
+    ) -> Outbox {
         let Some(entry) = self.clusters.get_mut(&key) else {
-            let pods = self.unowned_pods.entry(key.clone()).or_default();
-            if p.deleted {
-                pods.remove(&p.name);
-            } else {
-                pods.insert(p.name.clone(), p);
-            }
-            if pods.is_empty() {
-                self.unowned_pods.remove(&key);
+            let members = self.unowned.entry(key.clone()).or_default();
+            apply(members);
+            if members.is_empty() {
+                self.unowned.remove(&key);
             }
             return Vec::new();
         };
-        if p.deleted {
-            entry.pods.remove(&p.name);
-        } else {
-            entry.pods.insert(p.name.clone(), p.clone());
-        }
+        apply(&mut entry.members);
         match &entry.ownership {
-            Ownership::Assigned(owner) => vec![(owner.clone(), event(watch_event::Event::Pod(p)))],
+            Ownership::Assigned(owner) => vec![(owner.clone(), event(news))],
             _ => Vec::new(),
         }
     }
@@ -422,15 +534,45 @@ impl SchedulerState {
         let Some(seen) = self.snapshot_seen.take() else {
             return Vec::new();
         };
+        let mut out = self.forget_unseen_members();
         let gone: Vec<ClusterEvent> = self
             .clusters
             .iter()
             .filter(|(k, e)| !seen.contains(*k) && !e.deleting())
             .map(|(_, e)| delete_of(&e.current))
             .collect();
-        let mut out = Vec::new();
         for delete in gone {
             out.extend(self.cluster_event(delete));
+        }
+        out
+    }
+
+    /// Pods and objects the snapshot did not mention went while nobody was listening: their
+    /// owners hear of it as of a deletion.
+    fn forget_unseen_members(&mut self) -> Outbox {
+        let seen = std::mem::take(&mut self.snapshot_members);
+        let mut out = Vec::new();
+        for (key, entry) in self.clusters.iter_mut() {
+            let gone = entry.members.keep_seen(key, &seen);
+            if let Ownership::Assigned(owner) = &entry.ownership {
+                out.extend(gone.into_iter().map(|e| (owner.clone(), event(e))));
+            }
+        }
+        for (key, members) in self.unowned.iter_mut() {
+            members.keep_seen(key, &seen);
+        }
+        self.unowned.retain(|_, m| !m.is_empty());
+        let shared_gone: Vec<ChildState> = self
+            .shared
+            .iter()
+            .filter(|(key, _)| !seen.contains(&member_key("", SHARED, key)))
+            .map(|(_, c)| ChildState {
+                deleted: true,
+                ..c.clone()
+            })
+            .collect();
+        for gone in shared_gone {
+            out.extend(self.child_event(gone));
         }
         out
     }
@@ -495,6 +637,11 @@ mod tests {
                         (w.clone(), "pod", cluster_key(&p.namespace, &p.cluster))
                     }
                     Some(watch_event::Event::Config(_)) => (w.clone(), "config", String::new()),
+                    Some(watch_event::Event::Child(c)) => (
+                        w.clone(),
+                        if c.deleted { "child-gone" } else { "child" },
+                        format!("{}/{}/{}", c.namespace, c.kind, c.name),
+                    ),
                     _ => (w.clone(), "other", String::new()),
                 },
                 None => (w.clone(), "none", String::new()),
@@ -654,7 +801,7 @@ mod tests {
         };
         let names: Vec<&str> = a.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["c0-0", "c0-1"]);
-        assert!(s.unowned_pods.is_empty());
+        assert!(s.unowned.is_empty());
     }
 
     #[test]
@@ -973,7 +1120,7 @@ mod tests {
             kinds(&out),
             vec![("w1".to_string(), "pod", "ns0/c0".to_string())]
         );
-        assert_eq!(s.clusters["ns0/c0"].pods.len(), 1);
+        assert_eq!(s.clusters["ns0/c0"].members.pods.len(), 1);
         let stray = PodState {
             namespace: "ns9".into(),
             cluster: "nope".into(),
@@ -986,5 +1133,95 @@ mod tests {
                 event: Some(watch_event::Event::Pod(stray))
             })
             .is_empty());
+    }
+
+    fn child(cluster: &str, kind: &str, name: &str, deleted: bool) -> WatchEvent {
+        WatchEvent {
+            sequence: 0,
+            event: Some(watch_event::Event::Child(ChildState {
+                namespace: "ns0".into(),
+                cluster: cluster.into(),
+                kind: kind.into(),
+                name: name.into(),
+                deleted,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn child_objects_travel_with_their_cluster_and_shared_ones_reach_every_worker() {
+        let mut s = SchedulerState::default();
+        // A snapshot sends a cluster's objects before the cluster.
+        s.snapshot_started();
+        s.watch_event(child("c0", "Service", "c0-repl", false));
+        s.watch_event(child("", "ServiceAccount", "postgres-pod", false));
+        s.watch_event(cluster(ClusterEventType::Sync, "ns0", "c0"));
+        s.watch_event(WatchEvent {
+            sequence: 0,
+            event: Some(watch_event::Event::SnapshotDone(Default::default())),
+        });
+        let out = s.worker_joined("w1", "a".into(), 1);
+        assert_eq!(
+            kinds(&out),
+            [
+                (
+                    "w1".into(),
+                    "child",
+                    "ns0/ServiceAccount/postgres-pod".into()
+                ),
+                ("w1".into(), "assign", "ns0/c0".into()),
+            ]
+        );
+        let Some(scheduler_message::Message::Assign(a)) = &out[1].1.message else {
+            panic!("{out:?}")
+        };
+        let names: Vec<&str> = a.children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["c0-repl"]);
+        // Live: to the owner; shared ones to every worker.
+        let out = s.watch_event(child("c0", "Service", "c0-repl", true));
+        assert_eq!(
+            kinds(&out),
+            [("w1".into(), "child-gone", "ns0/Service/c0-repl".into())]
+        );
+        assert!(s.clusters["ns0/c0"].members.children.is_empty());
+        s.worker_joined("w2", "b".into(), 1);
+        if let Ownership::Releasing { from } = s.clusters["ns0/c0"].ownership.clone() {
+            s.released(&from, "ns0/c0");
+        }
+        let out = s.watch_event(child("", "RoleBinding", "postgres-pod", false));
+        assert_eq!(out.len(), 2, "{:?}", kinds(&out));
+
+        // A new snapshot that no longer mentions an object: it went while nobody listened.
+        s.watch_event(child("c0", "StatefulSet", "c0", false));
+        let owner = match &s.clusters["ns0/c0"].ownership {
+            Ownership::Assigned(w) => w.clone(),
+            other => panic!("{other:?}"),
+        };
+        s.snapshot_started();
+        s.watch_event(cluster(ClusterEventType::Sync, "ns0", "c0"));
+        s.watch_event(child("", "RoleBinding", "postgres-pod", false));
+        let out = s.watch_event(WatchEvent {
+            sequence: 0,
+            event: Some(watch_event::Event::SnapshotDone(Default::default())),
+        });
+        let mut gone = kinds(&out);
+        gone.sort();
+        let mut want = vec![
+            (owner, "child-gone", "ns0/StatefulSet/c0".to_string()),
+            (
+                "w1".into(),
+                "child-gone",
+                "ns0/ServiceAccount/postgres-pod".into(),
+            ),
+            (
+                "w2".into(),
+                "child-gone",
+                "ns0/ServiceAccount/postgres-pod".into(),
+            ),
+        ];
+        want.sort();
+        assert_eq!(gone, want);
+        assert!(s.clusters["ns0/c0"].members.children.is_empty());
     }
 }

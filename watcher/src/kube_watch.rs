@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -22,19 +24,20 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::children::{child_key, child_state, ChildKind, ChildSelector};
 use crate::store::{RawConfig, Store};
 use crate::ConfigSource;
 
 /// One API per watched namespace (or one for all), with the namespace it covers.
-fn apis<K: Tracked>(
-    client: &Client,
+fn apis<K>(
     namespaces: &WatchedNamespaces,
+    api: impl Fn(Option<&str>) -> Api<K>,
 ) -> Vec<(Option<String>, Api<K>)> {
     match namespaces {
-        WatchedNamespaces::All => vec![(None, K::api(client.clone(), None))],
+        WatchedNamespaces::All => vec![(None, api(None))],
         WatchedNamespaces::Some(list) => list
             .iter()
-            .map(|ns| (Some(ns.clone()), K::api(client.clone(), Some(ns))))
+            .map(|ns| (Some(ns.clone()), api(Some(ns))))
             .collect(),
     }
 }
@@ -96,22 +99,24 @@ impl Relist {
 }
 
 /// How a watched kind enters the store.
-trait Tracked: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
-    const WHAT: &'static str;
-    /// The API that lists and watches this kind in `namespace` (None: in all).
-    fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
-    fn key(&self) -> String {
-        let meta = self.meta();
-        format!(
-            "{}/{}",
-            meta.namespace.as_deref().unwrap_or_default(),
-            meta.name.as_deref().unwrap_or_default()
-        )
-    }
-    fn apply(store: &Store, object: Self);
-    fn delete(store: &Store, object: &Self);
-    fn known(store: &Store) -> Vec<String>;
-    fn forget(store: &Store, key: &str);
+trait Tracked: Send + Sync + 'static {
+    type Object: Send;
+    fn what(&self) -> &str;
+    /// `namespace/…`: a namespace's relist compares only keys with its prefix.
+    fn key(&self, object: &Self::Object) -> String;
+    fn apply(&self, store: &Store, object: Self::Object);
+    fn delete(&self, store: &Store, object: &Self::Object);
+    fn known(&self, store: &Store) -> Vec<String>;
+    fn forget(&self, store: &Store, key: &str);
+}
+
+/// `namespace/name` of a Kubernetes object.
+fn object_key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// The `postgresql` resource (acid.zalan.do/v1, plural postgresqls), as the CRD declares it.
@@ -165,119 +170,171 @@ fn object_json(object: DynamicObject, resource: &ApiResource) -> Value {
 /// [`Postgresql`], and one such object would make its namespace's typed list fail again and
 /// again, stopping every cluster there. Only `metadata` (which the API server validates) is
 /// read typed; whether the rest parses is for the cluster's worker to find out and report.
-impl Tracked for DynamicObject {
-    const WHAT: &'static str = "postgresql";
-    fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
-        let resource = postgresql_resource();
-        match namespace {
-            Some(ns) => Api::namespaced_with(client, ns, &resource),
-            None => Api::all_with(client, &resource),
-        }
+struct Clusters;
+
+impl Tracked for Clusters {
+    type Object = DynamicObject;
+    fn what(&self) -> &str {
+        "postgresql"
     }
-    fn apply(store: &Store, object: Self) {
+    fn key(&self, object: &DynamicObject) -> String {
+        object_key(&object.metadata)
+    }
+    fn apply(&self, store: &Store, object: DynamicObject) {
         store.apply_cluster(manifest(object));
     }
-    fn delete(store: &Store, object: &Self) {
-        store.delete_cluster(&object.key());
+    fn delete(&self, store: &Store, object: &DynamicObject) {
+        store.delete_cluster(&self.key(object));
     }
-    fn known(store: &Store) -> Vec<String> {
+    fn known(&self, store: &Store) -> Vec<String> {
         store.cluster_keys()
     }
-    fn forget(store: &Store, key: &str) {
+    fn forget(&self, store: &Store, key: &str) {
         store.delete_cluster(key);
     }
 }
 
-impl Tracked for Pod {
-    const WHAT: &'static str = "pod";
-    fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
-        match namespace {
-            Some(ns) => Api::namespaced(client, ns),
-            None => Api::all(client),
-        }
+struct Pods;
+
+impl Tracked for Pods {
+    type Object = Pod;
+    fn what(&self) -> &str {
+        "pod"
     }
-    fn apply(store: &Store, object: Self) {
+    fn key(&self, object: &Pod) -> String {
+        object_key(&object.metadata)
+    }
+    fn apply(&self, store: &Store, object: Pod) {
         store.apply_pod(&object, false);
     }
-    fn delete(store: &Store, object: &Self) {
+    fn delete(&self, store: &Store, object: &Pod) {
         store.apply_pod(object, true);
     }
-    fn known(store: &Store) -> Vec<String> {
+    fn known(&self, store: &Store) -> Vec<String> {
         store.pod_keys()
     }
-    fn forget(store: &Store, key: &str) {
+    fn forget(&self, store: &Store, key: &str) {
         store.delete_pod_by_key(key);
     }
 }
 
 /// Nodes are cluster-scoped: one watch whatever the watched namespaces. Workers move
 /// masters off nodes that are drained or lose their readiness labels.
-impl Tracked for Node {
-    const WHAT: &'static str = "node";
-    fn api(client: Client, _: Option<&str>) -> Api<Self> {
-        Api::all(client)
+struct Nodes;
+
+impl Tracked for Nodes {
+    type Object = Node;
+    fn what(&self) -> &str {
+        "node"
     }
-    fn apply(store: &Store, object: Self) {
+    fn key(&self, object: &Node) -> String {
+        object_key(&object.metadata)
+    }
+    fn apply(&self, store: &Store, object: Node) {
         store.apply_node(&object, false);
     }
-    fn delete(store: &Store, object: &Self) {
+    fn delete(&self, store: &Store, object: &Node) {
         store.apply_node(object, true);
     }
-    fn known(store: &Store) -> Vec<String> {
+    fn known(&self, store: &Store) -> Vec<String> {
         store.node_keys()
     }
-    fn forget(store: &Store, key: &str) {
+    fn forget(&self, store: &Store, key: &str) {
         store.delete_node_by_key(key);
     }
 }
 
+/// One kind of the objects pgop writes for clusters, as JSON (whole, or only its metadata).
+struct Children {
+    kind: ChildKind,
+    cluster_label: String,
+}
+
+impl Tracked for Children {
+    type Object = Value;
+    fn what(&self) -> &str {
+        self.kind.kind
+    }
+    fn key(&self, object: &Value) -> String {
+        child_key(
+            object["metadata"]["namespace"].as_str().unwrap_or_default(),
+            self.kind.kind,
+            object["metadata"]["name"].as_str().unwrap_or_default(),
+        )
+    }
+    fn apply(&self, store: &Store, object: Value) {
+        store.apply_child(child_state(&self.kind, &object, &self.cluster_label, false));
+    }
+    fn delete(&self, store: &Store, object: &Value) {
+        store.apply_child(child_state(&self.kind, object, &self.cluster_label, true));
+    }
+    fn known(&self, store: &Store) -> Vec<String> {
+        store.child_keys(self.kind.kind)
+    }
+    fn forget(&self, store: &Store, key: &str) {
+        store.delete_child_by_key(key);
+    }
+}
+
+type EventStream<T> = BoxStream<'static, watcher::Result<Event<T>>>;
+
 /// One watch per watched namespace (or one for all), each with its own relist tracking.
-async fn watch_each_namespace<K: Tracked>(
-    client: Client,
-    namespaces: WatchedNamespaces,
-    config: watcher::Config,
+async fn watch_each_namespace<T: Tracked>(
+    tracker: T,
+    streams: Vec<(Option<String>, EventStream<T::Object>)>,
     store: Arc<Store>,
     lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
-    let streams = apis::<K>(&client, &namespaces)
-        .into_iter()
-        .map(|(scope, api)| {
-            let (store, lists, shutdown, config) = (
-                store.clone(),
-                lists.clone(),
-                shutdown.clone(),
-                config.clone(),
-            );
-            async move {
-                let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
-                let mut relist = Relist::new(scope);
-                let mut first = true;
-                loop {
-                    let event = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        e = events.next() => match e { Some(e) => e, None => return },
-                    };
-                    match event {
-                        Ok(Event::Init) => relist.start(),
-                        Ok(Event::InitApply(object)) => {
-                            relist.saw(object.key());
-                            K::apply(&store, object);
-                        }
-                        Ok(Event::InitDone) => {
-                            for key in relist.gone(K::known(&store)) {
-                                K::forget(&store, &key);
-                            }
-                            lists.done(&mut first);
-                        }
-                        Ok(Event::Apply(object)) => K::apply(&store, object),
-                        Ok(Event::Delete(object)) => K::delete(&store, &object),
-                        Err(e) => tracing::warn!("{} watch: {e}", K::WHAT),
+    let tracker = &tracker;
+    let streams = streams.into_iter().map(|(scope, mut events)| {
+        let (store, lists, shutdown) = (store.clone(), lists.clone(), shutdown.clone());
+        async move {
+            let mut relist = Relist::new(scope);
+            let mut first = true;
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    e = events.next() => match e { Some(e) => e, None => return },
+                };
+                match event {
+                    Ok(Event::Init) => relist.start(),
+                    Ok(Event::InitApply(object)) => {
+                        relist.saw(tracker.key(&object));
+                        tracker.apply(&store, object);
                     }
+                    Ok(Event::InitDone) => {
+                        for key in relist.gone(tracker.known(&store)) {
+                            tracker.forget(&store, &key);
+                        }
+                        lists.done(&mut first);
+                    }
+                    Ok(Event::Apply(object)) => tracker.apply(&store, object),
+                    Ok(Event::Delete(object)) => tracker.delete(&store, &object),
+                    Err(e) => tracing::warn!("{} watch: {e}", tracker.what()),
                 }
             }
-        });
+        }
+    });
     futures::future::join_all(streams).await;
+}
+
+/// Full objects of `api`, one stream per watched namespace.
+fn full_streams<K>(
+    namespaces: &WatchedNamespaces,
+    api: impl Fn(Option<&str>) -> Api<K>,
+    config: &watcher::Config,
+) -> Vec<(Option<String>, EventStream<K>)>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    apis(namespaces, api)
+        .into_iter()
+        .map(|(scope, api)| {
+            let events = watcher::watcher(api, config.clone()).default_backoff();
+            (scope, events.boxed())
+        })
+        .collect()
 }
 
 pub async fn watch_clusters(
@@ -287,15 +344,24 @@ pub async fn watch_clusters(
     lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
-    watch_each_namespace::<DynamicObject>(
-        client,
-        namespaces,
-        watcher::Config::default(),
-        store,
-        lists,
-        shutdown,
-    )
-    .await
+    let resource = postgresql_resource();
+    let api = |ns: Option<&str>| match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let streams = full_streams(&namespaces, api, &watcher::Config::default());
+    watch_each_namespace(Clusters, streams, store, lists, shutdown).await
+}
+
+/// An API for `K` in `namespace`, or in all namespaces.
+fn typed_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 pub async fn watch_pods(
@@ -307,7 +373,8 @@ pub async fn watch_pods(
     shutdown: CancellationToken,
 ) {
     let config = watcher::Config::default().labels(&selector);
-    watch_each_namespace::<Pod>(client, namespaces, config, store, lists, shutdown).await
+    let streams = full_streams(&namespaces, |ns| typed_api::<Pod>(&client, ns), &config);
+    watch_each_namespace(Pods, streams, store, lists, shutdown).await
 }
 
 pub async fn watch_nodes(
@@ -316,15 +383,94 @@ pub async fn watch_nodes(
     lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
-    watch_each_namespace::<Node>(
-        client,
-        WatchedNamespaces::All,
-        watcher::Config::default(),
-        store,
-        lists,
-        shutdown,
-    )
-    .await
+    let streams = full_streams(
+        &WatchedNamespaces::All,
+        |_| Api::<Node>::all(client.clone()),
+        &watcher::Config::default(),
+    );
+    watch_each_namespace(Nodes, streams, store, lists, shutdown).await
+}
+
+/// One kind of child object: watched by the cluster-name label (the pod service account and
+/// its role binding, which no cluster owns alone, by name), whole or only its metadata.
+pub async fn watch_children(
+    client: Client,
+    namespaces: WatchedNamespaces,
+    kind: ChildKind,
+    cluster_label: String,
+    store: Arc<Store>,
+    lists: Arc<InitialLists>,
+    shutdown: CancellationToken,
+) {
+    let config = match &kind.selector {
+        ChildSelector::ClusterLabel => watcher::Config::default().labels(&cluster_label),
+        ChildSelector::Name(name) => watcher::Config::default().fields(&by_name(name)),
+    };
+    let resource = &kind.resource;
+    let streams: Vec<(Option<String>, EventStream<Value>)> = match kind.metadata_only {
+        true => {
+            let api = |ns: Option<&str>| match ns {
+                Some(ns) => Api::<PartialObjectMeta<DynamicObject>>::namespaced_with(
+                    client.clone(),
+                    ns,
+                    resource,
+                ),
+                None => Api::all_with(client.clone(), resource),
+            };
+            json_streams(
+                &namespaces,
+                api,
+                &config,
+                |o| serde_json::json!({"metadata": o.metadata}),
+            )
+        }
+        false => {
+            let api = |ns: Option<&str>| match ns {
+                Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, resource),
+                None => Api::all_with(client.clone(), resource),
+            };
+            json_streams(&namespaces, api, &config, |o| {
+                serde_json::to_value(o).unwrap_or_default()
+            })
+        }
+    };
+    let tracker = Children {
+        kind,
+        cluster_label,
+    };
+    watch_each_namespace(tracker, streams, store, lists, shutdown).await
+}
+
+/// Watches of `api` in each watched namespace, their objects as JSON.
+fn json_streams<K>(
+    namespaces: &WatchedNamespaces,
+    api: impl Fn(Option<&str>) -> Api<K>,
+    config: &watcher::Config,
+    json: fn(K) -> Value,
+) -> Vec<(Option<String>, EventStream<Value>)>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    apis(namespaces, api)
+        .into_iter()
+        .map(|(scope, api)| {
+            let events = watcher::watcher(api, config.clone())
+                .default_backoff()
+                .map_ok(move |e| as_json(e, json));
+            (scope, events.boxed())
+        })
+        .collect()
+}
+
+/// An event of typed objects as one of JSON objects.
+fn as_json<A>(event: Event<A>, json: impl Fn(A) -> Value) -> Event<Value> {
+    match event {
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+        Event::InitApply(o) => Event::InitApply(json(o)),
+        Event::Apply(o) => Event::Apply(json(o)),
+        Event::Delete(o) => Event::Delete(json(o)),
+    }
 }
 
 fn config_map_raw(cm: ConfigMap) -> RawConfig {
@@ -524,10 +670,10 @@ mod tests {
         let (_, mut rx) = store.subscribe();
         for o in listed.items {
             assert_eq!(
-                o.key(),
+                Clusters.key(&o),
                 format!("ns/{}", o.metadata.name.as_deref().unwrap())
             );
-            DynamicObject::apply(&store, o);
+            Clusters.apply(&store, o);
         }
         let mut sent = Vec::new();
         while let Ok(e) = rx.try_recv() {

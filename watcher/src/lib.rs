@@ -1,4 +1,5 @@
 //! pgop's watcher: the one component that watches Kubernetes.
+pub mod children;
 pub mod kube_watch;
 pub mod service;
 pub mod store;

@@ -79,13 +79,31 @@ async fn main() -> anyhow::Result<()> {
         store.apply_raw_config(Some(raw))?;
     }
 
-    // The configuration and node watches, and one cluster and one pod watch per watched
-    // namespace.
+    // The configuration and node watches, and one cluster, one pod and one watch per child
+    // kind per watched namespace.
     let streams = match &namespaces {
         WatchedNamespaces::All => 1,
         WatchedNamespaces::Some(list) => list.len(),
     };
-    let lists = Arc::new(kube_watch::InitialLists::new(2 + 2 * streams));
+    // The kinds pgop writes for clusters, under the versions this cluster serves.
+    let served = pgop_common::discovery::discover(&client)
+        .await
+        .context("discovering the served API versions")?;
+    let child_kinds = pgop_watcher::children::child_kinds(&served, &config);
+    let lists = Arc::new(kube_watch::InitialLists::new(
+        2 + (2 + child_kinds.len()) * streams,
+    ));
+    for kind in child_kinds {
+        tokio::spawn(kube_watch::watch_children(
+            client.clone(),
+            namespaces.clone(),
+            kind,
+            config.cluster_name_label.clone(),
+            store.clone(),
+            lists.clone(),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(kube_watch::watch_config(
         client.clone(),
         settings.namespace.clone(),

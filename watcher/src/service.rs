@@ -70,10 +70,11 @@ impl Watcher for WatcherService {
         &self,
         _: Request<GetWatcherStateRequest>,
     ) -> Result<Response<WatcherState>, Status> {
-        let (clusters, pods, sequence) = self.store.counts();
+        let (clusters, pods, children, sequence) = self.store.counts();
         Ok(Response::new(WatcherState {
             clusters: clusters as u32,
             pods: pods as u32,
+            children: children as u32,
             namespaces: self.namespaces.clone(),
             subscribers: self.store.subscribers() as u32,
             sequence,

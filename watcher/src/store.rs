@@ -8,11 +8,13 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use pgop_common::config::{ConfigError, OperatorConfig, SECRET_KEYS};
 use pgop_proto::v1::{
-    watch_event, ClusterEvent, ClusterEventType, ConfigEvent, NodeState, PodState, SnapshotDone,
-    WatchEvent,
+    watch_event, ChildState, ClusterEvent, ClusterEventType, ConfigEvent, NodeState, PodState,
+    SnapshotDone, WatchEvent,
 };
 use serde_json::Value;
 use tokio::sync::broadcast;
+
+use crate::children::child_key;
 
 /// Labels that route pods: which cluster a pod belongs to and its role.
 #[derive(Debug, Clone)]
@@ -128,11 +130,39 @@ pub fn startup_config(
     }
 }
 
+/// A postgresql object as the watcher keeps it: serialized, not as a JSON tree (a tree
+/// takes several times the memory, and the object is only ever sent on).
+struct StoredCluster {
+    uid: String,
+    /// Hash of what workers act on (see [`fingerprint`]).
+    print: String,
+    /// The SYNC event of the object as the API server sent it last.
+    event: ClusterEvent,
+}
+
+impl StoredCluster {
+    fn of(object: &Value) -> Self {
+        Self {
+            uid: meta(object, "uid").to_string(),
+            print: pgop_common::applied::content_hash(&fingerprint(object).to_string()),
+            event: cluster_event(ClusterEventType::Sync, object),
+        }
+    }
+
+    fn event(&self, kind: ClusterEventType) -> ClusterEvent {
+        ClusterEvent {
+            r#type: kind as i32,
+            ..self.event.clone()
+        }
+    }
+}
+
 struct Inner {
-    /// key → (the object's JSON as the API server sent it, its fingerprint)
-    clusters: BTreeMap<String, (Value, Value)>,
+    clusters: BTreeMap<String, StoredCluster>,
     /// namespace/pod → state
     pods: BTreeMap<String, PodState>,
+    /// namespace/Kind/name → what workers need of an object pgop writes
+    children: BTreeMap<String, ChildState>,
     /// node name → what workers need of it
     nodes: BTreeMap<String, NodeState>,
     config: Option<ConfigEvent>,
@@ -259,6 +289,7 @@ impl Store {
             inner: Mutex::new(Inner {
                 clusters: BTreeMap::new(),
                 pods: BTreeMap::new(),
+                children: BTreeMap::new(),
                 nodes: BTreeMap::new(),
                 config: None,
                 sequence: 0,
@@ -286,25 +317,25 @@ impl Store {
     /// only when its spec, labels, annotations or pending deletion changed.
     pub fn apply_cluster(&self, pg: Value) {
         let key = cluster_key(&pg);
-        let print = fingerprint(&pg);
+        let stored = StoredCluster::of(&pg);
         let mut inner = self.lock();
         let replaced = inner
             .clusters
             .get(&key)
-            .filter(|(old, _)| meta(old, "uid") != meta(&pg, "uid"))
-            .map(|(old, _)| cluster_event(ClusterEventType::Delete, old));
+            .filter(|old| old.uid != stored.uid)
+            .map(|old| old.event(ClusterEventType::Delete));
         let kind = match inner.clusters.get(&key) {
             None => Some(ClusterEventType::Add),
             // Deleted and recreated while the watch was down.
             Some(_) if replaced.is_some() => Some(ClusterEventType::Add),
-            Some((_, old_print)) if *old_print != print => Some(ClusterEventType::Update),
+            Some(old) if old.print != stored.print => Some(ClusterEventType::Update),
             Some(_) => None,
         };
         if let Some(delete) = replaced {
             self.publish(&mut inner, watch_event::Event::Cluster(delete));
         }
-        let event = kind.map(|k| cluster_event(k, &pg));
-        inner.clusters.insert(key, (pg, print));
+        let event = kind.map(|k| stored.event(k));
+        inner.clusters.insert(key, stored);
         if let Some(e) = event {
             self.publish(&mut inner, watch_event::Event::Cluster(e));
         }
@@ -312,8 +343,8 @@ impl Store {
 
     pub fn delete_cluster(&self, key: &str) {
         let mut inner = self.lock();
-        if let Some((old, _)) = inner.clusters.remove(key) {
-            let e = cluster_event(ClusterEventType::Delete, &old);
+        if let Some(old) = inner.clusters.remove(key) {
+            let e = old.event(ClusterEventType::Delete);
             self.publish(&mut inner, watch_event::Event::Cluster(e));
         }
     }
@@ -328,13 +359,57 @@ impl Store {
         let events: Vec<ClusterEvent> = inner
             .clusters
             .values()
-            .map(|(pg, _)| cluster_event(ClusterEventType::Sync, pg))
+            .map(|c| c.event(ClusterEventType::Sync))
             .collect();
         let n = events.len();
         for e in events {
             self.publish(&mut inner, watch_event::Event::Cluster(e));
         }
         n
+    }
+
+    /// Records a child object's state; an event only when it changed for workers. An object
+    /// whose cluster label now names another cluster is gone for the first one.
+    pub fn apply_child(&self, state: ChildState) {
+        let key = child_key(&state.namespace, &state.kind, &state.name);
+        let mut inner = self.lock();
+        if state.deleted {
+            if inner.children.remove(&key).is_some() {
+                self.publish(&mut inner, watch_event::Event::Child(state));
+            }
+            return;
+        }
+        match inner.children.get(&key) {
+            Some(old) if *old == state => return,
+            Some(old) if old.cluster != state.cluster => {
+                let gone = ChildState {
+                    deleted: true,
+                    ..old.clone()
+                };
+                self.publish(&mut inner, watch_event::Event::Child(gone));
+            }
+            _ => {}
+        }
+        inner.children.insert(key, state.clone());
+        self.publish(&mut inner, watch_event::Event::Child(state));
+    }
+
+    /// Keys of the child objects of `kind`, as the watch loop names them.
+    pub fn child_keys(&self, kind: &str) -> Vec<String> {
+        self.lock()
+            .children
+            .iter()
+            .filter(|(_, c)| c.kind == kind)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    pub fn delete_child_by_key(&self, key: &str) {
+        let mut inner = self.lock();
+        if let Some(mut state) = inner.children.remove(key) {
+            state.deleted = true;
+            self.publish(&mut inner, watch_event::Event::Child(state));
+        }
     }
 
     pub fn apply_pod(&self, pod: &Pod, deleted: bool) {
@@ -431,13 +506,15 @@ impl Store {
         Ok(Some(changes))
     }
 
-    /// The current state as events (configuration, clusters as SYNC, pods, SnapshotDone)
-    /// and a receiver of every later event.
+    /// The current state as events (configuration, nodes, pods, child objects, clusters as
+    /// SYNC, SnapshotDone) and a receiver of every later event. A cluster's pods and objects
+    /// come before it, so the scheduler hands them over with the cluster.
     pub fn subscribe(&self) -> (Vec<WatchEvent>, broadcast::Receiver<WatchEvent>) {
         let inner = self.lock();
         let receiver = self.live.subscribe();
         let sequence = inner.sequence;
-        let mut events = Vec::with_capacity(inner.clusters.len() + inner.pods.len() + 2);
+        let mut events =
+            Vec::with_capacity(inner.clusters.len() + inner.pods.len() + inner.children.len() + 2);
         let mut push = |event| {
             events.push(WatchEvent {
                 sequence,
@@ -450,11 +527,14 @@ impl Store {
         for node in inner.nodes.values() {
             push(watch_event::Event::Node(node.clone()));
         }
-        for (pg, _) in inner.clusters.values() {
-            push(watch_event::Event::Cluster(cluster_event(
-                ClusterEventType::Sync,
-                pg,
-            )));
+        for p in inner.pods.values() {
+            push(watch_event::Event::Pod(p.clone()));
+        }
+        for c in inner.children.values() {
+            push(watch_event::Event::Child(c.clone()));
+        }
+        for c in inner.clusters.values() {
+            push(watch_event::Event::Cluster(c.event(ClusterEventType::Sync)));
         }
         // Pods without their postgresql object: the cluster was deleted while nobody
         // listened (a scheduler that was down never saw the DELETE). Reporting the deletion
@@ -477,19 +557,23 @@ impl Store {
                 ..Default::default()
             }));
         }
-        for p in inner.pods.values() {
-            push(watch_event::Event::Pod(p.clone()));
-        }
         push(watch_event::Event::SnapshotDone(SnapshotDone {
             clusters: inner.clusters.len() as u32,
             pods: inner.pods.len() as u32,
+            children: inner.children.len() as u32,
         }));
         (events, receiver)
     }
 
-    pub fn counts(&self) -> (usize, usize, u64) {
+    /// (clusters, pods, child objects, sequence)
+    pub fn counts(&self) -> (usize, usize, usize, u64) {
         let inner = self.lock();
-        (inner.clusters.len(), inner.pods.len(), inner.sequence)
+        (
+            inner.clusters.len(),
+            inner.pods.len(),
+            inner.children.len(),
+            inner.sequence,
+        )
     }
 
     pub fn subscribers(&self) -> usize {
@@ -500,6 +584,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgop_proto::v1::ChildDrift;
     use serde_json::json;
 
     fn pg(name: &str, uid: &str, instances: i32, status: Option<&str>) -> Value {
@@ -527,6 +612,9 @@ mod tests {
                 watch_event::Event::Config(_) => "CONFIG".into(),
                 watch_event::Event::SnapshotDone(_) => "DONE".into(),
                 watch_event::Event::Node(n) => format!("NODE:{}:{}", n.name, n.deleted),
+                watch_event::Event::Child(c) => {
+                    format!("CHILD:{}:{}:{}:{}", c.cluster, c.kind, c.name, c.deleted)
+                }
             });
         }
         out
@@ -661,6 +749,7 @@ mod tests {
                 watch_event::Event::SnapshotDone(d) => format!("DONE:{}", d.clusters),
                 watch_event::Event::Pod(_) => "POD".into(),
                 watch_event::Event::Node(_) => "NODE".into(),
+                watch_event::Event::Child(_) => "CHILD".into(),
             })
             .collect();
         assert_eq!(
@@ -740,6 +829,55 @@ mod tests {
             (state.cluster.as_str(), state.pod_ip.as_str()),
             ("a", "127.1.0.1")
         );
+    }
+
+    #[test]
+    fn child_objects_repeat_only_on_change_and_come_before_their_cluster() {
+        let store = Store::new(PodLabels::default());
+        store.apply_cluster(pg("a", "u1", 1, None));
+        let (_, mut rx) = store.subscribe();
+        let child = |cluster: &str, drift: ChildDrift| ChildState {
+            namespace: "ns".into(),
+            cluster: cluster.into(),
+            kind: "Service".into(),
+            name: "a-repl".into(),
+            applied_hash: "h".into(),
+            drift: drift as i32,
+            ..ChildState::default()
+        };
+        store.apply_child(child("a", ChildDrift::InSync));
+        store.apply_child(child("a", ChildDrift::InSync));
+        store.apply_child(child("a", ChildDrift::Drifted));
+        // Relabelled to another cluster: gone for the first one.
+        store.apply_child(child("b", ChildDrift::Drifted));
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "CHILD:a:Service:a-repl:false",
+                "CHILD:a:Service:a-repl:false",
+                "CHILD:a:Service:a-repl:true",
+                "CHILD:b:Service:a-repl:false",
+            ]
+        );
+        assert_eq!(store.child_keys("Service"), ["ns/Service/a-repl"]);
+        assert!(store.child_keys("Secret").is_empty());
+        let (snapshot, _) = store.subscribe();
+        let order: Vec<&str> = snapshot
+            .iter()
+            .map(|e| match e.event.as_ref().unwrap() {
+                watch_event::Event::Child(_) => "CHILD",
+                watch_event::Event::Cluster(_) => "CLUSTER",
+                watch_event::Event::SnapshotDone(d) => {
+                    assert_eq!(d.children, 1);
+                    "DONE"
+                }
+                _ => "OTHER",
+            })
+            .collect();
+        assert_eq!(order, ["CHILD", "CLUSTER", "DONE"]);
+        store.delete_child_by_key("ns/Service/a-repl");
+        store.delete_child_by_key("ns/Service/a-repl");
+        assert_eq!(drain(&mut rx), ["CHILD:b:Service:a-repl:true"]);
     }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -1,14 +1,18 @@
 //! Writes with one field manager, and only when something differs: a reconcile of a
-//! cluster that is in sync sends no write at all.
+//! cluster that is in sync sends no write at all, and no read either when the watcher
+//! reported the object as pgop left it ([`Seen`]).
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams, TypeMeta};
 use kube::{Api, Client, Resource};
+use pgop_common::applied::LAST_APPLIED;
+pub use pgop_common::applied::{content_hash, is_subset, APPLIED_HASH};
 use pgop_common::crd::Postgresql;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
+
+use crate::cache::children::Seen;
 
 /// The one field manager of every pgop write.
 pub const FIELD_MANAGER: &str = "pgop";
@@ -39,56 +43,9 @@ pub enum ApplyError {
     },
 }
 
-/// Annotation with a hash of the desired object as pgop last applied it: when the desired
-/// object changes, even by losing a field (which a comparison with the live object cannot
-/// see), it is applied again, and server-side apply removes what pgop no longer sets.
-pub const APPLIED_HASH: &str = "pgop/applied-hash";
-
-/// True when every field set in `desired` has the same value in `live`. Lists must match
-/// element for element: the server keeps their order. Fields the server fills in (defaults,
-/// status, metadata) are ignored because `desired` does not set them; empty strings, lists
-/// and maps, which the server drops, match a missing field; quantities match by value
-/// (the server writes `1000m` as `1`).
-pub fn is_subset(desired: &Value, live: &Value) -> bool {
-    match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
-            Some(lv) => is_subset(dv, lv),
-            None => is_empty(dv),
-        }),
-        (Value::Array(d), Value::Array(l)) => {
-            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv))
-        }
-        (Value::String(d), Value::String(l)) => d == l || same_quantity(d, l),
-        (d, l) => d == l || (is_empty(d) && l.is_null()),
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
-        _ => false,
-    }
-}
-
-fn same_quantity(a: &str, b: &str) -> bool {
-    use crate::builders::quantity::parse;
-    matches!((parse(a), parse(b)), (Ok(x), Ok(y)) if x == y)
-}
-
 fn hash_of(target: &Target, object: &impl Serialize) -> Result<String, ApplyError> {
     let json = serde_json::to_string(object).map_err(|e| target.serialize(e))?;
     Ok(content_hash(&json))
-}
-
-/// FNV-1a of the object's JSON: stable across processes and versions of pgop.
-pub fn content_hash(json: &str) -> String {
-    let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{hash:016x}")
 }
 
 /// A namespaced Kubernetes object pgop writes.
@@ -142,25 +99,34 @@ impl Target {
     }
 }
 
-/// Server-side apply of `desired` unless the live object already matches it.
-pub async fn apply<K: Object>(api: &Api<K>, desired: &K) -> Result<Applied, ApplyError> {
-    apply_adjusted(api, desired, |_, _| {}).await
+/// Server-side apply of `desired` unless the live object already matches it: no request at
+/// all when `seen` shows the object as pgop applied it.
+pub(crate) async fn apply<K: Object>(
+    api: &Api<K>,
+    desired: &K,
+    seen: &Seen,
+) -> Result<Applied, ApplyError> {
+    apply_adjusted(api, desired, seen, |_, _| {}).await
 }
 
 /// [`apply`], with `adjust` fitting the desired object to the live one first (e.g. keeping
 /// fields Kubernetes does not let change).
-pub async fn apply_adjusted<K: Object>(
+pub(crate) async fn apply_adjusted<K: Object>(
     api: &Api<K>,
     desired: &K,
+    seen: &Seen,
     adjust: impl FnOnce(&mut K, &K),
 ) -> Result<Applied, ApplyError> {
     let target = Target::of(desired)?;
+    // Hashed before the adjustment: what was taken from the live object is no change.
+    let hash = hash_of(&target, desired)?;
+    if seen.as_applied(&hash) {
+        return Ok(Applied::Unchanged);
+    }
     let live = api
         .get_opt(&target.name)
         .await
         .map_err(|e| target.kube(e))?;
-    // Hashed before the adjustment: what was taken from the live object is no change.
-    let hash = hash_of(&target, desired)?;
     let mut desired = desired.clone();
     if let Some(live) = &live {
         adjust(&mut desired, live);
@@ -171,11 +137,12 @@ pub async fn apply_adjusted<K: Object>(
 /// [`apply`] of `desired` under another version of its API group with the same schema, the
 /// one the cluster serves: e.g. a policy/v1 PodDisruptionBudget as policy/v1beta1 on
 /// Kubernetes 1.20.
-pub async fn apply_as<K: Object>(
+pub(crate) async fn apply_as<K: Object>(
     client: &kube::Client,
     namespace: &str,
     desired: &K,
     version: &str,
+    seen: &Seen,
 ) -> Result<Applied, ApplyError> {
     let (api, target) = versioned_api::<K>(client, namespace, desired, version)?;
     let mut object: DynamicObject = serde_json::to_value(desired)
@@ -185,22 +152,29 @@ pub async fn apply_as<K: Object>(
         api_version: api_version::<K>(version),
         kind: target.kind.clone(),
     });
+    let hash = hash_of(&target, &object)?;
+    if seen.as_applied(&hash) {
+        return Ok(Applied::Unchanged);
+    }
     let live = api
         .get_opt(&target.name)
         .await
         .map_err(|e| target.kube(e))?;
-    let hash = hash_of(&target, &object)?;
     write_if_changed(&api, &target, object, hash, live).await
 }
 
 /// Deletes the object `name` of `K`'s kind under `version` if it exists: an absent one
-/// costs a read, never a write.
-pub async fn delete_as<K: Object>(
+/// costs a read, never a write, and nothing when `seen` reports it absent.
+pub(crate) async fn delete_as<K: Object>(
     client: &kube::Client,
     namespace: &str,
     name: &str,
     version: &str,
+    seen: &Seen,
 ) -> Result<Applied, ApplyError> {
+    if seen.absent() {
+        return Ok(Applied::Unchanged);
+    }
     let resource = versioned_resource::<K>(version);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
     let error = |source| ApplyError::Kube {
@@ -249,6 +223,24 @@ fn versioned_api<K: Object>(
     ))
 }
 
+/// Annotates `desired` with its hash and with itself as applied, for the watcher to judge
+/// the live object by (see `pgop_common::applied`).
+fn stamp<K: Resource + Serialize>(desired: &mut K, hash: String) -> Result<(), serde_json::Error> {
+    let annotations = desired
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default);
+    annotations.insert(APPLIED_HASH.to_string(), hash);
+    annotations.remove(LAST_APPLIED);
+    let applied = serde_json::to_string(&desired)?;
+    desired
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(LAST_APPLIED.to_string(), applied);
+    Ok(())
+}
+
 /// The common end of every apply: stamp the content hash, compare with `live`, and
 /// server-side apply only when something differs.
 async fn write_if_changed<K>(
@@ -261,11 +253,7 @@ async fn write_if_changed<K>(
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
 {
-    desired
-        .meta_mut()
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(APPLIED_HASH.to_string(), hash);
+    stamp(&mut desired, hash).map_err(|e| target.serialize(e))?;
     if let Some(live) = live {
         let desired_json = serde_json::to_value(&desired).map_err(|e| target.serialize(e))?;
         let live_json = serde_json::to_value(&live).map_err(|e| target.serialize(e))?;
@@ -284,9 +272,17 @@ where
 }
 
 /// Creates `desired` when no object of its name exists; an existing one is left as it is
-/// (credentials are never overwritten, the pod service account is not synced).
-pub async fn create_if_absent<K: Object>(api: &Api<K>, desired: &K) -> Result<Applied, ApplyError> {
+/// (the pod service account is not synced, Patroni owns the Endpoints): no request when
+/// `seen` reports it.
+pub(crate) async fn create_if_absent<K: Object>(
+    api: &Api<K>,
+    desired: &K,
+    seen: &Seen,
+) -> Result<Applied, ApplyError> {
     let target = Target::of(desired)?;
+    if seen.exists() {
+        return Ok(Applied::Unchanged);
+    }
     let name = &target.name;
     if api
         .get_metadata_opt(name)
@@ -296,12 +292,82 @@ pub async fn create_if_absent<K: Object>(api: &Api<K>, desired: &K) -> Result<Ap
     {
         return Ok(Applied::Unchanged);
     }
-    match api.create(&PostParams::default(), desired).await {
+    create(api, &target, desired).await
+}
+
+async fn create<K: Object>(
+    api: &Api<K>,
+    target: &Target,
+    desired: &K,
+) -> Result<Applied, ApplyError> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, desired).await {
         Ok(_) => Ok(Applied::Written),
         // Created meanwhile by someone else (a previous owner's last write): keep theirs.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Applied::Unchanged),
         Err(e) => Err(target.kube(e)),
     }
+}
+
+/// Creates `desired` when absent, and otherwise keeps only its labels in sync: credentials
+/// are never overwritten, but a label somebody changed or removed is put back (a
+/// server-side apply of the metadata alone).
+pub(crate) async fn create_or_relabel<K: Object>(
+    api: &Api<K>,
+    desired: &K,
+    seen: &Seen,
+) -> Result<Applied, ApplyError> {
+    let target = Target::of(desired)?;
+    let labels = serde_json::json!({"metadata": {"labels": desired.meta().labels}});
+    let hash = content_hash(&labels.to_string());
+    if seen.as_applied(&hash) {
+        return Ok(Applied::Unchanged);
+    }
+    let annotations = [
+        (APPLIED_HASH.to_string(), hash),
+        (LAST_APPLIED.to_string(), labels.to_string()),
+    ];
+    let live = api
+        .get_metadata_opt(&target.name)
+        .await
+        .map_err(|e| target.kube(e))?;
+    let Some(live) = live else {
+        let mut desired = desired.clone();
+        desired
+            .meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .extend(annotations);
+        return create(api, &target, &desired).await;
+    };
+    let mut metadata = kube::api::ObjectMeta {
+        name: Some(target.name.clone()),
+        labels: desired.meta().labels.clone(),
+        annotations: Some(annotations.into_iter().collect()),
+        ..Default::default()
+    };
+    let wanted = serde_json::to_value(&metadata).map_err(|e| target.serialize(e))?;
+    let have = serde_json::to_value(&live.metadata).map_err(|e| target.serialize(e))?;
+    if is_subset(&wanted, &have) {
+        return Ok(Applied::Unchanged);
+    }
+    metadata.namespace = desired.meta().namespace.clone();
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+    });
+    api.patch(
+        &target.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| target.kube(e))?;
+    Ok(Applied::Written)
 }
 
 /// The `postgresql` resource without its types: whatever the API server admits must be
@@ -318,72 +384,13 @@ pub fn postgresql_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn subset_comparison() {
-        let table = [
-            (json!({"a": 1}), json!({"a": 1, "b": 2}), true),
-            (json!({"a": 1}), json!({"a": 2}), false),
-            (json!({"a": 1}), json!({}), false),
-            (json!({"a": null}), json!({}), true),
-            (
-                json!({"m": {"x": "1"}}),
-                json!({"m": {"x": "1", "y": "2"}}),
-                true,
-            ),
-            (
-                json!({"l": [{"n": 1}]}),
-                json!({"l": [{"n": 1, "d": true}]}),
-                true,
-            ),
-            (
-                json!({"l": [{"n": 1}]}),
-                json!({"l": [{"n": 1}, {"n": 2}]}),
-                false,
-            ),
-            (json!({"l": [1, 2]}), json!({"l": [2, 1]}), false),
-            (json!({"s": "5432"}), json!({"s": 5432}), false),
-            // What the server drops or rewrites still matches.
-            (
-                json!({"env": [{"name": "A", "value": ""}]}),
-                json!({"env": [{"name": "A"}]}),
-                true,
-            ),
-            (json!({"a": [], "m": {}}), json!({}), true),
-            (
-                json!({"cpu": "1000m", "memory": "2048Mi"}),
-                json!({"cpu": "1", "memory": "2Gi"}),
-                true,
-            ),
-            (json!({"cpu": "500m"}), json!({"cpu": "1"}), false),
-            (
-                json!({"env": [{"name": "A", "value": "x"}]}),
-                json!({"env": [{"name": "A"}]}),
-                false,
-            ),
-        ];
-        for (desired, live, want) in table {
-            assert_eq!(is_subset(&desired, &live), want, "{desired} ⊆ {live}");
-        }
-    }
-
-    #[test]
-    fn the_hash_follows_the_content() {
-        let a = content_hash(r#"{"spec":{"replicas":2}}"#);
-        assert_eq!(a, content_hash(r#"{"spec":{"replicas":2}}"#));
-        assert_ne!(a, content_hash(r#"{"spec":{"replicas":3}}"#));
-        assert_ne!(
-            a,
-            content_hash(r#"{"spec":{}}"#),
-            "a removed field changes the hash"
-        );
-    }
+    use serde_json::{json, Value};
 
     mod request_sequences {
         use super::*;
         use crate::mock_api::{client, Exchange};
-        use k8s_openapi::api::core::v1::ConfigMap;
+        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        use pgop_proto::v1::{ChildDrift, ChildState};
 
         const PATH: &str = "/api/v1/namespaces/ns/configmaps/cm";
 
@@ -399,15 +406,177 @@ mod tests {
         /// The object as the API server returns it after pgop applied `desired`: with the
         /// content hash and what the server fills in.
         fn live(data: Value) -> Value {
+            let mut applied = desired();
+            stamp(&mut applied, hash()).unwrap();
+            let mut live = serde_json::to_value(applied).unwrap();
+            live["data"] = data;
+            live["metadata"]["uid"] = json!("u-1");
+            live["metadata"]["resourceVersion"] = json!("7");
+            live["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+            live
+        }
+
+        fn hash() -> String {
             let desired = desired();
-            let hash = hash_of(&Target::of(&desired).unwrap(), &desired).unwrap();
-            json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "cm", "namespace": "ns", "labels": {"team": "acid"},
-                    "annotations": {APPLIED_HASH: hash}, "uid": "u-1", "resourceVersion": "7",
-                    "creationTimestamp": "2026-01-01T00:00:00Z"},
-                "data": data
+            hash_of(&Target::of(&desired).unwrap(), &desired).unwrap()
+        }
+
+        /// What the watcher reports of the object.
+        fn reported(hash: &str, drift: ChildDrift) -> Seen {
+            Seen::Present(ChildState {
+                namespace: "ns".into(),
+                kind: "ConfigMap".into(),
+                name: "cm".into(),
+                applied_hash: hash.into(),
+                drift: drift as i32,
+                ..ChildState::default()
             })
+        }
+
+        #[tokio::test]
+        async fn an_object_reported_as_applied_costs_no_request() {
+            let (c, server) = client(vec![]);
+            let seen = reported(&hash(), ChildDrift::InSync);
+            assert_eq!(
+                apply(&api(c.clone()), &desired(), &seen).await.unwrap(),
+                Applied::Unchanged
+            );
+            assert_eq!(
+                create_if_absent(&api(c.clone()), &desired(), &seen)
+                    .await
+                    .unwrap(),
+                Applied::Unchanged
+            );
+            assert_eq!(
+                delete_as::<ConfigMap>(&c, "ns", "cm", "v1", &Seen::Absent)
+                    .await
+                    .unwrap(),
+                Applied::Unchanged
+            );
+            drop(c);
+            assert!(server.await.unwrap().is_empty());
+        }
+
+        #[tokio::test]
+        async fn a_drifted_or_outdated_report_is_read_and_repaired() {
+            for seen in [
+                reported(&hash(), ChildDrift::Drifted),
+                reported("an older desired object", ChildDrift::InSync),
+                reported(&hash(), ChildDrift::Unknown),
+                Seen::Absent,
+            ] {
+                let (c, server) = client(vec![
+                    Exchange::new("GET", PATH, 200, live(json!({"a": "changed by hand"}))),
+                    Exchange::new("PATCH", PATH, 200, live(json!({"a": "1"}))),
+                ]);
+                assert_eq!(
+                    apply(&api(c), &desired(), &seen).await.unwrap(),
+                    Applied::Written,
+                    "{seen:?}"
+                );
+                let requests = server.await.unwrap();
+                assert_eq!(requests.len(), 2, "{seen:?}");
+                let body = requests[1].body.as_ref().unwrap();
+                let applied: Value = serde_json::from_str(
+                    body["metadata"]["annotations"][LAST_APPLIED]
+                        .as_str()
+                        .unwrap(),
+                )
+                .unwrap();
+                assert_eq!(applied["data"], json!({"a": "1"}));
+                assert!(applied["metadata"]["annotations"][LAST_APPLIED].is_null());
+                assert_eq!(
+                    pgop_common::applied::judge(&live(json!({"a": "1"}))),
+                    pgop_common::applied::Drift::InSync,
+                    "the watcher judges what pgop applied as in sync"
+                );
+            }
+        }
+
+        #[tokio::test]
+        async fn secrets_are_created_once_and_only_their_labels_kept() {
+            let secret = || -> Secret {
+                serde_json::from_value(json!({
+                    "metadata": {"name": "s", "namespace": "ns", "labels": {"team": "acid"}},
+                    "data": {"password": "c2VjcmV0"}
+                }))
+                .unwrap()
+            };
+            let path = "/api/v1/namespaces/ns/secrets/s";
+            let meta = |labels: Value, annotations: Value| {
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": {"name": "s", "namespace": "ns", "labels": labels,
+                    "annotations": annotations}})
+            };
+            // Absent: created with its labels as applied.
+            let (c, server) = client(vec![
+                Exchange::not_found("GET", path),
+                Exchange::new("POST", "/api/v1/namespaces/ns/secrets", 201, json!({})),
+            ]);
+            let api: Api<Secret> = Api::namespaced(c, "ns");
+            assert_eq!(
+                create_or_relabel(&api, &secret(), &Seen::Absent)
+                    .await
+                    .unwrap(),
+                Applied::Written
+            );
+            drop(api);
+            let created = server.await.unwrap()[1].body.clone().unwrap();
+            assert_eq!(created["data"]["password"], "c2VjcmV0");
+            let annotations = created["metadata"]["annotations"].clone();
+            let hash = annotations[APPLIED_HASH].as_str().unwrap().to_string();
+
+            // A label changed by hand: the metadata alone is applied, never the data.
+            let (c, server) = client(vec![
+                Exchange::new(
+                    "GET",
+                    path,
+                    200,
+                    meta(json!({"team": "x"}), annotations.clone()),
+                ),
+                Exchange::new("PATCH", path, 200, json!({})),
+            ]);
+            let api: Api<Secret> = Api::namespaced(c, "ns");
+            let seen = Seen::Present(ChildState {
+                kind: "Secret".into(),
+                applied_hash: hash.clone(),
+                drift: ChildDrift::Drifted as i32,
+                ..ChildState::default()
+            });
+            assert_eq!(
+                create_or_relabel(&api, &secret(), &seen).await.unwrap(),
+                Applied::Written
+            );
+            drop(api);
+            let patch = server.await.unwrap()[1].body.clone().unwrap();
+            assert_eq!(patch["metadata"]["labels"], json!({"team": "acid"}));
+            assert!(patch.get("data").is_none(), "{patch}");
+
+            // In sync, as read or as reported.
+            let (c, server) = client(vec![Exchange::new(
+                "GET",
+                path,
+                200,
+                meta(json!({"team": "acid", "extra": "kept"}), annotations),
+            )]);
+            let api: Api<Secret> = Api::namespaced(c, "ns");
+            assert_eq!(
+                create_or_relabel(&api, &secret(), &Seen::Unobserved)
+                    .await
+                    .unwrap(),
+                Applied::Unchanged
+            );
+            let in_sync = Seen::Present(ChildState {
+                applied_hash: hash,
+                drift: ChildDrift::InSync as i32,
+                ..ChildState::default()
+            });
+            assert_eq!(
+                create_or_relabel(&api, &secret(), &in_sync).await.unwrap(),
+                Applied::Unchanged
+            );
+            drop(api);
+            assert_eq!(server.await.unwrap().len(), 1);
         }
 
         fn api(c: kube::Client) -> Api<ConfigMap> {
@@ -423,7 +592,7 @@ mod tests {
                 live(json!({"a": "1"})),
             )]);
             assert_eq!(
-                apply(&api(c), &desired()).await.unwrap(),
+                apply(&api(c), &desired(), &Seen::Unobserved).await.unwrap(),
                 Applied::Unchanged
             );
             assert_eq!(server.await.unwrap().len(), 1);
@@ -439,7 +608,10 @@ mod tests {
                     found,
                     Exchange::new("PATCH", PATH, 200, live(json!({"a": "1"}))),
                 ]);
-                assert_eq!(apply(&api(c), &desired()).await.unwrap(), Applied::Written);
+                assert_eq!(
+                    apply(&api(c), &desired(), &Seen::Unobserved).await.unwrap(),
+                    Applied::Written
+                );
                 let seen = server.await.unwrap();
                 let patch = &seen[1];
                 assert!(patch.query.contains("fieldManager=pgop"), "{}", patch.query);
@@ -456,7 +628,9 @@ mod tests {
                 "metadata": {"name": "cm", "namespace": "ns", "resourceVersion": "7"}});
             let (c, server) = client(vec![Exchange::new("GET", PATH, 200, metadata)]);
             assert_eq!(
-                create_if_absent(&api(c), &desired()).await.unwrap(),
+                create_if_absent(&api(c), &desired(), &Seen::Unobserved)
+                    .await
+                    .unwrap(),
                 Applied::Unchanged
             );
             assert_eq!(
@@ -471,7 +645,9 @@ mod tests {
                 Exchange::new("POST", collection, 201, live(json!({"a": "1"}))),
             ]);
             assert_eq!(
-                create_if_absent(&api(c), &desired()).await.unwrap(),
+                create_if_absent(&api(c), &desired(), &Seen::Unobserved)
+                    .await
+                    .unwrap(),
                 Applied::Written
             );
             assert_eq!(
@@ -487,7 +663,9 @@ mod tests {
                 Exchange::new("POST", collection, 409, conflict),
             ]);
             assert_eq!(
-                create_if_absent(&api(c), &desired()).await.unwrap(),
+                create_if_absent(&api(c), &desired(), &Seen::Unobserved)
+                    .await
+                    .unwrap(),
                 Applied::Unchanged
             );
             assert_eq!(server.await.unwrap().len(), 2);
@@ -496,7 +674,9 @@ mod tests {
         #[tokio::test]
         async fn deleting_an_absent_object_costs_one_read() {
             let (c, server) = client(vec![Exchange::not_found("GET", PATH)]);
-            let applied = delete_as::<ConfigMap>(&c, "ns", "cm", "v1").await.unwrap();
+            let applied = delete_as::<ConfigMap>(&c, "ns", "cm", "v1", &Seen::Unobserved)
+                .await
+                .unwrap();
             assert_eq!(applied, Applied::Unchanged);
             drop(c);
             assert_eq!(server.await.unwrap().len(), 1);

@@ -10,7 +10,7 @@ use kube::Api;
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::{cluster_status as s, PostgresStatus, Postgresql};
 use pgop_proto::v1::{
-    worker_message, ClusterEvent, ClusterEventType, ClusterStatus, NodeState, PodState,
+    worker_message, ChildState, ClusterEvent, ClusterEventType, ClusterStatus, NodeState, PodState,
     WorkerMessage,
 };
 use tokio::sync::{mpsc, watch};
@@ -20,10 +20,11 @@ use tracing::Instrument;
 
 use crate::builders::restart::TemplateHashes;
 use crate::builders::{statefulset::desired_instances, BuildError};
+use crate::cache::children::{Children, Observed};
+use crate::cache::objects_memo::ObjectsMemo;
 use crate::context::{cluster_reference, Context};
 use crate::deletion::{delete_cluster, Progress};
 use crate::maintenance::in_maintenance_window;
-use crate::objects_memo::ObjectsMemo;
 use crate::patroni_sync::{PatroniProgress, PatroniSync};
 use crate::reconcile::{read_status, sync_objects, write_status, SyncError, Synced, Written};
 use crate::rolling::NodeRules;
@@ -45,6 +46,9 @@ pub enum Input {
     SyncRequest,
     /// The scheduler granted the cluster's turn to replace pods.
     TurnGranted,
+    /// One of the objects pgop writes for the cluster changed (or one its namespace's
+    /// clusters share).
+    Child(ChildState),
 }
 
 /// The status a worker reports once a deleted cluster's objects are gone; the scheduler
@@ -98,6 +102,8 @@ pub struct ClusterTask {
     /// Role definitions the last database sync refused, as shown to the user.
     role_problems: String,
     pods: BTreeMap<String, PodState>,
+    /// The objects pgop writes for the cluster, as the watcher reported them.
+    children: Children,
     /// The last object sync, reused while only pods change.
     objects_memo: ObjectsMemo,
     /// The status as last read or written; None until read from the live object.
@@ -160,6 +166,7 @@ impl ClusterTask {
             patroni_sync: PatroniSync::default(),
             patroni_problem: String::new(),
             pods: BTreeMap::new(),
+            children: Children::default(),
             objects_memo: ObjectsMemo::default(),
             status: None,
             generation: 0,
@@ -221,6 +228,15 @@ impl ClusterTask {
             Input::TurnGranted => {
                 self.rollout.granted();
                 self.pending_event = "TURN".into();
+            }
+            Input::Child(child) => {
+                if self.pending_event.is_empty() {
+                    self.pending_event = format!("{}/{}", child.kind, child.name);
+                }
+                // The shared ones are kept by the registry for all clusters.
+                if !child.cluster.is_empty() {
+                    self.children.take(child);
+                }
             }
             Input::Pod(pod) => {
                 if self.pending_event.is_empty() {
@@ -559,12 +575,19 @@ impl ClusterTask {
                 problems,
             }),
             None => {
+                let observed = Observed {
+                    namespace: &self.namespace,
+                    children: &self.children,
+                    shared: &self.ctx.shared,
+                    shared_name: &config.pod_service_account_name,
+                };
                 let synced = sync_objects(
                     &self.ctx.client,
                     &self.ctx.served,
                     &self.namespace,
                     pg,
                     config,
+                    &observed,
                 )
                 .await;
                 match &synced {

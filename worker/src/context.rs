@@ -10,9 +10,10 @@ use kube::{Api, Client};
 use pgop_common::metrics::Counters;
 use tokio::sync::Semaphore;
 
-use crate::discovery::ServedVersions;
+use crate::cache::children::SharedChildren;
 use crate::patroni::Patroni;
 use crate::view::View;
+use pgop_common::discovery::ServedVersions;
 
 pub struct Context {
     pub client: Client,
@@ -29,6 +30,8 @@ pub struct Context {
     pub metrics: Arc<Counters>,
     /// Patroni's REST API on the pods.
     pub patroni: Patroni,
+    /// What the clusters of each namespace share, as the watcher reported it.
+    pub(crate) shared: SharedChildren,
 }
 
 /// The reporting controller of pgop's Events.
@@ -56,6 +59,7 @@ impl Context {
             patroni: Patroni::new(reqwest::Client::new()),
             http: reqwest::Client::new(),
             metrics,
+            shared: SharedChildren::default(),
         }
     }
 

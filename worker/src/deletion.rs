@@ -1,5 +1,6 @@
 //! Removing a deleted cluster's objects. The manifest is gone by then, so everything is
 //! found by name or by the cluster's selector labels.
+use crate::cache::children::Seen;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
@@ -13,7 +14,10 @@ use pgop_common::config::OperatorConfig;
 use crate::apply::{delete_as, ApplyError};
 use crate::builders::logical_backup::logical_backup_job_name;
 use crate::builders::pdb::pdb_names;
-use crate::discovery::ServedVersions;
+use pgop_common::discovery::ServedVersions;
+
+/// A deletion reads what it removes: it is rare, and must not trust a report that lags.
+const UNOBSERVED: Seen = Seen::Unobserved;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
@@ -73,10 +77,10 @@ pub async fn delete_cluster(
     ignore_missing("StatefulSet", sts.delete(name, &background).await)?;
     let poolers = [format!("{name}-pooler"), format!("{name}-pooler-repl")];
     for pooler in &poolers {
-        delete_as::<Deployment>(client, namespace, pooler, "v1").await?;
+        delete_as::<Deployment>(client, namespace, pooler, "v1", &UNOBSERVED).await?;
     }
     let job = logical_backup_job_name(config, name);
-    delete_as::<CronJob>(client, namespace, &job, &served.cron_job).await?;
+    delete_as::<CronJob>(client, namespace, &job, &served.cron_job, &UNOBSERVED).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let stopping = pods
         .list_metadata(&selector)
@@ -98,11 +102,17 @@ pub async fn delete_cluster(
         format!("{name}-config"),
     ];
     for service in services.iter().chain(&poolers) {
-        delete_as::<Service>(client, namespace, service, "v1").await?;
+        delete_as::<Service>(client, namespace, service, "v1", &UNOBSERVED).await?;
     }
     for budget in pdb_names(config, name) {
-        delete_as::<PodDisruptionBudget>(client, namespace, &budget, &served.pod_disruption_budget)
-            .await?;
+        delete_as::<PodDisruptionBudget>(
+            client,
+            namespace,
+            &budget,
+            &served.pod_disruption_budget,
+            &UNOBSERVED,
+        )
+        .await?;
     }
     // Patroni's DCS objects (Endpoints or ConfigMaps, depending on the configuration).
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace);

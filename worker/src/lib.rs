@@ -1,19 +1,18 @@
 //! pgop's worker: reconciles the postgresql clusters the scheduler assigns to it.
 pub mod apply;
 pub mod builders;
+mod cache;
 pub mod cluster;
 pub mod cluster_log;
 pub mod context;
 pub mod database;
 pub mod delete_protection;
 pub mod deletion;
-pub mod discovery;
 pub mod finalizer;
 pub mod maintenance;
 pub mod manifest;
 #[cfg(test)]
 mod mock_api;
-pub mod objects_memo;
 pub mod patroni;
 pub mod patroni_config;
 pub mod patroni_sync;

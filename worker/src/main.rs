@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes")?;
 
-    let served = pgop_worker::discovery::discover(&client)
+    let served = pgop_common::discovery::discover(&client)
         .await
         .context("discovering the API versions the cluster serves")?;
     tracing::info!(?served, "API versions");

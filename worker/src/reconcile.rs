@@ -10,15 +10,15 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::{PostgresStatus, Postgresql};
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::apply::{
-    apply, apply_adjusted, apply_as, create_if_absent, delete_as, Applied, ApplyError,
-    FIELD_MANAGER,
+    apply, apply_adjusted, apply_as, create_if_absent, create_or_relabel, delete_as, Applied,
+    ApplyError, FIELD_MANAGER,
 };
 use crate::builders::{
     logical_backup, pdb, pooler, restart, secrets, service_account, services,
@@ -27,7 +27,9 @@ use crate::builders::{
     validate::validate,
     volumes, BuildError,
 };
-use crate::discovery::ServedVersions;
+use pgop_common::discovery::ServedVersions;
+
+use crate::cache::children::Observed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -90,13 +92,14 @@ pub fn random_password() -> String {
 }
 
 /// Brings every child object of `pg` to its desired state. Checks the manifest first, so
-/// an invalid one touches nothing.
-pub async fn sync_objects(
+/// an invalid one touches nothing. What `observed` shows as pgop left it costs no request.
+pub(crate) async fn sync_objects(
     client: &Client,
     served: &ServedVersions,
     namespace: &str,
     pg: &Postgresql,
     config: &OperatorConfig,
+    observed: &Observed<'_>,
 ) -> Result<Synced, SyncError> {
     validate(pg, config)?;
     let pod_env = pod_environment(client, namespace, config).await?;
@@ -112,42 +115,54 @@ pub async fn sync_objects(
 
     let mut written = Written::default();
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let applied = create_if_absent(&accounts, &account).await?;
+    let seen = observed.seen(namespace, "ServiceAccount", &name_of(&account.metadata));
+    let applied = create_if_absent(&accounts, &account, &seen).await?;
     written.note(applied, "ServiceAccount", account.metadata.name.as_ref());
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
-    let applied = create_if_absent(&bindings, &binding).await?;
+    let seen = observed.seen(namespace, "RoleBinding", &name_of(&binding.metadata));
+    let applied = create_if_absent(&bindings, &binding, &seen).await?;
     written.note(applied, "RoleBinding", binding.metadata.name.as_ref());
 
     for target in secrets::credential_secrets(pg, config) {
         let secret = secrets::desired_secret(pg, config, &target, &random_password());
         let api: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
-        let applied = create_if_absent(&api, &secret).await?;
+        let seen = observed.seen(&target.namespace, "Secret", &target.name);
+        let applied = create_or_relabel(&api, &secret, &seen).await?;
         written.note(applied, "Secret", secret.metadata.name.as_ref());
     }
 
     let service_api: Api<Service> = Api::namespaced(client.clone(), namespace);
     for service in services::desired_services(pg, config) {
-        let applied = apply(&service_api, &service).await?;
+        let seen = observed.seen(namespace, "Service", &name_of(&service.metadata));
+        let applied = apply(&service_api, &service, &seen).await?;
         written.note(applied, "Service", service.metadata.name.as_ref());
     }
     if let Some(endpoints) = services::desired_endpoints(pg, config) {
         // Patroni owns the addresses; pgop only makes sure the object exists.
         let api: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
-        let applied = create_if_absent(&api, &endpoints).await?;
+        let seen = observed.seen(namespace, "Endpoints", &name_of(&endpoints.metadata));
+        let applied = create_if_absent(&api, &endpoints, &seen).await?;
         written.note(applied, "Endpoints", endpoints.metadata.name.as_ref());
     }
 
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    let applied =
-        apply_adjusted(&sts_api, &statefulset, statefulset::keep_immutable_fields).await?;
+    let seen = observed.seen(namespace, "StatefulSet", &name_of(&statefulset.metadata));
+    let applied = apply_adjusted(
+        &sts_api,
+        &statefulset,
+        &seen,
+        statefulset::keep_immutable_fields,
+    )
+    .await?;
     written.note(applied, "StatefulSet", statefulset.metadata.name.as_ref());
-    let problems = resize_claims(client, namespace, pg, config, &mut written).await?;
+    let problems = resize_claims(client, namespace, pg, config, observed, &mut written).await?;
     if let Some(user) = pooler::pooler_user(pg, config) {
         // The pooler's pods read its credentials: the Secret comes before the Deployment.
         let target = secrets::credential_secret(pg, config, &user);
         let secret = secrets::desired_secret(pg, config, &target, &random_password());
         let api: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
-        let applied = create_if_absent(&api, &secret).await?;
+        let seen = observed.seen(&target.namespace, "Secret", &target.name);
+        let applied = create_or_relabel(&api, &secret, &seen).await?;
         written.note(applied, "Secret", secret.metadata.name.as_ref());
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
@@ -155,22 +170,28 @@ pub async fn sync_objects(
         let name = pooler::pooler_name(pg, role);
         if pooler::pooler_enabled(pg, config, role) {
             let deployment = pooler::desired_pooler_deployment(pg, config, role)?;
-            let applied = apply(&deployments, &deployment).await?;
+            let seen = observed.seen(namespace, "Deployment", &name);
+            let applied = apply(&deployments, &deployment, &seen).await?;
             written.note(applied, "Deployment", Some(&name));
             let service = pooler::desired_pooler_service(pg, config, role);
-            let applied = apply(&service_api, &service).await?;
+            let seen = observed.seen(namespace, "Service", &name);
+            let applied = apply(&service_api, &service, &seen).await?;
             written.note(applied, "Service", Some(&name));
         } else {
             // Disabled (or never enabled): removed if present.
-            let applied = delete_as::<Deployment>(client, namespace, &name, "v1").await?;
+            let seen = observed.seen(namespace, "Deployment", &name);
+            let applied = delete_as::<Deployment>(client, namespace, &name, "v1", &seen).await?;
             written.note(applied, "Deployment (removed)", Some(&name));
-            let applied = delete_as::<Service>(client, namespace, &name, "v1").await?;
+            let seen = observed.seen(namespace, "Service", &name);
+            let applied = delete_as::<Service>(client, namespace, &name, "v1", &seen).await?;
             written.note(applied, "Service (removed)", Some(&name));
         }
     }
 
     for budget in pdb::desired_pdbs(pg, config) {
-        let applied = apply_as(client, namespace, &budget, &served.pod_disruption_budget).await?;
+        let seen = observed.seen(namespace, "PodDisruptionBudget", &name_of(&budget.metadata));
+        let version = &served.pod_disruption_budget;
+        let applied = apply_as(client, namespace, &budget, version, &seen).await?;
         written.note(
             applied,
             "PodDisruptionBudget",
@@ -178,9 +199,11 @@ pub async fn sync_objects(
         );
     }
     let job_name = logical_backup::logical_backup_job_name(config, cluster);
+    let seen = observed.seen(namespace, "CronJob", &job_name);
+    let version = &served.cron_job;
     let applied = match logical_backup::desired_logical_backup(pg, config)? {
-        Some(job) => apply_as(client, namespace, &job, &served.cron_job).await?,
-        None => delete_as::<CronJob>(client, namespace, &job_name, &served.cron_job).await?,
+        Some(job) => apply_as(client, namespace, &job, version, &seen).await?,
+        None => delete_as::<CronJob>(client, namespace, &job_name, version, &seen).await?,
     };
     written.note(applied, "CronJob", Some(&job_name));
 
@@ -207,13 +230,19 @@ pub async fn sync_objects(
     })
 }
 
+fn name_of(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    metadata.name.clone().unwrap_or_default()
+}
+
 /// Grows the cluster's data volume claims to `volume.size` (`storage_resize_mode`); the
-/// refusals (a shrink) are returned for the status.
+/// refusals (a shrink) are returned for the status. The claims are the ones the watcher
+/// reported.
 async fn resize_claims(
     client: &Client,
     namespace: &str,
     pg: &Postgresql,
     config: &OperatorConfig,
+    observed: &Observed<'_>,
     written: &mut Written,
 ) -> Result<Vec<String>, SyncError> {
     if config.storage_resize_mode == "off" {
@@ -228,22 +257,7 @@ async fn resize_claims(
             source,
         })
     };
-    let selector = crate::deletion::cluster_selector(config, cluster);
-    let claims: Vec<(String, Option<String>)> = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(failed)?
-        .items
-        .into_iter()
-        .map(|claim| {
-            let requested = claim
-                .spec
-                .and_then(|s| s.resources)
-                .and_then(|r| r.requests)
-                .and_then(|r| r.get("storage").map(|q| q.0.clone()));
-            (claim.metadata.name.unwrap_or_default(), requested)
-        })
-        .collect();
+    let claims = observed.children.claims();
     let resize = volumes::claim_resize(pg, config, &claims);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),

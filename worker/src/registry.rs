@@ -125,6 +125,9 @@ impl Registry {
                 for pod in assign.pods {
                     self.deliver(&key, Input::Pod(pod));
                 }
+                for child in assign.children {
+                    self.deliver(&key, Input::Child(child));
+                }
                 // An assignment without state still makes the cluster ours.
                 self.task(&key);
             }
@@ -139,6 +142,20 @@ impl Registry {
                     let key = format!("{}/{}", p.namespace, p.cluster);
                     if let Some(running) = self.tasks.get(&key) {
                         let _ = running.tx.send(Input::Pod(p));
+                    }
+                }
+                Some(watch_event::Event::Child(c)) if c.cluster.is_empty() => {
+                    // Shared by the namespace's clusters: each of them looks again.
+                    self.ctx.shared.take(c.clone());
+                    let prefix = format!("{}/", c.namespace);
+                    for (_, running) in self.tasks.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+                        let _ = running.tx.send(Input::Child(c.clone()));
+                    }
+                }
+                Some(watch_event::Event::Child(c)) => {
+                    let key = format!("{}/{}", c.namespace, c.cluster);
+                    if let Some(running) = self.tasks.get(&key) {
+                        let _ = running.tx.send(Input::Child(c));
                     }
                 }
                 Some(watch_event::Event::Config(c)) => self.configure(c),

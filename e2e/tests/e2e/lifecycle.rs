@@ -667,10 +667,8 @@ pub async fn pause_sync_history_and_delete_protection() -> Result<()> {
     )
     .await?;
 
-    // Sync now: a Service removed behind pgop's back comes back at once on request.
+    // A Service removed behind pgop's back comes back at once: its watch says so.
     env().kubectl(&["delete", "service", "-n", ns, &format!("{cluster}-repl")])?;
-    let (code, body) = http_post(&gateway, &format!("/clusters/{ns}/{cluster}/sync/"))?;
-    ensure!(code == 202, "sync request: {code} {body}");
     wait::until(
         "the replica Service recreated",
         Duration::from_secs(20),
@@ -681,6 +679,19 @@ pub async fn pause_sync_history_and_delete_protection() -> Result<()> {
             Ok(found.map(|_| ()))
         },
     )
+    .await?;
+    // Sync now: a pass on request, even with nothing to do.
+    let passes = || -> Result<u64> {
+        let (_, status) =
+            super::operator::http_get(&gateway, &format!("/clusters/{ns}/{cluster}/"))?;
+        status["Reconciles"].as_u64().context("Reconciles")
+    };
+    let before = passes()?;
+    let (code, body) = http_post(&gateway, &format!("/clusters/{ns}/{cluster}/sync/"))?;
+    ensure!(code == 202, "sync request: {code} {body}");
+    wait::until("a pass on request", Duration::from_secs(20), || async {
+        Ok((passes()? > before).then_some(()))
+    })
     .await?;
 
     // Logs and history over REST.
@@ -701,7 +712,7 @@ pub async fn pause_sync_history_and_delete_protection() -> Result<()> {
             && has("paused", Some("UPDATE"), "")
             && has(
                 "written",
-                Some("SYNC-REQUEST"),
+                Some(&format!("Service/{cluster}-repl")),
                 &format!("Service/{cluster}-repl")
             ),
         "history lacks entries: {history:#}"

@@ -99,6 +99,14 @@ pub async fn churn(
     Ok(summarize(rate, &shown))
 }
 
+/// The `q` quantile of `sorted` (nearest rank); NaN when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 /// A change overtaken by a later one to the same cluster is carried out when the
 /// StatefulSet shows that later one (the worker coalesces them, as it should).
 fn summarize(rate: f64, sent: &[(usize, Option<Instant>, Instant)]) -> Latency {
@@ -115,18 +123,12 @@ fn summarize(rate: f64, sent: &[(usize, Option<Instant>, Instant)]) -> Latency {
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
     Latency {
         rate,
         changes: sent.len(),
         missed: sent.len() - latencies.len(),
-        p50_seconds: pick(0.5),
-        p99_seconds: pick(0.99),
+        p50_seconds: percentile(&latencies, 0.5),
+        p99_seconds: percentile(&latencies, 0.99),
         max_seconds: latencies.last().copied().unwrap_or(f64::NAN),
     }
 }

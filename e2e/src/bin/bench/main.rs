@@ -2,18 +2,20 @@
 //! PostgreSQL processes), against what the API server can take on the same machine.
 //!
 //! Each setup runs in a fresh environment, so none inherits another's objects:
-//! 1. the bound: what pgop writes for the fleet, created by a bare client;
+//! 1. the bound: what pgop writes for the fleet, created by a bare client, and the full
+//!    floor: the same until every pod is Ready and role-labelled;
 //! 2. convergence of N manifests with pgop at each `--workers` count (the curve, the API
 //!    requests served, every process's CPU);
 //! 3. on the last worker count also: the fleet left alone and a full resync (writes must be
-//!    0), change → StatefulSet latency at 1/s and at `--churn-rate`, cost, and a worker
-//!    killed while one of its clusters changes;
+//!    0), objects deleted or edited by hand until repaired, change → StatefulSet latency at
+//!    1/s and at `--churn-rate`, cost, and a worker killed while one of its clusters changes;
 //! 4. the same convergence and latency with one stuck cluster (its pods never ready);
 //! 5. with `--operator-command`, another operator through points 2–5.
 //!
 //! Output: `results.json`, `summary.md` and `convergence.png` in `--out`.
 mod bound;
 mod chart;
+mod drift;
 mod latency;
 mod measure;
 mod report;
@@ -67,6 +69,9 @@ pub struct Args {
     /// How long the loaded latency phase lasts.
     #[arg(long, default_value_t = 10)]
     churn_seconds: u64,
+    /// Objects deleted or edited by hand, one at a time, for the drift figures.
+    #[arg(long, default_value_t = 20)]
+    drift_changes: usize,
     /// How long the converged fleet is left alone before the resync.
     #[arg(long, default_value_t = 20)]
     idle_seconds: u64,
@@ -133,6 +138,7 @@ async fn main() -> Result<()> {
         args: &args,
         names: &names,
         bound_seconds: bound.seconds,
+        floor_seconds: bound.floor_seconds,
         state,
     };
     let mut runs: Vec<(Operator, Scope)> = Vec::new();

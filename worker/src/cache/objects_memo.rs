@@ -22,11 +22,11 @@ struct Entry {
 pub struct ObjectsMemo(Option<Entry>);
 
 impl ObjectsMemo {
-    /// What `input` means for the memo: events of the object itself and sync requests void
-    /// it; pods and turns do not.
+    /// What `input` means for the memo: events of the object itself, of the objects pgop
+    /// writes for it and sync requests void it; pods and turns do not.
     pub fn take(&mut self, input: &Input) {
         match input {
-            Input::Object(_) | Input::SyncRequest => self.0 = None,
+            Input::Object(_) | Input::SyncRequest | Input::Child(_) => self.0 = None,
             Input::Pod(_) | Input::TurnGranted => {}
         }
     }
@@ -90,6 +90,12 @@ mod tests {
                     Input::Pod(PodState::default()),
                     Input::Object(ClusterEvent::default()),
                 ],
+                config.clone(),
+                false,
+            ),
+            (
+                "one of its objects changed",
+                vec![Input::Child(Default::default())],
                 config.clone(),
                 false,
             ),

@@ -1,0 +1,224 @@
+//! The objects pgop writes for a cluster, as the watcher reported them (see the watcher's
+//! `children`): a pass leaves an object alone without a request when the report shows it
+//! exists and holds what pgop applied. Whatever else a pass does still starts by reading the
+//! object, so a report that lags (an object created a moment ago) costs a read, never a
+//! wrong write.
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use pgop_proto::v1::{ChildDrift, ChildState};
+
+/// What the watcher last reported of one object.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Seen {
+    /// Not among what the watcher reports (another namespace, a name it does not select):
+    /// only a read tells.
+    Unobserved,
+    Absent,
+    Present(ChildState),
+}
+
+impl Seen {
+    /// Whether an object pgop applies needs no request: it exists, still holds what pgop
+    /// applied (nobody changed it since), and what pgop applied had `hash`.
+    pub(crate) fn as_applied(&self, hash: &str) -> bool {
+        matches!(self, Seen::Present(s)
+            if s.drift == ChildDrift::InSync as i32 && s.applied_hash == hash)
+    }
+
+    pub(crate) fn exists(&self) -> bool {
+        matches!(self, Seen::Present(_))
+    }
+
+    pub(crate) fn absent(&self) -> bool {
+        matches!(self, Seen::Absent)
+    }
+}
+
+/// One cluster's objects by kind and name.
+#[derive(Debug, Default)]
+pub(crate) struct Children(BTreeMap<(String, String), ChildState>);
+
+impl Children {
+    pub(crate) fn take(&mut self, state: ChildState) {
+        let key = (state.kind.clone(), state.name.clone());
+        match state.deleted {
+            true => self.0.remove(&key),
+            false => self.0.insert(key, state),
+        };
+    }
+
+    pub(crate) fn seen(&self, kind: &str, name: &str) -> Seen {
+        match self.0.get(&(kind.to_string(), name.to_string())) {
+            Some(state) => Seen::Present(state.clone()),
+            None => Seen::Absent,
+        }
+    }
+
+    /// The cluster's volume claims: (name, requested storage).
+    pub(crate) fn claims(&self) -> Vec<(String, Option<String>)> {
+        self.0
+            .values()
+            .filter(|s| s.kind == "PersistentVolumeClaim")
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    Some(s.storage.clone()).filter(|s| !s.is_empty()),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What the clusters of every namespace share (the pod service account and its role
+/// binding), as the watcher reported it: one map for all of the worker's clusters.
+#[derive(Debug, Default)]
+pub(crate) struct SharedChildren(RwLock<BTreeMap<String, ChildState>>);
+
+impl SharedChildren {
+    fn key(namespace: &str, kind: &str, name: &str) -> String {
+        format!("{namespace}/{kind}/{name}")
+    }
+
+    pub(crate) fn take(&self, state: ChildState) {
+        let key = Self::key(&state.namespace, &state.kind, &state.name);
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        match state.deleted {
+            true => map.remove(&key),
+            false => map.insert(key, state),
+        };
+    }
+
+    fn seen(&self, namespace: &str, kind: &str, name: &str) -> Seen {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        match map.get(&Self::key(namespace, kind, name)) {
+            Some(state) => Seen::Present(state.clone()),
+            None => Seen::Absent,
+        }
+    }
+}
+
+/// Kinds the watcher selects by name (the configured pod service account name) rather
+/// than by the cluster-name label.
+const SHARED_KINDS: [&str; 2] = ["ServiceAccount", "RoleBinding"];
+
+/// What one pass can see of the objects it writes.
+pub(crate) struct Observed<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) children: &'a Children,
+    pub(crate) shared: &'a SharedChildren,
+    /// The name the watcher selects shared objects by.
+    pub(crate) shared_name: &'a str,
+}
+
+impl Observed<'_> {
+    pub(crate) fn seen(&self, namespace: &str, kind: &str, name: &str) -> Seen {
+        if namespace != self.namespace {
+            return Seen::Unobserved;
+        }
+        if SHARED_KINDS.contains(&kind) {
+            return match name == self.shared_name {
+                true => self.shared.seen(namespace, kind, name),
+                false => Seen::Unobserved,
+            };
+        }
+        self.children.seen(kind, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(kind: &str, name: &str, hash: &str, drift: ChildDrift) -> ChildState {
+        ChildState {
+            namespace: "ns".into(),
+            cluster: "a".into(),
+            kind: kind.into(),
+            name: name.into(),
+            applied_hash: hash.into(),
+            drift: drift as i32,
+            ..ChildState::default()
+        }
+    }
+
+    #[test]
+    fn an_object_is_left_alone_only_as_pgop_applied_it() {
+        let cases = [
+            (
+                "as applied",
+                Seen::Present(state("Service", "a", "h1", ChildDrift::InSync)),
+                true,
+            ),
+            (
+                "applied with another desired object",
+                Seen::Present(state("Service", "a", "h0", ChildDrift::InSync)),
+                false,
+            ),
+            (
+                "changed by somebody",
+                Seen::Present(state("Service", "a", "h1", ChildDrift::Drifted)),
+                false,
+            ),
+            (
+                "not written by pgop",
+                Seen::Present(state("Service", "a", "h1", ChildDrift::Unknown)),
+                false,
+            ),
+            ("absent", Seen::Absent, false),
+            ("unobserved", Seen::Unobserved, false),
+        ];
+        for (name, seen, want) in cases {
+            assert_eq!(seen.as_applied("h1"), want, "{name}");
+        }
+        assert!(!Seen::Unobserved.absent() && !Seen::Unobserved.exists());
+    }
+
+    #[test]
+    fn reports_replace_and_remove_and_other_namespaces_are_unobserved() {
+        let mut children = Children::default();
+        children.take(state("Service", "a", "h1", ChildDrift::InSync));
+        children.take(state("Service", "a", "h2", ChildDrift::InSync));
+        let mut claim = state(
+            "PersistentVolumeClaim",
+            "pgdata-a-0",
+            "",
+            ChildDrift::Unknown,
+        );
+        claim.storage = "1Gi".into();
+        children.take(claim);
+        let shared = SharedChildren::default();
+        shared.take(state(
+            "ServiceAccount",
+            "postgres-pod",
+            "",
+            ChildDrift::Unknown,
+        ));
+        let observed = Observed {
+            namespace: "ns",
+            children: &children,
+            shared: &shared,
+            shared_name: "postgres-pod",
+        };
+        assert!(observed.seen("ns", "Service", "a").as_applied("h2"));
+        assert!(observed.seen("ns", "Service", "b").absent());
+        assert_eq!(observed.seen("other", "Secret", "s"), Seen::Unobserved);
+        assert!(observed
+            .seen("ns", "ServiceAccount", "postgres-pod")
+            .exists());
+        assert_eq!(
+            observed.seen("ns", "RoleBinding", "custom"),
+            Seen::Unobserved,
+            "the watcher selects shared objects by the configured name only"
+        );
+        assert!(observed.seen("ns", "RoleBinding", "postgres-pod").absent());
+        assert_eq!(
+            children.claims(),
+            [("pgdata-a-0".to_string(), Some("1Gi".to_string()))]
+        );
+        let mut gone = state("Service", "a", "h2", ChildDrift::InSync);
+        gone.deleted = true;
+        children.take(gone);
+        assert!(children.seen("Service", "a").absent());
+    }
+}
