@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::builders::restart::TemplateHashes;
 use crate::builders::{statefulset::desired_instances, BuildError};
-use crate::cache::children::{Children, Observed};
+use crate::cache::children::{Children, KnownSecrets, Observed, SecretsMemo};
 use crate::cache::objects_memo::ObjectsMemo;
 use crate::context::{cluster_reference, Context};
 use crate::deletion::{delete_cluster, Progress};
@@ -104,6 +104,8 @@ pub struct ClusterTask {
     pods: BTreeMap<String, PodState>,
     /// The objects pgop writes for the cluster, as the watcher reported them.
     children: Children,
+    /// The credentials Secrets as the role sync last read them.
+    secrets: SecretsMemo,
     /// The last object sync, reused while only pods change.
     objects_memo: ObjectsMemo,
     /// The status as last read or written; None until read from the live object.
@@ -167,6 +169,7 @@ impl ClusterTask {
             patroni_problem: String::new(),
             pods: BTreeMap::new(),
             children: Children::default(),
+            secrets: SecretsMemo::default(),
             objects_memo: ObjectsMemo::default(),
             status: None,
             generation: 0,
@@ -915,7 +918,17 @@ impl ClusterTask {
         // Bounded: a sync stuck on a lock or a vanished master must not hold the slot.
         let report = tokio::time::timeout(
             Duration::from_secs(120),
-            crate::role_sync::sync(&self.ctx, pg, config, &master),
+            crate::role_sync::sync(
+                &self.ctx,
+                pg,
+                config,
+                &master,
+                KnownSecrets {
+                    namespace: &self.namespace,
+                    children: &self.children,
+                    memo: &mut self.secrets,
+                },
+            ),
         )
         .await
         .map_err(|_| crate::role_sync::RoleSyncError::TimedOut)??;

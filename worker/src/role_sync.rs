@@ -11,6 +11,7 @@ use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
 
 use crate::builders::secrets::credential_secret;
+use crate::cache::children::KnownSecrets;
 use crate::context::Context;
 use crate::database::{connect, DbError};
 use crate::reconcile::random_password;
@@ -168,6 +169,7 @@ async fn credentials(
     ctx: &Context,
     pg: &Postgresql,
     config: &OperatorConfig,
+    known: &mut KnownSecrets<'_>,
     problems: &mut Vec<RoleProblem>,
 ) -> Result<Credentials, RoleSyncError> {
     let shape = desired(pg, config, &BTreeMap::new(), Vec::new());
@@ -178,8 +180,15 @@ async fn credentials(
         .chain(crate::builders::pooler::pooler_user(pg, config));
     for user in users {
         let target = credential_secret(pg, config, &user);
-        let Some(secret) = read_secret(ctx, &target.namespace, &target.name).await? else {
-            continue;
+        let secret = match known.recall(&target.namespace, &target.name) {
+            Some(secret) => secret,
+            None => {
+                let Some(secret) = read_secret(ctx, &target.namespace, &target.name).await? else {
+                    continue;
+                };
+                known.remember(&secret);
+                secret
+            }
         };
         let Some(stored) = SecretCredentials::from_data(&text(secret.data.clone())) else {
             continue;
@@ -202,6 +211,7 @@ async fn credentials(
             &mut random_password,
         );
         if decision.write {
+            known.forget(&target.name);
             write_credentials(ctx, secret, &decision.credentials).await?;
             tracing::info!(secret = %format!("{}/{}", target.namespace, target.name), reason = decision.reason.as_deref().unwrap_or_default(), "credentials Secret updated");
         }
@@ -382,18 +392,19 @@ async fn read_current(
 
 /// Brings roles and databases on the master at `master` (its address) to what `pg` and
 /// `config` ask for. Statements are logged without passwords.
-pub async fn sync(
+pub(crate) async fn sync(
     ctx: &Context,
     pg: &Postgresql,
     config: &OperatorConfig,
     master: &str,
+    mut known: KnownSecrets<'_>,
 ) -> Result<Report, RoleSyncError> {
     let mut problems = Vec::new();
     let Credentials {
         passwords,
         rotated,
         retention,
-    } = credentials(ctx, pg, config, &mut problems).await?;
+    } = credentials(ctx, pg, config, &mut known, &mut problems).await?;
     let superuser = config.super_username.clone();
     let superuser_password = passwords
         .get(&superuser)

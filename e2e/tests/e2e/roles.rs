@@ -346,6 +346,34 @@ spec:
     )
     .await?;
 
+    // A deleted credentials Secret: its watch brings a pass that creates it again with a new
+    // password, and sets the role's password to match.
+    let bar_secret = format!("bar-owner-user.{cluster}.credentials.postgresql.acid.zalan.do");
+    let old_password = secret_value(&client, ns, &bar_secret, "password").await?;
+    secrets.delete(&bar_secret, &Default::default()).await?;
+    let new_password = wait::until(
+        "the deleted Secret recreated",
+        Duration::from_secs(30),
+        || async {
+            Ok(secret_value(&client, ns, &bar_secret, "password")
+                .await
+                .ok()
+                .filter(|p| *p != old_password))
+        },
+    )
+    .await?;
+    wait::until(
+        "the recreated Secret's password logs in",
+        Duration::from_secs(30),
+        || async {
+            Ok(connect_as(&ip, "bar_owner_user", &new_password, "postgres")
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
+    .await?;
+
     // Nothing to do: a sync issues no statement and writes nothing to Kubernetes.
     let log = env().state_dir.join("logs/roles-worker-0.log");
     let before = sync_counts(&log, cluster).len();

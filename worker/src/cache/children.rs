@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
+use k8s_openapi::api::core::v1::Secret;
 use pgop_proto::v1::{ChildDrift, ChildState};
 
 /// What the watcher last reported of one object.
@@ -67,6 +68,53 @@ impl Children {
                 )
             })
             .collect()
+    }
+
+    /// The version of the Secret `name` as last reported: it changes with every write.
+    pub(crate) fn secret_version(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(&("Secret".to_string(), name.to_string()))
+            .map(|s| s.resource_version.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// The credentials Secrets a cluster's role syncs read, kept while the watcher reports the
+/// version that was read: the role sync of a cluster whose Secrets did not change reads
+/// none. (Secrets hold passwords: no `Debug`.)
+#[derive(Default)]
+pub(crate) struct SecretsMemo(BTreeMap<String, Secret>);
+
+/// The Secrets one role sync may take from the memo.
+pub(crate) struct KnownSecrets<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) children: &'a Children,
+    pub(crate) memo: &'a mut SecretsMemo,
+}
+
+impl KnownSecrets<'_> {
+    /// The Secret as read before, when it is still the version the watcher reports.
+    pub(crate) fn recall(&self, namespace: &str, name: &str) -> Option<Secret> {
+        if namespace != self.namespace {
+            return None;
+        }
+        let reported = self.children.secret_version(name)?;
+        self.memo
+            .0
+            .get(name)
+            .filter(|s| s.metadata.resource_version.as_deref() == Some(reported))
+            .cloned()
+    }
+
+    pub(crate) fn remember(&mut self, secret: &Secret) {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        if secret.metadata.namespace.as_deref() == Some(self.namespace) {
+            self.memo.0.insert(name, secret.clone());
+        }
+    }
+
+    pub(crate) fn forget(&mut self, name: &str) {
+        self.memo.0.remove(name);
     }
 }
 
@@ -220,5 +268,42 @@ mod tests {
         gone.deleted = true;
         children.take(gone);
         assert!(children.seen("Service", "a").absent());
+    }
+
+    #[test]
+    fn a_secret_is_read_again_once_the_watcher_reports_another_version() {
+        let secret = |version: &str| -> Secret {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "s",
+                "namespace": "ns", "resourceVersion": version}}))
+            .unwrap()
+        };
+        let mut children = Children::default();
+        let mut reported = state("Secret", "s", "", ChildDrift::Unknown);
+        reported.resource_version = "1".into();
+        children.take(reported.clone());
+        let mut memo = SecretsMemo::default();
+        let mut known = KnownSecrets {
+            namespace: "ns",
+            children: &children,
+            memo: &mut memo,
+        };
+        assert!(known.recall("ns", "s").is_none(), "never read");
+        known.remember(&secret("1"));
+        assert!(known.recall("ns", "s").is_some());
+        assert!(known.recall("other", "s").is_none(), "another namespace");
+        known.forget("s");
+        assert!(known.recall("ns", "s").is_none(), "forgotten when written");
+        known.remember(&secret("1"));
+        reported.resource_version = "2".into();
+        children.take(reported);
+        let known = KnownSecrets {
+            namespace: "ns",
+            children: &children,
+            memo: &mut memo,
+        };
+        assert!(
+            known.recall("ns", "s").is_none(),
+            "changed since it was read"
+        );
     }
 }
