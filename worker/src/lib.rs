@@ -1,33 +1,18 @@
 //! pgop's worker: reconciles the postgresql clusters the scheduler assigns to it.
-pub mod apply;
-pub mod builders;
+//!
+//! Layers, each depending only on those above it:
+//! - `pure`: what the objects, roles and rolling steps should be, from plain values (the
+//!   manifest, the configuration, what was observed); no I/O, table-tested.
+//! - `cache`: what the worker knows without asking (the watcher's reports, the last sync).
+//! - `clients`: Kubernetes writes, Patroni's REST API, PostgreSQL, the teams API.
+//! - `cluster`: one task per owned cluster and the steps of its passes.
+//! - `runtime`: the session with the scheduler, the registry of tasks, the inspection
+//!   service and the per-cluster log ring.
 mod cache;
+pub(crate) mod clients;
 pub mod cluster;
-pub mod cluster_log;
-pub mod context;
-pub mod database;
-pub mod delete_protection;
-pub mod deletion;
-pub mod finalizer;
-pub mod maintenance;
-pub mod manifest;
-#[cfg(test)]
-mod mock_api;
-pub mod patroni;
-pub mod patroni_config;
-pub mod patroni_sync;
-pub mod reconcile;
-pub mod registry;
-pub mod role_sync;
-pub mod roles;
-pub mod rolling;
-pub mod rollout;
-pub mod service;
-pub mod session;
-pub mod standing;
-pub mod status;
-pub mod view;
-pub mod warnings;
+pub mod pure;
+pub mod runtime;
 
 /// Settings (defaults < `--config FILE` < `PGOP_*` environment).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -6,12 +6,12 @@ use anyhow::Context as _;
 use pgop_common::admin::Admin;
 use pgop_common::metrics::{counting_kube_client, Counters};
 use pgop_proto::v1::worker_server::WorkerServer;
-use pgop_worker::cluster_log::ClusterLogLayer;
-use pgop_worker::context::Context;
-use pgop_worker::registry::Registry;
-use pgop_worker::service::WorkerService;
-use pgop_worker::session::{self, SessionSettings};
-use pgop_worker::view::View;
+use pgop_worker::cluster::context::Context;
+use pgop_worker::cluster::view::View;
+use pgop_worker::runtime::cluster_log::ClusterLogLayer;
+use pgop_worker::runtime::registry::Registry;
+use pgop_worker::runtime::service::WorkerService;
+use pgop_worker::runtime::session::{self, SessionSettings};
 use pgop_worker::Settings;
 
 #[tokio::main]

@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use pgop_e2e::pgop::{Kubeconfigs, Pgop};
+use pgop_e2e::pgop::Pgop;
 use pgop_e2e::{simulated_cluster, wait};
 use serde_json::Value;
 
-use super::operator::{http_get, prepare, wait_running};
-use super::{env, namespace};
+use super::env;
+use super::operator::{http_get, start_own_pgop, wait_running};
 
 /// Every verb pgop's request counter knows.
 const ALL_VERBS: &[&str] = &[
@@ -56,25 +56,17 @@ fn passes(pgop: &Pgop, ns: &str, cluster: &str) -> Result<u64> {
 
 pub async fn drift_is_repaired_and_a_resync_in_sync_sends_nothing() -> Result<()> {
     let (system_ns, ns) = ("e2e-drift-system", "e2e-drift");
-    let client = env().client().await?;
-    prepare(
-        &client,
+    let pgop = start_own_pgop(
+        "drift",
         system_ns,
+        ns,
+        2,
         &[
             ("resync_period", "10s"),
             ("enable_database_access", "false"),
         ],
     )
     .await?;
-    namespace(&client, ns).await?;
-    let pgop = Pgop::start(
-        "drift",
-        system_ns,
-        2,
-        &env().state_dir,
-        &Kubeconfigs::admin(&env().kubeconfig),
-        Some(ns),
-    )?;
     let clusters = ["acid-drift-0", "acid-drift-1", "acid-drift-2"];
     for name in clusters {
         let manifest = format!("{}  users: {{appuser: []}}\n", simulated_cluster(name, 1));

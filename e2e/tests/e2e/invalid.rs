@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use pgop_e2e::pgop::{Kubeconfigs, Pgop};
 use pgop_e2e::{simulated_cluster, wait};
 use serde_json::Value;
 
-use super::operator::{prepare, wait_running};
-use super::{env, namespace};
+use super::env;
+use super::operator::{start_own_pgop, wait_running};
 
 /// A manifest pgop's types refuse, deleted while Zalando's finalizer holds it: pgop lets go.
 const HELD_BY_A_FINALIZER: &str = "acid-type-command";
@@ -181,10 +180,11 @@ fn one_warning_each(ns: &str, statuses: &BTreeMap<String, String>) -> Result<()>
 
 pub async fn invalid_manifests_cost_one_pass_and_one_event() -> Result<()> {
     let (system_ns, ns) = ("e2e-invalid-system", "e2e-invalid");
-    let client = env().client().await?;
-    prepare(
-        &client,
+    let mut pgop = start_own_pgop(
+        "invalid",
         system_ns,
+        ns,
+        1,
         &[
             // A resync every few seconds: every one of them is a pass that must write nothing.
             ("resync_period", "10s"),
@@ -192,15 +192,6 @@ pub async fn invalid_manifests_cost_one_pass_and_one_event() -> Result<()> {
         ],
     )
     .await?;
-    namespace(&client, ns).await?;
-    let mut pgop = Pgop::start(
-        "invalid",
-        system_ns,
-        1,
-        &env().state_dir,
-        &Kubeconfigs::admin(&env().kubeconfig),
-        Some(ns),
-    )?;
     let bad = bad_manifests();
     for (name, spec, _) in &bad {
         let mut manifest: Value = serde_json::from_str(&manifest(name, spec)?)?;

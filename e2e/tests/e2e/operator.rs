@@ -112,6 +112,28 @@ pub(crate) async fn prepare(
     Ok(())
 }
 
+/// A pgop of its own for one test: the operator configuration `config` in `system_ns`,
+/// `workers` workers, watching only `ns` (created here), as the admin.
+pub(crate) async fn start_own_pgop(
+    name: &str,
+    system_ns: &str,
+    ns: &str,
+    workers: usize,
+    config: &[(&str, &str)],
+) -> Result<Pgop> {
+    let client = env().client().await?;
+    prepare(&client, system_ns, config).await?;
+    super::namespace(&client, ns).await?;
+    Pgop::start(
+        name,
+        system_ns,
+        workers,
+        &env().state_dir,
+        &Kubeconfigs::admin(&env().kubeconfig),
+        Some(ns),
+    )
+}
+
 /// The Events of an object, one "TYPE REASON MESSAGE" line each.
 pub(crate) fn events_of(ns: &str, name: &str) -> Result<String> {
     env().kubectl(&[

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use pgop_common::config::OperatorConfig;
 
-use crate::builders::restart::TemplateHashes;
-use crate::cluster::Input;
+use crate::pure::builders::restart::TemplateHashes;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -22,13 +21,9 @@ struct Entry {
 pub struct ObjectsMemo(Option<Entry>);
 
 impl ObjectsMemo {
-    /// What `input` means for the memo: events of the object itself, of the objects pgop
-    /// writes for it and sync requests void it; pods and turns do not.
-    pub fn take(&mut self, input: &Input) {
-        match input {
-            Input::Object(_) | Input::SyncRequest | Input::Child(_) => self.0 = None,
-            Input::Pod(_) | Input::TurnGranted => {}
-        }
+    /// Something the objects are built from changed (see `Input::voids_objects`).
+    pub fn void(&mut self) {
+        self.0 = None;
     }
 
     /// The objects were brought in sync with `config` (and the manifest in hand).
@@ -63,7 +58,6 @@ impl ObjectsMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgop_proto::v1::{ClusterEvent, PodState};
 
     fn hashes() -> TemplateHashes {
         TemplateHashes {
@@ -74,61 +68,22 @@ mod tests {
     }
 
     #[test]
-    fn recalled_only_for_the_same_configuration_and_until_the_object_changes() {
+    fn recalled_only_for_the_same_configuration_until_voided() {
         let config = Arc::new(OperatorConfig::default());
-        let cases: Vec<(&str, Vec<Input>, Arc<OperatorConfig>, bool)> = vec![
-            ("nothing happened", vec![], config.clone(), true),
-            (
-                "pods and turns",
-                vec![Input::Pod(PodState::default()), Input::TurnGranted],
-                config.clone(),
-                true,
-            ),
-            (
-                "an event of the object",
-                vec![
-                    Input::Pod(PodState::default()),
-                    Input::Object(ClusterEvent::default()),
-                ],
-                config.clone(),
-                false,
-            ),
-            (
-                "one of its objects changed",
-                vec![Input::Child(Default::default())],
-                config.clone(),
-                false,
-            ),
-            (
-                "a sync asked for",
-                vec![Input::SyncRequest],
-                config.clone(),
-                false,
-            ),
-            (
-                "a new configuration, even an equal one",
-                vec![],
-                Arc::new(OperatorConfig::default()),
-                false,
-            ),
-        ];
-        for (name, inputs, asked_with, recalled) in cases {
-            let mut memo = ObjectsMemo::default();
-            memo.remember(&config, &hashes(), &["volumes are never shrunk".into()]);
-            for input in &inputs {
-                memo.take(input);
-            }
-            let got = memo.recall(&asked_with);
-            assert_eq!(got.is_some(), recalled, "{name}");
-            if let Some((template, problems)) = got {
-                assert_eq!(template, hashes(), "{name}");
-                assert_eq!(problems, vec!["volumes are never shrunk".to_string()]);
-            }
-        }
         let mut memo = ObjectsMemo::default();
+        assert!(memo.recall(&config).is_none());
+        memo.remember(&config, &hashes(), &["volumes are never shrunk".into()]);
+        let (template, problems) = memo.recall(&config).expect("remembered");
+        assert_eq!(template, hashes());
+        assert_eq!(problems, vec!["volumes are never shrunk".to_string()]);
+        assert!(
+            memo.recall(&Arc::new(OperatorConfig::default())).is_none(),
+            "a new configuration, even an equal one"
+        );
+        memo.void();
+        assert!(memo.recall(&config).is_none());
         memo.remember(&config, &hashes(), &[]);
         memo.forget();
         assert!(memo.recall(&config).is_none());
-        assert!(ObjectsMemo::default().recall(&config).is_none());
     }
 }

@@ -17,7 +17,7 @@ use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, Client};
 use pgop_common::config::OperatorConfig;
 use pgop_common::crd::Postgresql;
-use pgop_worker::builders::{pdb, secrets, service_account, services, statefulset};
+use pgop_worker::pure::builders::{pdb, secrets, service_account, services, statefulset};
 use serde::Serialize;
 
 use crate::measure;

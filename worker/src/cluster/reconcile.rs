@@ -1,0 +1,375 @@
+//! One reconcile of a live cluster: build the desired objects (pure builders), write the
+//! ones that differ, and report what the cluster's status should be.
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service,
+    ServiceAccount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use pgop_common::config::OperatorConfig;
+use pgop_common::crd::{PostgresStatus, Postgresql};
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::clients::apply::{
+    apply, apply_adjusted, apply_as, create_if_absent, create_or_relabel, delete_as, Applied,
+    ApplyError, FIELD_MANAGER,
+};
+use crate::pure::builders::{
+    logical_backup, pdb, pooler, restart, secrets, service_account, services,
+    spilo_env::{self, PodEnvironment},
+    statefulset,
+    validate::validate,
+    volumes, BuildError,
+};
+use pgop_common::discovery::ServedVersions;
+
+use crate::cache::children::Observed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+    #[error("setting the finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
+    #[error("{0}")]
+    PodEnvironment(String),
+}
+
+impl SyncError {
+    /// Errors no retry can fix: the operator configuration or what the manifest asks for is
+    /// refused (e.g. a malformed source range); only a change of either helps.
+    pub fn needs_a_change(&self) -> bool {
+        match self {
+            SyncError::Build(BuildError::Config(_)) => true,
+            SyncError::Apply(ApplyError::Kube {
+                source: kube::Error::Api(e),
+                ..
+            }) => matches!(e.code, 400 | 422),
+            _ => false,
+        }
+    }
+}
+
+/// Which objects a reconcile wrote (names like `StatefulSet/acid-minimal-cluster`).
+#[derive(Debug, Default)]
+pub struct Written(pub Vec<String>);
+
+/// What a reconcile of the objects leaves for the steps after it.
+#[derive(Debug)]
+pub struct Synced {
+    pub written: Written,
+    /// What the pods must carry to be up to date: others are rolled.
+    pub template: restart::TemplateHashes,
+    /// What the manifest asks for that is refused while the rest is in sync (shrinking a
+    /// volume).
+    pub problems: Vec<String>,
+}
+
+impl Written {
+    fn note(&mut self, applied: Applied, kind: &str, name: Option<&String>) {
+        if applied == Applied::Written {
+            self.0.push(format!(
+                "{kind}/{}",
+                name.map(String::as_str).unwrap_or("?")
+            ));
+        }
+    }
+}
+
+/// Credentials as Zalando generates them: 64 random alphanumerics.
+pub fn random_password() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 64)
+}
+
+/// Brings every child object of `pg` to its desired state. Checks the manifest first, so
+/// an invalid one touches nothing. What `observed` shows as pgop left it costs no request.
+pub(crate) async fn sync_objects(
+    client: &Client,
+    served: &ServedVersions,
+    namespace: &str,
+    pg: &Postgresql,
+    config: &OperatorConfig,
+    observed: &Observed<'_>,
+) -> Result<Synced, SyncError> {
+    validate(pg, config)?;
+    let pod_env = pod_environment(client, namespace, config).await?;
+    let statefulset = statefulset::desired_statefulset_with(pg, config, &pod_env)?;
+    let template = statefulset
+        .spec
+        .as_ref()
+        .map(|spec| restart::TemplateHashes::of(&spec.template, config.enable_lazy_spilo_upgrade))
+        .unwrap_or_default();
+    let account = service_account::desired_service_account(pg, config)?;
+    let binding = service_account::desired_role_binding(pg, config)?;
+    let cluster = pg.metadata.name.as_deref().unwrap_or_default();
+
+    let mut written = Written::default();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let seen = observed.seen(namespace, "ServiceAccount", &name_of(&account.metadata));
+    let applied = create_if_absent(&accounts, &account, &seen).await?;
+    written.note(applied, "ServiceAccount", account.metadata.name.as_ref());
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
+    let seen = observed.seen(namespace, "RoleBinding", &name_of(&binding.metadata));
+    let applied = create_if_absent(&bindings, &binding, &seen).await?;
+    written.note(applied, "RoleBinding", binding.metadata.name.as_ref());
+
+    for target in secrets::credential_secrets(pg, config) {
+        let secret = secrets::desired_secret(pg, config, &target, &random_password());
+        let api: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+        let seen = observed.seen(&target.namespace, "Secret", &target.name);
+        let applied = create_or_relabel(&api, &secret, &seen).await?;
+        written.note(applied, "Secret", secret.metadata.name.as_ref());
+    }
+
+    let service_api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    for service in services::desired_services(pg, config) {
+        let seen = observed.seen(namespace, "Service", &name_of(&service.metadata));
+        let applied = apply(&service_api, &service, &seen).await?;
+        written.note(applied, "Service", service.metadata.name.as_ref());
+    }
+    if let Some(endpoints) = services::desired_endpoints(pg, config) {
+        // Patroni owns the addresses; pgop only makes sure the object exists.
+        let api: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
+        let seen = observed.seen(namespace, "Endpoints", &name_of(&endpoints.metadata));
+        let applied = create_if_absent(&api, &endpoints, &seen).await?;
+        written.note(applied, "Endpoints", endpoints.metadata.name.as_ref());
+    }
+
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let seen = observed.seen(namespace, "StatefulSet", &name_of(&statefulset.metadata));
+    let applied = apply_adjusted(
+        &sts_api,
+        &statefulset,
+        &seen,
+        statefulset::keep_immutable_fields,
+    )
+    .await?;
+    written.note(applied, "StatefulSet", statefulset.metadata.name.as_ref());
+    let problems = resize_claims(client, namespace, pg, config, observed, &mut written).await?;
+    if let Some(user) = pooler::pooler_user(pg, config) {
+        // The pooler's pods read its credentials: the Secret comes before the Deployment.
+        let target = secrets::credential_secret(pg, config, &user);
+        let secret = secrets::desired_secret(pg, config, &target, &random_password());
+        let api: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+        let seen = observed.seen(&target.namespace, "Secret", &target.name);
+        let applied = create_or_relabel(&api, &secret, &seen).await?;
+        written.note(applied, "Secret", secret.metadata.name.as_ref());
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    for role in pooler::PoolerRole::ALL {
+        let name = pooler::pooler_name(pg, role);
+        if pooler::pooler_enabled(pg, config, role) {
+            let deployment = pooler::desired_pooler_deployment(pg, config, role)?;
+            let seen = observed.seen(namespace, "Deployment", &name);
+            let applied = apply(&deployments, &deployment, &seen).await?;
+            written.note(applied, "Deployment", Some(&name));
+            let service = pooler::desired_pooler_service(pg, config, role);
+            let seen = observed.seen(namespace, "Service", &name);
+            let applied = apply(&service_api, &service, &seen).await?;
+            written.note(applied, "Service", Some(&name));
+        } else {
+            // Disabled (or never enabled): removed if present.
+            let seen = observed.seen(namespace, "Deployment", &name);
+            let applied = delete_as::<Deployment>(client, namespace, &name, "v1", &seen).await?;
+            written.note(applied, "Deployment (removed)", Some(&name));
+            let seen = observed.seen(namespace, "Service", &name);
+            let applied = delete_as::<Service>(client, namespace, &name, "v1", &seen).await?;
+            written.note(applied, "Service (removed)", Some(&name));
+        }
+    }
+
+    for budget in pdb::desired_pdbs(pg, config) {
+        let seen = observed.seen(namespace, "PodDisruptionBudget", &name_of(&budget.metadata));
+        let version = &served.pod_disruption_budget;
+        let applied = apply_as(client, namespace, &budget, version, &seen).await?;
+        written.note(
+            applied,
+            "PodDisruptionBudget",
+            budget.metadata.name.as_ref(),
+        );
+    }
+    let job_name = logical_backup::logical_backup_job_name(config, cluster);
+    let seen = observed.seen(namespace, "CronJob", &job_name);
+    let version = &served.cron_job;
+    let applied = match logical_backup::desired_logical_backup(pg, config)? {
+        Some(job) => apply_as(client, namespace, &job, version, &seen).await?,
+        None => delete_as::<CronJob>(client, namespace, &job_name, version, &seen).await?,
+    };
+    written.note(applied, "CronJob", Some(&job_name));
+
+    if let Some(present) = crate::cluster::finalizer::wanted_change(pg, config.enable_finalizers) {
+        crate::cluster::finalizer::set(
+            client,
+            namespace,
+            cluster,
+            pg.metadata.uid.as_deref().unwrap_or_default(),
+            present,
+        )
+        .await
+        .map_err(SyncError::Finalizer)?;
+        written.0.push(format!(
+            "finalizer {}",
+            if present { "added" } else { "removed" }
+        ));
+    }
+    tracing::debug!(%namespace, %cluster, written = ?written.0, "objects in sync");
+    Ok(Synced {
+        written,
+        template,
+        problems,
+    })
+}
+
+fn name_of(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    metadata.name.clone().unwrap_or_default()
+}
+
+/// Grows the cluster's data volume claims to `volume.size` (`storage_resize_mode`); the
+/// refusals (a shrink) are returned for the status. The claims are the ones the watcher
+/// reported.
+async fn resize_claims(
+    client: &Client,
+    namespace: &str,
+    pg: &Postgresql,
+    config: &OperatorConfig,
+    observed: &Observed<'_>,
+    written: &mut Written,
+) -> Result<Vec<String>, SyncError> {
+    if config.storage_resize_mode == "off" {
+        return Ok(Vec::new());
+    }
+    let cluster = pg.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let failed = |source| {
+        SyncError::Apply(ApplyError::Kube {
+            kind: "PersistentVolumeClaim".into(),
+            name: format!("of {cluster}"),
+            source,
+        })
+    };
+    let claims = observed.children.claims();
+    let resize = volumes::claim_resize(pg, config, &claims);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    for name in &resize.grow {
+        let patch = PersistentVolumeClaim {
+            spec: Some(PersistentVolumeClaimSpec {
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity(resize.size.clone()),
+                    )])),
+                    limits: None,
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        };
+        api.patch(name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(failed)?;
+        written.0.push(format!(
+            "PersistentVolumeClaim/{name} (resized to {})",
+            resize.size
+        ));
+    }
+    Ok(resize.problems)
+}
+
+/// The extra pod environment the configuration names (`pod_environment_configmap`, read from
+/// the namespace it names or the cluster's; `pod_environment_secret`, the cluster's): the
+/// ConfigMap's values, and only the Secret's keys (its values stay in the Secret).
+async fn pod_environment(
+    client: &Client,
+    namespace: &str,
+    config: &OperatorConfig,
+) -> Result<PodEnvironment, SyncError> {
+    let (config_map, secret) = spilo_env::pod_environment_sources(config);
+    let mut env = PodEnvironment::default();
+    if let Some((ns, name)) = config_map {
+        let ns = ns.as_deref().unwrap_or(namespace);
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let found = api.get_opt(&name).await.map_err(|e| {
+            SyncError::PodEnvironment(format!("reading ConfigMap {ns}/{name}: {e}"))
+        })?;
+        let found = found.ok_or_else(|| {
+            SyncError::PodEnvironment(format!(
+                "ConfigMap {ns}/{name} (pod_environment_configmap) does not exist"
+            ))
+        })?;
+        env.config_map = found.data.unwrap_or_default();
+    }
+    if let Some((_, name)) = secret {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let found = api.get_opt(&name).await.map_err(|e| {
+            SyncError::PodEnvironment(format!("reading Secret {namespace}/{name}: {e}"))
+        })?;
+        let found = found.ok_or_else(|| {
+            SyncError::PodEnvironment(format!(
+                "Secret {namespace}/{name} (pod_environment_secret) does not exist"
+            ))
+        })?;
+        env.secret_keys = found.data.unwrap_or_default().into_keys().collect();
+        env.secret_name = Some(name);
+    }
+    Ok(env)
+}
+
+/// The status the object carries now; None when the object is gone.
+pub async fn read_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<PostgresStatus>, kube::Error> {
+    let object = crate::clients::apply::postgresql_api(client, namespace)
+        .get_opt(name)
+        .await?;
+    Ok(object.map(|o| {
+        o.data
+            .get("status")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default()
+    }))
+}
+
+/// Writes the status: Zalando's `PostgresClusterStatus`, and pgop's `message` and
+/// `nextRetry`, removed when absent. Any 2xx answer is success, whatever the object holds;
+/// a cluster deleted meanwhile is not an error.
+pub async fn write_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &PostgresStatus,
+) -> Result<(), SyncError> {
+    let patch = serde_json::json!({
+        "status": {
+            "PostgresClusterStatus": status.postgres_cluster_status,
+            "message": status.message,
+            "nextRetry": status.next_retry,
+        }
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match crate::clients::apply::postgresql_api(client, namespace)
+        .patch_status(name, &params, &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(SyncError::Status(e)),
+    }
+}
