@@ -24,6 +24,9 @@ use serde_json::Value;
 pub enum ChildSelector {
     /// Those carrying the cluster-name label (any value).
     ClusterLabel,
+    /// Those carrying `cluster_labels` too, as the clusters' pods and volume claims do
+    /// (another application's claim with a cluster-name label is not pgop's to resize).
+    PodLabels,
     /// Those of one name in every watched namespace: what a namespace's clusters share.
     Name(String),
 }
@@ -89,7 +92,7 @@ pub fn child_kinds(served: &ServedVersions, config: &OperatorConfig) -> Vec<Chil
         child_kind::<Endpoints>(true, ClusterLabel),
         child_kind::<Secret>(true, ClusterLabel),
         child_kind::<Deployment>(false, ClusterLabel),
-        child_kind::<PersistentVolumeClaim>(false, ClusterLabel),
+        child_kind::<PersistentVolumeClaim>(false, ChildSelector::PodLabels),
         versioned(
             "policy",
             &served.pod_disruption_budget,
@@ -120,7 +123,9 @@ pub fn child_state(
 ) -> ChildState {
     let metadata = &object["metadata"];
     let cluster = match kind.selector {
-        ChildSelector::ClusterLabel => text(&metadata["labels"][cluster_label]),
+        ChildSelector::ClusterLabel | ChildSelector::PodLabels => {
+            text(&metadata["labels"][cluster_label])
+        }
         ChildSelector::Name(_) => String::new(),
     };
     let drift = match (deleted, judge(object)) {
@@ -184,6 +189,11 @@ mod tests {
         assert_eq!(
             kind("RoleBinding").selector,
             ChildSelector::Name("postgres-pod".into())
+        );
+        assert_eq!(
+            kind("PersistentVolumeClaim").selector,
+            ChildSelector::PodLabels,
+            "only the clusters' own claims"
         );
     }
 

@@ -391,19 +391,39 @@ pub async fn watch_nodes(
     watch_each_namespace(Nodes, streams, store, lists, shutdown).await
 }
 
+/// The labels child objects are selected and routed by.
+pub struct ChildLabels {
+    /// `cluster_name_label`: its value names the object's cluster.
+    pub cluster: String,
+    /// `cluster_labels` as a selector (`application=spilo`).
+    pub pods: String,
+}
+
 /// One kind of child object: watched by the cluster-name label (the pod service account and
 /// its role binding, which no cluster owns alone, by name), whole or only its metadata.
 pub async fn watch_children(
     client: Client,
     namespaces: WatchedNamespaces,
     kind: ChildKind,
-    cluster_label: String,
+    labels: ChildLabels,
     store: Arc<Store>,
     lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
+    let ChildLabels {
+        cluster: cluster_label,
+        pods: pod_selector,
+    } = labels;
     let config = match &kind.selector {
         ChildSelector::ClusterLabel => watcher::Config::default().labels(&cluster_label),
+        ChildSelector::PodLabels => {
+            let selector = [pod_selector.as_str(), cluster_label.as_str()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(",");
+            watcher::Config::default().labels(&selector)
+        }
         ChildSelector::Name(name) => watcher::Config::default().fields(&by_name(name)),
     };
     let resource = &kind.resource;

@@ -98,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             namespaces.clone(),
             kind,
-            config.cluster_name_label.clone(),
+            kube_watch::ChildLabels {
+                cluster: config.cluster_name_label.clone(),
+                pods: selector.clone(),
+            },
             store.clone(),
             lists.clone(),
             shutdown.clone(),

@@ -374,8 +374,13 @@ impl Store {
         let key = child_key(&state.namespace, &state.kind, &state.name);
         let mut inner = self.lock();
         if state.deleted {
-            if inner.children.remove(&key).is_some() {
-                self.publish(&mut inner, watch_event::Event::Child(state));
+            // The state workers know, whatever the deleted object last carried.
+            if let Some(known) = inner.children.remove(&key) {
+                let gone = ChildState {
+                    deleted: true,
+                    ..known
+                };
+                self.publish(&mut inner, watch_event::Event::Child(gone));
             }
             return;
         }

@@ -36,29 +36,46 @@ impl Seen {
     }
 }
 
-/// One cluster's objects by kind and name.
+/// One cluster's objects by kind and name. Only a complete report (the one that comes with
+/// the cluster's assignment, and what follows it) says an object is absent; before it,
+/// nothing is known.
 #[derive(Debug, Default)]
-pub(crate) struct Children(BTreeMap<(String, String), ChildState>);
+pub(crate) struct Children {
+    objects: BTreeMap<(String, String), ChildState>,
+    complete: bool,
+}
 
 impl Children {
+    /// The report that came with the assignment has been taken in.
+    pub(crate) fn complete(&mut self) {
+        self.complete = true;
+    }
+
+    /// This worker deleted every object: none is left, whatever reports are on their way.
+    pub(crate) fn deleted_all(&mut self) {
+        self.objects.clear();
+        self.complete = true;
+    }
+
     pub(crate) fn take(&mut self, state: ChildState) {
         let key = (state.kind.clone(), state.name.clone());
         match state.deleted {
-            true => self.0.remove(&key),
-            false => self.0.insert(key, state),
+            true => self.objects.remove(&key),
+            false => self.objects.insert(key, state),
         };
     }
 
     pub(crate) fn seen(&self, kind: &str, name: &str) -> Seen {
-        match self.0.get(&(kind.to_string(), name.to_string())) {
+        match self.objects.get(&(kind.to_string(), name.to_string())) {
             Some(state) => Seen::Present(state.clone()),
-            None => Seen::Absent,
+            None if self.complete => Seen::Absent,
+            None => Seen::Unobserved,
         }
     }
 
     /// The cluster's volume claims: (name, requested storage).
     pub(crate) fn claims(&self) -> Vec<(String, Option<String>)> {
-        self.0
+        self.objects
             .values()
             .filter(|s| s.kind == "PersistentVolumeClaim")
             .map(|s| {
@@ -72,7 +89,7 @@ impl Children {
 
     /// The version of the Secret `name` as last reported: it changes with every write.
     pub(crate) fn secret_version(&self, name: &str) -> Option<&str> {
-        self.0
+        self.objects
             .get(&("Secret".to_string(), name.to_string()))
             .map(|s| s.resource_version.as_str())
             .filter(|v| !v.is_empty())
@@ -135,6 +152,10 @@ impl SharedChildren {
             true => map.remove(&key),
             false => map.insert(key, state),
         };
+    }
+
+    pub(crate) fn clear(&self) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     fn seen(&self, namespace: &str, kind: &str, name: &str) -> Seen {
@@ -225,8 +246,14 @@ mod tests {
     #[test]
     fn reports_replace_and_remove_and_other_namespaces_are_unobserved() {
         let mut children = Children::default();
+        assert_eq!(
+            children.seen("Service", "b"),
+            Seen::Unobserved,
+            "nothing is absent before the assignment's report"
+        );
         children.take(state("Service", "a", "h1", ChildDrift::InSync));
         children.take(state("Service", "a", "h2", ChildDrift::InSync));
+        children.complete();
         let mut claim = state(
             "PersistentVolumeClaim",
             "pgdata-a-0",

@@ -11,6 +11,7 @@ pub use pgop_common::applied::{content_hash, is_subset, APPLIED_HASH};
 use pgop_common::crd::Postgresql;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::cache::children::Seen;
 
@@ -263,13 +264,44 @@ fn stamp<K: Resource + Serialize>(desired: &mut K, hash: String) -> Result<(), s
         .get_or_insert_with(Default::default);
     annotations.insert(APPLIED_HASH.to_string(), hash);
     annotations.remove(LAST_APPLIED);
-    let applied = serde_json::to_string(&desired)?;
+    let mut applied = serde_json::to_value(&desired)?;
+    without_credentials(&mut applied);
+    let applied = applied.to_string();
     desired
         .meta_mut()
         .annotations
         .get_or_insert_with(Default::default)
         .insert(LAST_APPLIED.to_string(), applied);
     Ok(())
+}
+
+/// Drops the inline values of environment variables that hold credentials (the logical
+/// backup's storage keys, a password in a manifest's `env`) from what goes into
+/// `pgop/last-applied`: metadata is readable more widely than a pod template. They are then
+/// not compared for drift; a change of them changes the hash all the same.
+fn without_credentials(value: &mut Value) {
+    const SENSITIVE: [&str; 5] = ["SECRET", "PASSWORD", "TOKEN", "KEY", "CREDENTIAL"];
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                if let (true, Value::Array(vars)) = (key == "env", &mut *inner) {
+                    for var in vars.iter_mut().filter_map(|v| v.as_object_mut()) {
+                        let name = var
+                            .get("name")
+                            .and_then(|n| n.as_str())
+                            .unwrap_or_default()
+                            .to_ascii_uppercase();
+                        if SENSITIVE.iter().any(|s| name.contains(s)) {
+                            var.remove("value");
+                        }
+                    }
+                }
+                without_credentials(inner);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_credentials),
+        _ => {}
+    }
 }
 
 /// The common end of every apply: stamp the content hash, compare with `live`, and
@@ -433,7 +465,27 @@ pub fn postgresql_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Value};
+    use serde_json::json;
+
+    #[test]
+    fn credentials_stay_out_of_the_last_applied_annotation() {
+        let mut object = json!({"spec": {"template": {"spec": {"containers": [{"env": [
+            {"name": "AWS_SECRET_ACCESS_KEY", "value": "s3-secret"},
+            {"name": "PGPASSWORD_SUPERUSER", "value": "pw"},
+            {"name": "LOGICAL_BACKUP_S3_BUCKET", "value": "bucket"},
+            {"name": "SCALYR_API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+        ]}]}}}});
+        without_credentials(&mut object);
+        let text = object.to_string();
+        assert!(
+            !text.contains("s3-secret") && !text.contains("\"pw\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("bucket") && text.contains("secretKeyRef"),
+            "{text}"
+        );
+    }
 
     mod request_sequences {
         use super::*;

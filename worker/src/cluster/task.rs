@@ -51,6 +51,9 @@ pub enum Input {
     /// One of the objects pgop writes for the cluster changed (or one its namespace's
     /// clusters share).
     Child(ChildState),
+    /// Every object reported with the assignment has arrived: what is not among them is
+    /// absent.
+    Reported,
 }
 
 impl Input {
@@ -59,7 +62,7 @@ impl Input {
     /// they are built from.
     pub fn voids_objects(&self) -> bool {
         match self {
-            Input::Object(_) | Input::SyncRequest | Input::Child(_) => true,
+            Input::Object(_) | Input::SyncRequest | Input::Child(_) | Input::Reported => true,
             Input::Pod(_) | Input::TurnGranted => false,
         }
     }
@@ -248,6 +251,7 @@ impl ClusterTask {
                 self.rollout.granted();
                 self.pending_event = "TURN".into();
             }
+            Input::Reported => self.children.complete(),
             Input::Child(child) => {
                 if self.pending_event.is_empty() {
                     self.pending_event = format!("{}/{}", child.kind, child.name);
@@ -1065,25 +1069,34 @@ impl ClusterTask {
         config: &OperatorConfig,
         confirmations: u32,
     ) -> Next {
+        let mut removed = false;
         let progress = match self.superseded(&object.uid).await {
             Ok(true) => {
                 tracing::info!("a newer manifest has the name: its objects stay");
                 Ok(Progress::Done)
             }
-            Ok(false) => delete_cluster(
-                &self.ctx.client,
-                &self.ctx.served,
-                &self.namespace,
-                &self.name,
-                config,
-                &secrets_elsewhere(&object.manifest_json, &self.namespace, config),
-            )
-            .await
-            .map_err(|e| e.to_string()),
+            Ok(false) => {
+                removed = true;
+                delete_cluster(
+                    &self.ctx.client,
+                    &self.ctx.served,
+                    &self.namespace,
+                    &self.name,
+                    config,
+                    &secrets_elsewhere(&object.manifest_json, &self.namespace, config),
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
             Err(e) => Err(format!("checking for a newer manifest: {e}")),
         };
         match progress {
             Ok(Progress::Done) => {
+                if removed {
+                    // A newer object under the name starts from nothing, not from the
+                    // reports of what was just deleted.
+                    self.children.deleted_all();
+                }
                 tracing::info!("deleted");
                 self.ctx
                     .view
@@ -1162,6 +1175,7 @@ mod tests {
             (Input::Child(ChildState::default()), true),
             (Input::Pod(PodState::default()), false),
             (Input::TurnGranted, false),
+            (Input::Reported, true),
         ];
         for (input, voids) in cases {
             assert_eq!(input.voids_objects(), voids, "{input:?}");

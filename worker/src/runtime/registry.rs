@@ -119,14 +119,17 @@ impl Registry {
                 self.ctx.view.update(&key, |_| {});
                 tracing::info!(cluster = %key, pods = assign.pods.len(), "assigned");
                 self.ctx.view.record(&key, "assigned", "");
-                if let Some(current) = assign.current {
-                    self.deliver(&key, Input::Object(current));
+                // What the cluster's objects are reported as, before the object: its first
+                // pass starts from the whole report.
+                for child in assign.children {
+                    self.deliver(&key, Input::Child(child));
                 }
+                self.deliver(&key, Input::Reported);
                 for pod in assign.pods {
                     self.deliver(&key, Input::Pod(pod));
                 }
-                for child in assign.children {
-                    self.deliver(&key, Input::Child(child));
+                if let Some(current) = assign.current {
+                    self.deliver(&key, Input::Object(current));
                 }
                 // An assignment without state still makes the cluster ours.
                 self.task(&key);
@@ -328,6 +331,9 @@ impl Registry {
     }
 
     async fn fence(&mut self) {
+        // The scheduler sends the shared objects again with the next session; deletions
+        // missed meanwhile must not leave them reported present.
+        self.ctx.shared.clear();
         for releasing in std::mem::take(&mut self.releasing) {
             let _ = releasing.await;
         }
