@@ -81,6 +81,30 @@ pub(crate) fn client(script: Vec<Exchange>) -> (kube::Client, tokio::task::JoinH
     (kube::Client::new(service, "default"), server)
 }
 
+/// A client whose server answers every request with 200 and the request's own body (what a
+/// write returns), recording them all: for passes whose requests are the question.
+pub(crate) fn recording_client() -> (kube::Client, tokio::task::JoinHandle<Vec<Seen>>) {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some((request, respond)) = handle.next_request().await {
+            let request = seen_of(request).await;
+            let body =
+                serde_json::to_vec(request.body.as_ref().unwrap_or(&Value::Null)).expect("JSON");
+            respond.send_response(
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .expect("a response"),
+            );
+            seen.push(request);
+        }
+        seen
+    });
+    (kube::Client::new(service, "default"), server)
+}
+
 async fn seen_of(request: Request<Body>) -> Seen {
     let method = request.method().to_string();
     let path = request.uri().path().to_string();

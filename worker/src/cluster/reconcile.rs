@@ -373,3 +373,130 @@ pub async fn write_status(
         Err(e) => Err(SyncError::Status(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::children::{Children, SharedChildren};
+    use crate::clients::mock_api::{client, recording_client, Exchange};
+    use pgop_common::applied::{judge, Drift, APPLIED_HASH};
+    use pgop_proto::v1::{ChildDrift, ChildState};
+
+    /// What the watcher reports of an object as pgop wrote it.
+    fn reported(written: &serde_json::Value) -> ChildState {
+        let metadata = &written["metadata"];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        ChildState {
+            namespace: text(&metadata["namespace"]),
+            cluster: text(&metadata["labels"]["cluster-name"]),
+            kind: text(&written["kind"]),
+            name: text(&metadata["name"]),
+            applied_hash: text(&metadata["annotations"][APPLIED_HASH]),
+            drift: match judge(written) {
+                Drift::InSync => ChildDrift::InSync,
+                Drift::Drifted => ChildDrift::Drifted,
+                Drift::Unknown => ChildDrift::Unknown,
+            } as i32,
+            ..ChildState::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pass_over_objects_reported_as_applied_sends_no_request() {
+        let pg = crate::pure::roles::desired::tests::manifest(
+            "acid-pass",
+            "  teamId: acid\n  numberOfInstances: 2\n  volume: {size: 1Gi}\n  postgresql: {version: \"15\"}\n  users: {app: []}\n",
+        );
+        let config = OperatorConfig::default();
+        let served = ServedVersions::default();
+        let shared = SharedChildren::default();
+        // A new cluster: the report says nothing exists, so every object is written without
+        // a read first.
+        let mut children = Children::default();
+        children.complete();
+        let (c, server) = recording_client();
+        let observed = Observed {
+            namespace: "default",
+            children: &children,
+            shared: &shared,
+            shared_name: &config.pod_service_account_name,
+        };
+        let synced = sync_objects(&c, &served, "default", &pg, &config, &observed)
+            .await
+            .unwrap();
+        drop(c);
+        let requests = server.await.unwrap();
+        assert!(
+            requests
+                .iter()
+                .all(|r| r.method == "PATCH" || r.method == "POST"),
+            "{requests:#?}"
+        );
+        assert_eq!(
+            requests.len(),
+            synced.written.0.len(),
+            "{:?}",
+            synced.written
+        );
+        assert!(synced.written.0.len() >= 9, "{:?}", synced.written);
+
+        // The watcher reports what was written; the next pass sends nothing at all.
+        for request in &requests {
+            let state = reported(request.body.as_ref().unwrap());
+            match state.kind.as_str() {
+                "ServiceAccount" | "RoleBinding" => shared.take(state),
+                _ => children.take(state),
+            }
+        }
+        let (c, server) = client(vec![]);
+        let observed = Observed {
+            namespace: "default",
+            children: &children,
+            shared: &shared,
+            shared_name: &config.pod_service_account_name,
+        };
+        let synced = sync_objects(&c, &served, "default", &pg, &config, &observed)
+            .await
+            .unwrap();
+        drop(c);
+        assert!(synced.written.0.is_empty(), "{:?}", synced.written);
+        assert!(server.await.unwrap().is_empty());
+
+        // A changed manifest changes only what it must: the StatefulSet and the
+        // critical-operation budget (its minimum is the instance count), each read first.
+        let written = |kind: &str, name: &str| {
+            requests
+                .iter()
+                .filter_map(|r| r.body.clone())
+                .find(|b| b["kind"] == kind && b["metadata"]["name"] == name)
+                .expect("written by the first pass")
+        };
+        let statefulset = written("StatefulSet", "acid-pass");
+        let budget = written("PodDisruptionBudget", "postgres-acid-pass-critical-op-pdb");
+        let mut bigger = pg.clone();
+        bigger.spec.number_of_instances = 3;
+        let sts_path = "/apis/apps/v1/namespaces/default/statefulsets/acid-pass";
+        let pdb_path =
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/postgres-acid-pass-critical-op-pdb";
+        let (c, server) = client(vec![
+            Exchange::new("GET", sts_path, 200, statefulset.clone()),
+            Exchange::new("PATCH", sts_path, 200, statefulset),
+            Exchange::new("GET", pdb_path, 200, budget.clone()),
+            Exchange::new("PATCH", pdb_path, 200, budget),
+        ]);
+        let synced = sync_objects(&c, &served, "default", &bigger, &config, &observed)
+            .await
+            .unwrap();
+        drop(c);
+        assert_eq!(
+            synced.written.0,
+            [
+                "StatefulSet/acid-pass",
+                "PodDisruptionBudget/postgres-acid-pass-critical-op-pdb"
+            ]
+        );
+        let patches = server.await.unwrap();
+        assert_eq!(patches[1].body.as_ref().unwrap()["spec"]["replicas"], 3);
+        assert_eq!(patches[3].body.as_ref().unwrap()["spec"]["minAvailable"], 3);
+    }
+}
