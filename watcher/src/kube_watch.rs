@@ -28,17 +28,24 @@ use crate::children::{child_key, child_state, ChildKind, ChildSelector};
 use crate::store::{RawConfig, Store};
 use crate::ConfigSource;
 
-/// One API per watched namespace (or one for all), with the namespace it covers.
+/// One API for all namespaces: watched namespaces are picked from its events (one watch per
+/// kind, however many namespaces are watched: each watch costs the watcher buffers and a
+/// connection, and the API server a watcher). The namespace argument is for tests.
 fn apis<K>(
-    namespaces: &WatchedNamespaces,
+    _namespaces: &WatchedNamespaces,
     api: impl Fn(Option<&str>) -> Api<K>,
 ) -> Vec<(Option<String>, Api<K>)> {
+    vec![(None, api(None))]
+}
+
+/// Whether the object of `key` (`namespace/…`) is in a watched namespace.
+fn watched(namespaces: &WatchedNamespaces, key: &str) -> bool {
     match namespaces {
-        WatchedNamespaces::All => vec![(None, api(None))],
-        WatchedNamespaces::Some(list) => list
-            .iter()
-            .map(|ns| (Some(ns.clone()), api(Some(ns))))
-            .collect(),
+        WatchedNamespaces::All => true,
+        WatchedNamespaces::Some(list) => {
+            let namespace = key.split('/').next().unwrap_or_default();
+            list.iter().any(|ns| ns == namespace)
+        }
     }
 }
 
@@ -282,6 +289,7 @@ type EventStream<T> = BoxStream<'static, watcher::Result<Event<T>>>;
 async fn watch_each_namespace<T: Tracked>(
     tracker: T,
     streams: Vec<(Option<String>, EventStream<T::Object>)>,
+    namespaces: &WatchedNamespaces,
     store: Arc<Store>,
     lists: Arc<InitialLists>,
     shutdown: CancellationToken,
@@ -296,6 +304,14 @@ async fn watch_each_namespace<T: Tracked>(
                 let event = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     e = events.next() => match e { Some(e) => e, None => return },
+                };
+                let event = match event {
+                    Ok(Event::InitApply(o) | Event::Apply(o) | Event::Delete(o))
+                        if !watched(namespaces, &tracker.key(&o)) =>
+                    {
+                        continue
+                    }
+                    other => other,
                 };
                 match event {
                     Ok(Event::Init) => relist.start(),
@@ -350,7 +366,7 @@ pub async fn watch_clusters(
         None => Api::all_with(client.clone(), &resource),
     };
     let streams = full_streams(&namespaces, api, &watcher::Config::default());
-    watch_each_namespace(Clusters, streams, store, lists, shutdown).await
+    watch_each_namespace(Clusters, streams, &namespaces, store, lists, shutdown).await
 }
 
 /// An API for `K` in `namespace`, or in all namespaces.
@@ -374,7 +390,7 @@ pub async fn watch_pods(
 ) {
     let config = watcher::Config::default().labels(&selector);
     let streams = full_streams(&namespaces, |ns| typed_api::<Pod>(&client, ns), &config);
-    watch_each_namespace(Pods, streams, store, lists, shutdown).await
+    watch_each_namespace(Pods, streams, &namespaces, store, lists, shutdown).await
 }
 
 pub async fn watch_nodes(
@@ -388,7 +404,8 @@ pub async fn watch_nodes(
         |_| Api::<Node>::all(client.clone()),
         &watcher::Config::default(),
     );
-    watch_each_namespace(Nodes, streams, store, lists, shutdown).await
+    let all = WatchedNamespaces::All;
+    watch_each_namespace(Nodes, streams, &all, store, lists, shutdown).await
 }
 
 /// The labels child objects are selected and routed by.
@@ -458,7 +475,7 @@ pub async fn watch_children(
         kind,
         cluster_label,
     };
-    watch_each_namespace(tracker, streams, store, lists, shutdown).await
+    watch_each_namespace(tracker, streams, &namespaces, store, lists, shutdown).await
 }
 
 /// Watches of `api` in each watched namespace, their objects as JSON.
@@ -780,6 +797,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_namespace_with_a_malformed_object_keeps_streaming_its_clusters() {
+        // One watch of all namespaces; another namespace's objects are not the watcher's.
+        let mut elsewhere = object("elsewhere", "u9");
+        elsewhere["metadata"]["namespace"] = json!("other");
         let mut invalid = malformed("bad", "u2");
         invalid["status"] = json!({"PostgresClusterStatus": "Invalid"});
         invalid["metadata"]["resourceVersion"] = json!("2");
@@ -787,9 +807,14 @@ mod tests {
         scaled["spec"]["numberOfInstances"] = json!(2);
         scaled["metadata"]["resourceVersion"] = json!("3");
         let client = fake_api_server(
-            POSTGRESQLS,
-            vec![object("good", "u1"), malformed("bad", "u2")],
+            "/apis/acid.zalan.do/v1/postgresqls",
             vec![
+                object("good", "u1"),
+                elsewhere.clone(),
+                malformed("bad", "u2"),
+            ],
+            vec![
+                json!({"type": "MODIFIED", "object": elsewhere}),
                 json!({"type": "MODIFIED", "object": invalid}),
                 json!({"type": "ADDED", "object": malformed("worse", "u3")}),
                 json!({"type": "MODIFIED", "object": scaled}),
@@ -818,6 +843,7 @@ mod tests {
                 continue;
             };
             let kind = ClusterEventType::try_from(c.r#type).unwrap();
+            assert_ne!(c.namespace, "other", "an unwatched namespace's object");
             seen.push(format!("{}:{}", kind.as_str_name(), c.name));
             if c.name == "bad" {
                 let sent: Value = serde_json::from_slice(&c.manifest_json).unwrap();

@@ -80,11 +80,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // The configuration and node watches, and one cluster, one pod and one watch per child
-    // kind per watched namespace.
-    let streams = match &namespaces {
-        WatchedNamespaces::All => 1,
-        WatchedNamespaces::Some(list) => list.len(),
-    };
+    // kind, whatever the watched namespaces (see `kube_watch::apis`).
+    let streams = 1;
     // The kinds pgop writes for clusters, under the versions this cluster serves.
     let served = pgop_common::discovery::discover(&client)
         .await
