@@ -28,16 +28,6 @@ use crate::children::{child_key, child_state, ChildKind, ChildSelector};
 use crate::store::{RawConfig, Store};
 use crate::ConfigSource;
 
-/// One API for all namespaces: watched namespaces are picked from its events (one watch per
-/// kind, however many namespaces are watched: each watch costs the watcher buffers and a
-/// connection, and the API server a watcher). The namespace argument is for tests.
-fn apis<K>(
-    _namespaces: &WatchedNamespaces,
-    api: impl Fn(Option<&str>) -> Api<K>,
-) -> Vec<(Option<String>, Api<K>)> {
-    vec![(None, api(None))]
-}
-
 /// Whether the object of `key` (`namespace/…`) is in a watched namespace.
 fn watched(namespaces: &WatchedNamespaces, key: &str) -> bool {
     match namespaces {
@@ -335,22 +325,15 @@ async fn watch_each_namespace<T: Tracked>(
     futures::future::join_all(streams).await;
 }
 
-/// Full objects of `api`, one stream per watched namespace.
-fn full_streams<K>(
-    namespaces: &WatchedNamespaces,
-    api: impl Fn(Option<&str>) -> Api<K>,
-    config: &watcher::Config,
-) -> Vec<(Option<String>, EventStream<K>)>
+/// One watch of all namespaces per kind: the watched ones are picked from its events
+/// ([`watched`]). Each watch costs the watcher buffers and a connection and the API server a
+/// watcher, so one per kind and namespace would grow with the namespaces.
+fn full_streams<K>(api: Api<K>, config: &watcher::Config) -> Vec<(Option<String>, EventStream<K>)>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    apis(namespaces, api)
-        .into_iter()
-        .map(|(scope, api)| {
-            let events = watcher::watcher(api, config.clone()).default_backoff();
-            (scope, events.boxed())
-        })
-        .collect()
+    let events = watcher::watcher(api, config.clone()).default_backoff();
+    vec![(None, events.boxed())]
 }
 
 pub async fn watch_clusters(
@@ -361,23 +344,9 @@ pub async fn watch_clusters(
     shutdown: CancellationToken,
 ) {
     let resource = postgresql_resource();
-    let api = |ns: Option<&str>| match ns {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
-    let streams = full_streams(&namespaces, api, &watcher::Config::default());
+    let api = Api::all_with(client, &resource);
+    let streams = full_streams(api, &watcher::Config::default());
     watch_each_namespace(Clusters, streams, &namespaces, store, lists, shutdown).await
-}
-
-/// An API for `K` in `namespace`, or in all namespaces.
-fn typed_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 pub async fn watch_pods(
@@ -389,7 +358,7 @@ pub async fn watch_pods(
     shutdown: CancellationToken,
 ) {
     let config = watcher::Config::default().labels(&selector);
-    let streams = full_streams(&namespaces, |ns| typed_api::<Pod>(&client, ns), &config);
+    let streams = full_streams(Api::<Pod>::all(client), &config);
     watch_each_namespace(Pods, streams, &namespaces, store, lists, shutdown).await
 }
 
@@ -399,11 +368,7 @@ pub async fn watch_nodes(
     lists: Arc<InitialLists>,
     shutdown: CancellationToken,
 ) {
-    let streams = full_streams(
-        &WatchedNamespaces::All,
-        |_| Api::<Node>::all(client.clone()),
-        &watcher::Config::default(),
-    );
+    let streams = full_streams(Api::<Node>::all(client), &watcher::Config::default());
     let all = WatchedNamespaces::All;
     watch_each_namespace(Nodes, streams, &all, store, lists, shutdown).await
 }
@@ -444,59 +409,25 @@ pub async fn watch_children(
         ChildSelector::Name(name) => watcher::Config::default().fields(&by_name(name)),
     };
     let resource = &kind.resource;
-    let streams: Vec<(Option<String>, EventStream<Value>)> = match kind.metadata_only {
-        true => {
-            let api = |ns: Option<&str>| match ns {
-                Some(ns) => Api::<PartialObjectMeta<DynamicObject>>::namespaced_with(
-                    client.clone(),
-                    ns,
-                    resource,
-                ),
-                None => Api::all_with(client.clone(), resource),
-            };
-            json_streams(
-                &namespaces,
-                api,
-                &config,
-                |o| serde_json::json!({"metadata": o.metadata}),
-            )
-        }
-        false => {
-            let api = |ns: Option<&str>| match ns {
-                Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, resource),
-                None => Api::all_with(client.clone(), resource),
-            };
-            json_streams(&namespaces, api, &config, |o| {
-                serde_json::to_value(o).unwrap_or_default()
-            })
-        }
+    let events: EventStream<Value> = match kind.metadata_only {
+        true => watcher::watcher(
+            Api::<PartialObjectMeta<DynamicObject>>::all_with(client, resource),
+            config,
+        )
+        .default_backoff()
+        .map_ok(|e| as_json(e, |o| serde_json::json!({"metadata": o.metadata})))
+        .boxed(),
+        false => watcher::watcher(Api::<DynamicObject>::all_with(client, resource), config)
+            .default_backoff()
+            .map_ok(|e| as_json(e, |o| serde_json::to_value(o).unwrap_or_default()))
+            .boxed(),
     };
+    let streams = vec![(None, events)];
     let tracker = Children {
         kind,
         cluster_label,
     };
     watch_each_namespace(tracker, streams, &namespaces, store, lists, shutdown).await
-}
-
-/// Watches of `api` in each watched namespace, their objects as JSON.
-fn json_streams<K>(
-    namespaces: &WatchedNamespaces,
-    api: impl Fn(Option<&str>) -> Api<K>,
-    config: &watcher::Config,
-    json: fn(K) -> Value,
-) -> Vec<(Option<String>, EventStream<Value>)>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    apis(namespaces, api)
-        .into_iter()
-        .map(|(scope, api)| {
-            let events = watcher::watcher(api, config.clone())
-                .default_backoff()
-                .map_ok(move |e| as_json(e, json));
-            (scope, events.boxed())
-        })
-        .collect()
 }
 
 /// An event of typed objects as one of JSON objects.
