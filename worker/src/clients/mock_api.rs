@@ -81,28 +81,67 @@ pub(crate) fn client(script: Vec<Exchange>) -> (kube::Client, tokio::task::JoinH
     (kube::Client::new(service, "default"), server)
 }
 
-/// A client whose server answers every request with 200 and the request's own body (what a
-/// write returns), recording them all: for passes whose requests are the question.
-pub(crate) fn recording_client() -> (kube::Client, tokio::task::JoinHandle<Vec<Seen>>) {
+/// What the recording server has seen so far.
+#[derive(Clone, Default)]
+pub(crate) struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<Seen>>>);
+
+impl Recorder {
+    /// The requests seen since the last call.
+    pub fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A client whose server finds nothing to read (404) and answers every write with 200 and
+/// the request's own body (what a write returns), recording them all: for passes whose
+/// requests are the question.
+pub(crate) fn recording_client() -> (kube::Client, Recorder) {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(async move {
-        let mut seen = Vec::new();
+    let recorder = Recorder::default();
+    let seen = recorder.clone();
+    tokio::spawn(async move {
         while let Some((request, respond)) = handle.next_request().await {
             let request = seen_of(request).await;
-            let body =
-                serde_json::to_vec(request.body.as_ref().unwrap_or(&Value::Null)).expect("JSON");
+            let (status, body) = match request.method.as_str() {
+                "GET" => (404, Exchange::not_found("GET", "").body),
+                _ => (200, request.body.clone().unwrap_or(Value::Null)),
+            };
+            // Recorded before the answer: a caller that has its answer finds its request.
+            seen.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(request);
             respond.send_response(
                 Response::builder()
-                    .status(200)
+                    .status(status)
                     .header("content-type", "application/json")
-                    .body(Body::from(body))
+                    .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
                     .expect("a response"),
             );
-            seen.push(request);
         }
-        seen
     });
-    (kube::Client::new(service, "default"), server)
+    (kube::Client::new(service, "default"), recorder)
+}
+
+/// What the watcher reports of an object as pgop wrote it (`written`: a write's body).
+pub(crate) fn as_reported(written: &Value) -> pgop_proto::v1::ChildState {
+    use pgop_common::applied::{judge, Drift, APPLIED_HASH};
+    use pgop_proto::v1::{ChildDrift, ChildState};
+    let metadata = &written["metadata"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    ChildState {
+        namespace: text(&metadata["namespace"]),
+        cluster: text(&metadata["labels"]["cluster-name"]),
+        kind: text(&written["kind"]),
+        name: text(&metadata["name"]),
+        applied_hash: text(&metadata["annotations"][APPLIED_HASH]),
+        drift: match judge(written) {
+            Drift::InSync => ChildDrift::InSync,
+            Drift::Drifted => ChildDrift::Drifted,
+            Drift::Unknown => ChildDrift::Unknown,
+        } as i32,
+        ..ChildState::default()
+    }
 }
 
 async fn seen_of(request: Request<Body>) -> Seen {

@@ -378,28 +378,7 @@ pub async fn write_status(
 mod tests {
     use super::*;
     use crate::cache::children::{Children, SharedChildren};
-    use crate::clients::mock_api::{client, recording_client, Exchange};
-    use pgop_common::applied::{judge, Drift, APPLIED_HASH};
-    use pgop_proto::v1::{ChildDrift, ChildState};
-
-    /// What the watcher reports of an object as pgop wrote it.
-    fn reported(written: &serde_json::Value) -> ChildState {
-        let metadata = &written["metadata"];
-        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        ChildState {
-            namespace: text(&metadata["namespace"]),
-            cluster: text(&metadata["labels"]["cluster-name"]),
-            kind: text(&written["kind"]),
-            name: text(&metadata["name"]),
-            applied_hash: text(&metadata["annotations"][APPLIED_HASH]),
-            drift: match judge(written) {
-                Drift::InSync => ChildDrift::InSync,
-                Drift::Drifted => ChildDrift::Drifted,
-                Drift::Unknown => ChildDrift::Unknown,
-            } as i32,
-            ..ChildState::default()
-        }
-    }
+    use crate::clients::mock_api::{as_reported, client, recording_client, Exchange};
 
     #[tokio::test]
     async fn a_pass_over_objects_reported_as_applied_sends_no_request() {
@@ -414,7 +393,7 @@ mod tests {
         // a read first.
         let mut children = Children::default();
         children.complete();
-        let (c, server) = recording_client();
+        let (c, recorder) = recording_client();
         let observed = Observed {
             namespace: "default",
             children: &children,
@@ -424,8 +403,7 @@ mod tests {
         let synced = sync_objects(&c, &served, "default", &pg, &config, &observed)
             .await
             .unwrap();
-        drop(c);
-        let requests = server.await.unwrap();
+        let requests = recorder.take();
         assert!(
             requests
                 .iter()
@@ -442,7 +420,7 @@ mod tests {
 
         // The watcher reports what was written; the next pass sends nothing at all.
         for request in &requests {
-            let state = reported(request.body.as_ref().unwrap());
+            let state = as_reported(request.body.as_ref().unwrap());
             match state.kind.as_str() {
                 "ServiceAccount" | "RoleBinding" => shared.take(state),
                 _ => children.take(state),

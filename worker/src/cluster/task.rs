@@ -30,6 +30,7 @@ use crate::cluster::rollout::{master_address, PodGoal, RollingProgress, Rollout}
 use crate::cluster::view::now_rfc3339;
 use crate::pure::builders::restart::TemplateHashes;
 use crate::pure::builders::{statefulset::desired_instances, BuildError};
+use crate::pure::lifecycle::{Lifecycle, Step};
 use crate::pure::maintenance::in_maintenance_window;
 use crate::pure::rolling::NodeRules;
 use crate::pure::standing::{Judged, Retry, Standing, Wake};
@@ -88,36 +89,48 @@ enum Next {
     Finished,
 }
 
+/// What a pass tells of when the next one should come, besides its result.
+#[derive(Clone, Copy, PartialEq)]
+enum Pace {
+    AsUsual,
+    /// Held back (waiting for a turn or a maintenance window): a grant wakes the task.
+    Held,
+    /// Failed in a way no retry can fix: the next change of manifest or configuration will.
+    NeedsAChange,
+}
+
+/// What arrived since the last pass began.
+#[derive(Default)]
+struct Inbox {
+    count: u32,
+    /// What the next pass is for, as its span and inspection show it.
+    trigger: String,
+    /// Someone asked for a pass (Worker/SyncCluster): it runs even if nothing changed.
+    sync_requested: bool,
+}
+
+/// Problems as last shown to the user, to tell what is news.
+#[derive(Default)]
+struct Shown {
+    /// What the last pass refused of the manifest (a volume shrink).
+    objects: String,
+    /// Role definitions the last database sync refused.
+    roles: String,
+    /// Why Patroni's configuration could not be synced, as last logged.
+    patroni: String,
+}
+
 pub struct ClusterTask {
     pub key: String,
     pub task_id: u64,
     namespace: String,
     name: String,
-    object: Option<ClusterEvent>,
-    /// A DELETE not yet carried out when a newer object arrived: it runs first, so the new
-    /// object starts from nothing instead of adopting the old one's children.
-    pending_delete: Option<ClusterEvent>,
-    /// DELETEs received and covered by `pending_delete`, and by `object`: the scheduler
-    /// waits for one "Deleted" per DELETE it sent.
-    pending_delete_count: u32,
-    object_delete_count: u32,
+    /// The object: awaited, managed, paused or deleted.
+    lifecycle: Lifecycle,
     /// The rolling update's state between passes.
     rollout: Rollout,
-    /// The manifest changed since the last pass: the status reads Updating meanwhile.
-    update_pending: bool,
-    /// The manifest pauses the cluster (see [`crate::pure::manifest::paused`]).
-    paused: bool,
-    /// The last pass was held back rather than waiting on the pods.
-    held: bool,
-    /// When the (first pending) DELETE arrived.
-    deleted_on: Option<chrono::NaiveDate>,
     patroni_sync: PatroniSync,
-    /// Why Patroni's configuration could not be synced, as last logged.
-    patroni_problem: String,
-    /// What the last pass refused of the manifest (a volume shrink), as shown to the user.
-    object_problems: String,
-    /// Role definitions the last database sync refused, as shown to the user.
-    role_problems: String,
+    shown: Shown,
     pods: BTreeMap<String, PodState>,
     /// The objects pgop writes for the cluster, as the watcher reported them.
     children: Children,
@@ -129,15 +142,12 @@ pub struct ClusterTask {
     status: Option<PostgresStatus>,
     /// The manifest's generation in the current pass.
     generation: i64,
-    /// Someone asked for a pass (Worker/SyncCluster): it runs even if nothing changed.
-    sync_requested: bool,
     /// How the passes have been ending: what is tried again, and when.
     standing: Standing,
     /// The Warning Events shown for the current generation.
     warnings: Warnings,
     reported: Option<ClusterStatus>,
-    pending: u32,
-    pending_event: String,
+    inbox: Inbox,
     ctx: Arc<Context>,
     config: watch::Receiver<Arc<OperatorConfig>>,
     nodes: watch::Receiver<Arc<Nodes>>,
@@ -171,31 +181,20 @@ impl ClusterTask {
             name: name.to_string(),
             key,
             task_id,
-            object: None,
-            pending_delete: None,
-            pending_delete_count: 0,
-            object_delete_count: 0,
-            role_problems: String::new(),
-            object_problems: String::new(),
+            lifecycle: Lifecycle::default(),
             rollout,
-            update_pending: false,
-            paused: false,
-            held: false,
-            deleted_on: None,
             patroni_sync: PatroniSync::default(),
-            patroni_problem: String::new(),
+            shown: Shown::default(),
             pods: BTreeMap::new(),
             children: Children::default(),
             secrets: SecretsMemo::default(),
             objects_memo: ObjectsMemo::default(),
             status: None,
             generation: 0,
-            sync_requested: false,
             standing: Standing::default(),
             warnings: Warnings::default(),
             reported: None,
-            pending: 0,
-            pending_event: String::new(),
+            inbox: Inbox::default(),
             ctx,
             config,
             nodes,
@@ -204,57 +203,34 @@ impl ClusterTask {
     }
 
     pub fn take(&mut self, input: Input) {
-        self.pending += 1;
+        self.inbox.count += 1;
         if input.voids_objects() {
             self.objects_memo.void();
         }
+        let trigger = &mut self.inbox.trigger;
         match input {
-            Input::Object(mut event) => {
-                self.pending_event = event_name(event.r#type).to_string();
-                let recreated = self
-                    .object
-                    .as_ref()
-                    .is_some_and(|o| !o.uid.is_empty() && o.uid != event.uid);
-                if recreated {
+            Input::Object(event) => {
+                *trigger = event_name(event.r#type).to_string();
+                let today = chrono::Utc::now().date_naive();
+                if self.lifecycle.arrive(event, today).recreated {
                     // Another object under the same name: what we knew of the old one is void.
                     self.status = None;
                     self.standing = Standing::default();
                     self.warnings = Warnings::default();
                 }
-                self.update_pending |= event.r#type == ClusterEventType::Update as i32;
-                let is_delete = event.r#type == ClusterEventType::Delete as i32;
-                if is_delete {
-                    self.object_delete_count += 1;
-                    // Delete protection compares with the day of the deletion, not of the pass.
-                    self.deleted_on
-                        .get_or_insert_with(|| chrono::Utc::now().date_naive());
-                }
-                if let Some(previous) = self.object.take() {
-                    if is_delete && event.manifest_json.is_empty() && previous.uid == event.uid {
-                        // A DELETE made up by the scheduler has no manifest: keep the last one
-                        // seen, which names what the cluster put in other namespaces.
-                        event.manifest_json = previous.manifest_json.clone();
-                    }
-                    if !is_delete && previous.r#type == ClusterEventType::Delete as i32 {
-                        // One deletion by name covers every DELETE received so far.
-                        self.pending_delete = Some(previous);
-                        self.pending_delete_count += std::mem::take(&mut self.object_delete_count);
-                    }
-                }
-                self.object = Some(event);
             }
             Input::SyncRequest => {
-                self.pending_event = "SYNC-REQUEST".into();
-                self.sync_requested = true;
+                *trigger = "SYNC-REQUEST".into();
+                self.inbox.sync_requested = true;
             }
             Input::TurnGranted => {
                 self.rollout.granted();
-                self.pending_event = "TURN".into();
+                *trigger = "TURN".into();
             }
             Input::Reported => self.children.complete(),
             Input::Child(child) => {
-                if self.pending_event.is_empty() {
-                    self.pending_event = format!("{}/{}", child.kind, child.name);
+                if trigger.is_empty() {
+                    *trigger = format!("{}/{}", child.kind, child.name);
                 }
                 // The shared ones are kept by the registry for all clusters.
                 if !child.cluster.is_empty() {
@@ -262,8 +238,8 @@ impl ClusterTask {
                 }
             }
             Input::Pod(pod) => {
-                if self.pending_event.is_empty() {
-                    self.pending_event = "POD".into();
+                if trigger.is_empty() {
+                    *trigger = "POD".into();
                 }
                 if pod.deleted {
                     self.pods.remove(&pod.name);
@@ -319,19 +295,19 @@ impl ClusterTask {
             }
             dirty = false;
             retry_at = None;
-            let trigger = self.mark_running();
+            let inbox = self.mark_running();
             // Every line of the pass carries its cluster (and the log ring files it) from here.
             let span = tracing::info_span!(
                 "pass",
                 cluster = %self.key,
-                trigger = %trigger,
+                trigger = %inbox.trigger,
                 generation = tracing::field::Empty
             );
             let next = tokio::select! {
                 biased;
                 // Dropping the pass mid-way is safe: every write is idempotent.
                 _ = cancel.cancelled() => return,
-                next = self.reconcile_once().instrument(span) => next,
+                next = self.reconcile_once(inbox.sync_requested).instrument(span) => next,
             };
             drop(permit);
             match next {
@@ -352,8 +328,8 @@ impl ClusterTask {
     /// Whether one of the cluster's pods is on a node pods must leave.
     fn on_leaving_node(&self) -> bool {
         let Some(pg) = self
-            .object
-            .as_ref()
+            .lifecycle
+            .object()
             .and_then(|o| crate::pure::manifest::parse(&o.manifest_json).ok())
         else {
             return false;
@@ -366,7 +342,7 @@ impl ClusterTask {
     }
 
     fn mark_queued(&self) {
-        let (pending, event) = (self.pending, self.pending_event.clone());
+        let (pending, event) = (self.inbox.count, self.inbox.trigger.clone());
         self.ctx.view.update(&self.key, |v| {
             v.pending = pending;
             v.pending_event = event;
@@ -374,11 +350,10 @@ impl ClusterTask {
         });
     }
 
-    /// Marks the pass running; what triggered it.
-    fn mark_running(&mut self) -> String {
-        self.pending = 0;
-        let trigger = std::mem::take(&mut self.pending_event);
-        let shown = trigger.clone();
+    /// Marks the pass running; what arrived for it.
+    fn mark_running(&mut self) -> Inbox {
+        let inbox = std::mem::take(&mut self.inbox);
+        let shown = inbox.trigger.clone();
         self.ctx.view.update(&self.key, |v| {
             v.running = true;
             v.pending = 0;
@@ -386,7 +361,7 @@ impl ClusterTask {
                 v.trigger = shown;
             }
         });
-        trigger
+        inbox
     }
 
     /// The manifest generation this pass works on, also on the pass's span.
@@ -407,8 +382,8 @@ impl ClusterTask {
         let pods: Vec<PodState> = self.pods.values().cloned().collect();
         let status = self.cluster_status();
         let uid = self
-            .object
-            .as_ref()
+            .lifecycle
+            .object()
             .map(|o| o.uid.clone())
             .unwrap_or_default();
         let team = self
@@ -446,53 +421,76 @@ impl ClusterTask {
         }
     }
 
-    async fn reconcile_once(&mut self) -> Next {
-        let Some(object) = self.object.clone() else {
-            // Assigned without state yet: nothing to do until the object arrives.
-            self.ctx.view.update(&self.key, |v| {
-                v.running = false;
-                v.queued_since = None;
-            });
-            return Next::Idle;
-        };
+    async fn reconcile_once(&mut self, sync_requested: bool) -> Next {
         let config = self.config.borrow().clone();
-        let sync_requested = std::mem::take(&mut self.sync_requested);
-        if let Some(old) = self.pending_delete.clone() {
-            self.set_generation(generation_of(&old));
-            let next = self.delete(&old, &config, self.pending_delete_count).await;
-            self.warnings.settle();
-            return match next {
-                Next::Finished => {
-                    self.pending_delete = None;
-                    self.pending_delete_count = 0;
-                    Next::RetryIn(Duration::ZERO)
-                }
-                other => other,
-            };
-        }
-        if object.r#type == ClusterEventType::Delete as i32 {
-            self.set_generation(generation_of(&object));
-            let deleted = crate::pure::manifest::metadata(&object.manifest_json);
-            if let Some(reason) = self
-                .deletion_refused(&object, deleted.as_ref(), &config)
-                .await
-            {
-                // The manifest is gone: its objects stay, as Zalando leaves them.
-                tracing::warn!("deletion refused, the cluster's objects stay: {reason}");
-                for _ in 0..std::mem::take(&mut self.object_delete_count) {
-                    self.report(DELETED, "", "");
-                }
-                return Next::Finished;
+        match self.lifecycle.step() {
+            Step::Wait => {
+                // Assigned without state yet: nothing to do until the object arrives.
+                self.ctx.view.update(&self.key, |v| {
+                    v.running = false;
+                    v.queued_since = None;
+                });
+                Next::Idle
             }
-            let next = self
-                .delete(&object, &config, self.object_delete_count)
-                .await;
-            self.warnings.settle();
-            if matches!(next, Next::Finished) {
-                self.object_delete_count = 0;
+            Step::Delete {
+                object,
+                confirmations,
+                since,
+                then_continue,
+            } => {
+                let object = object.clone();
+                let next = self.deletion(&object, confirmations, since, &config).await;
+                self.warnings.settle();
+                match next {
+                    Next::Finished => {
+                        self.lifecycle.deletion_done();
+                        match then_continue {
+                            true => Next::RetryIn(Duration::ZERO),
+                            false => Next::Finished,
+                        }
+                    }
+                    other => other,
+                }
             }
-            return next;
+            Step::Reconcile(object) => {
+                let object = object.clone();
+                self.reconcile_object(object, config, sync_requested).await
+            }
         }
+    }
+
+    /// A deleted object's objects removed (unless delete protection keeps them), then its
+    /// DELETEs confirmed.
+    async fn deletion(
+        &mut self,
+        object: &ClusterEvent,
+        confirmations: u32,
+        since: chrono::NaiveDate,
+        config: &Arc<OperatorConfig>,
+    ) -> Next {
+        self.set_generation(generation_of(object));
+        let deleted = crate::pure::manifest::metadata(&object.manifest_json);
+        if let Some(reason) = self
+            .deletion_refused(object, deleted.as_ref(), config, since)
+            .await
+        {
+            // The manifest is gone: its objects stay, as Zalando leaves them.
+            tracing::warn!("deletion refused, the cluster's objects stay: {reason}");
+            for _ in 0..confirmations {
+                self.report(DELETED, "", "");
+            }
+            return Next::Finished;
+        }
+        self.delete(object, config, confirmations).await
+    }
+
+    /// A pass over the live object.
+    async fn reconcile_object(
+        &mut self,
+        object: ClusterEvent,
+        config: Arc<OperatorConfig>,
+        sync_requested: bool,
+    ) -> Next {
         let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
         let metadata = crate::pure::manifest::metadata(&object.manifest_json).unwrap_or_default();
         self.set_generation(metadata.generation.unwrap_or_default());
@@ -519,7 +517,7 @@ impl ClusterTask {
         if self.status.is_none() {
             self.status = self.live_status(&object.manifest_json).await;
         }
-        let mut permanent = false;
+        let mut pace = Pace::AsUsual;
         let (result, team, instances) = match crate::pure::manifest::parse(&object.manifest_json) {
             Err(e) => (
                 SyncResult::Invalid(format!("the manifest does not parse: {e}")),
@@ -530,8 +528,7 @@ impl ClusterTask {
                 return self.pause(&reference, &pg).await
             }
             Ok(pg) => {
-                if self.paused {
-                    self.paused = false;
+                if self.lifecycle.resume() {
                     self.ctx.view.record(&self.key, "resumed", "");
                     self.ctx
                         .event(
@@ -558,9 +555,8 @@ impl ClusterTask {
                     }
                     Err(e) => SyncResult::Failed(e.to_string()),
                     Ok(None) => {
-                        let (result, needs_a_change) =
-                            self.sync(&reference, &pg, &config, instances).await;
-                        permanent = needs_a_change;
+                        let (result, paced) = self.sync(&reference, &pg, &config, instances).await;
+                        pace = paced;
                         result
                     }
                 };
@@ -572,8 +568,9 @@ impl ClusterTask {
                 (result, team, instances)
             }
         };
-        self.update_pending = false;
-        self.conclude(result, team, instances, permanent, judged, &reference)
+        // Whatever became of it, the change has had its pass.
+        self.lifecycle.take_change();
+        self.conclude(result, team, instances, pace, judged, &reference)
             .await
     }
 
@@ -584,15 +581,14 @@ impl ClusterTask {
             .unwrap_or_default()
     }
 
-    /// The objects, then the pods (a rolling update, Patroni's configuration). True with a
-    /// failure no retry can fix.
+    /// The objects, then the pods (a rolling update, Patroni's configuration).
     async fn sync(
         &mut self,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
         pg: &Postgresql,
         config: &Arc<OperatorConfig>,
         instances: u32,
-    ) -> (SyncResult, bool) {
+    ) -> (SyncResult, Pace) {
         let synced = match self.objects_memo.recall(config) {
             Some((template, problems)) => Ok(Synced {
                 written: Written::default(),
@@ -627,7 +623,7 @@ impl ClusterTask {
                 let written = &synced.written.0;
                 // A manifest change that changes objects reads Updating until carried out;
                 // one that changes nothing (an annotation pgop ignores) writes nothing.
-                if std::mem::take(&mut self.update_pending) && !written.is_empty() {
+                if self.lifecycle.take_change() && !written.is_empty() {
                     self.mark_updating().await;
                 }
                 if !written.is_empty() {
@@ -640,20 +636,26 @@ impl ClusterTask {
                     in_maintenance_window(pg, config, chrono::Utc::now());
                 problems.extend(synced.problems);
                 self.show_refusals(reference, problems.join("; ")).await;
-                let result = self
-                    .roll(
-                        reference,
-                        pg,
-                        instances,
-                        &synced.template,
-                        config,
-                        window_open,
-                    )
-                    .await;
-                (result, false)
+                self.roll(
+                    reference,
+                    pg,
+                    instances,
+                    &synced.template,
+                    config,
+                    window_open,
+                )
+                .await
             }
-            Err(SyncError::Build(BuildError::Invalid(m))) => (SyncResult::Invalid(m), false),
-            Err(e) => (SyncResult::Failed(e.to_string()), e.needs_a_change()),
+            Err(SyncError::Build(BuildError::Invalid(m))) => {
+                (SyncResult::Invalid(m), Pace::AsUsual)
+            }
+            Err(e) => {
+                let pace = match e.needs_a_change() {
+                    true => Pace::NeedsAChange,
+                    false => Pace::AsUsual,
+                };
+                (SyncResult::Failed(e.to_string()), pace)
+            }
         }
     }
 
@@ -663,7 +665,7 @@ impl ClusterTask {
         result: SyncResult,
         team: String,
         instances: u32,
-        permanent: bool,
+        pace: Pace,
         judged: Judged,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
     ) -> Next {
@@ -673,7 +675,7 @@ impl ClusterTask {
             SyncResult::Invalid(m) | SyncResult::Failed(m) => m.clone(),
             SyncResult::Updating(m) => m.clone(),
             SyncResult::Synced { pods_ready: false } => "waiting for the pods' roles".into(),
-            SyncResult::Synced { pods_ready: true } => [&self.object_problems, &self.role_problems]
+            SyncResult::Synced { pods_ready: true } => [&self.shown.objects, &self.shown.roles]
                 .into_iter()
                 .filter(|p| !p.is_empty())
                 .cloned()
@@ -682,7 +684,7 @@ impl ClusterTask {
         };
         let mut next = match &result {
             // Held back (a turn's grant wakes the task; a maintenance window opens later).
-            SyncResult::Updating(_) if std::mem::take(&mut self.held) => Next::RetryIn(HELD_POLL),
+            SyncResult::Updating(_) if pace == Pace::Held => Next::RetryIn(HELD_POLL),
             // The next step of a rolling update; pod events usually come sooner.
             SyncResult::Updating(_) => Next::RetryIn(ROLLING_POLL),
             SyncResult::Invalid(_) => Next::Idle,
@@ -690,7 +692,7 @@ impl ClusterTask {
                 // Retrying soon cannot help a failure that needs a change: the next change of
                 // manifest or configuration will; meanwhile it is repaired at the pace of
                 // `repair_period`.
-                let retry = match permanent {
+                let retry = match pace == Pace::NeedsAChange {
                     true => Retry::NeedsAChange(judged.clone(), self.config.borrow().repair_period),
                     false => Retry::BackingOff,
                 };
@@ -772,8 +774,7 @@ impl ClusterTask {
         self.rollout.give_turn_back();
         // Whatever the last verdict was, the manifest is judged again when it resumes.
         self.standing.succeeded();
-        if !self.paused {
-            self.paused = true;
+        if self.lifecycle.pause() {
             tracing::info!("{message}");
             self.ctx.view.record(&self.key, "paused", "");
             self.ctx.event(reference, "Paused", message.clone()).await;
@@ -810,7 +811,7 @@ impl ClusterTask {
         if !problems.is_empty() {
             self.warn(reference, "Refused", &problems).await;
         }
-        self.object_problems = problems;
+        self.shown.objects = problems;
     }
 
     /// A manifest change on a cluster that has run: the status reads Updating until the
@@ -845,7 +846,7 @@ impl ClusterTask {
         template: &TemplateHashes,
         config: &OperatorConfig,
         window_open: bool,
-    ) -> SyncResult {
+    ) -> (SyncResult, Pace) {
         let pods: Vec<PodState> = self.pods.values().cloned().collect();
         let nodes = self.nodes.borrow().clone();
         let rules = NodeRules::of(pg, config);
@@ -859,12 +860,12 @@ impl ClusterTask {
             timeout: config.pod_label_wait_timeout,
         };
         let progress = self.rollout.advance(&self.ctx, reference, &goal).await;
-        match progress {
+        let result = match progress {
             Ok(RollingProgress::Done) => {
                 let ready = pods_ready(&pods.iter().collect::<Vec<_>>(), instances);
                 if ready {
                     if let Some(updating) = self.sync_patroni(reference, &pods, pg, config).await {
-                        return updating;
+                        return (updating, Pace::AsUsual);
                     }
                 }
                 SyncResult::Synced { pods_ready: ready }
@@ -877,12 +878,10 @@ impl ClusterTask {
             Ok(RollingProgress::Waiting(reason)) => {
                 SyncResult::Updating(format!("replacing pods: {reason}"))
             }
-            Ok(RollingProgress::Held(reason)) => {
-                self.held = true;
-                SyncResult::Updating(reason)
-            }
+            Ok(RollingProgress::Held(reason)) => return (SyncResult::Updating(reason), Pace::Held),
             Err(e) => SyncResult::Failed(e.to_string()),
-        }
+        };
+        (result, Pace::AsUsual)
     }
 
     /// Patroni's dynamic configuration as the manifest asks (see [`PatroniSync`]); Some
@@ -903,11 +902,11 @@ impl ClusterTask {
             Err(e) => e.to_string(),
             Ok(_) => String::new(),
         };
-        if problem != self.patroni_problem {
+        if problem != self.shown.patroni {
             if !problem.is_empty() {
                 tracing::warn!("Patroni's configuration not synced: {problem}");
             }
-            self.patroni_problem = problem;
+            self.shown.patroni = problem;
         }
         match progress {
             Ok(PatroniProgress::Acted(note)) => {
@@ -972,7 +971,7 @@ impl ClusterTask {
             self.warn(reference, "RoleDefinitionRefused", &problems)
                 .await;
         }
-        self.role_problems = problems;
+        self.shown.roles = problems;
         Ok(())
     }
 
@@ -1000,7 +999,11 @@ impl ClusterTask {
         if !crate::cluster::finalizer::has_finalizer(metadata) {
             return Next::Idle;
         }
-        if let Some(reason) = self.deletion_refused(object, Some(metadata), config).await {
+        let today = chrono::Utc::now().date_naive();
+        if let Some(reason) = self
+            .deletion_refused(object, Some(metadata), config, today)
+            .await
+        {
             // The finalizer holds the manifest until the annotations allow the deletion.
             let message = format!("deletion waits for its annotations: {reason}");
             let status = self.cluster_status();
@@ -1039,16 +1042,14 @@ impl ClusterTask {
         object: &ClusterEvent,
         metadata: Option<&ObjectMeta>,
         config: &OperatorConfig,
+        day: chrono::NaiveDate,
     ) -> Option<String> {
-        let day = self
-            .deleted_on
-            .unwrap_or_else(|| chrono::Utc::now().date_naive());
         let reason = crate::pure::delete_protection::deletion_refused(metadata, config, day)?;
         let reference = cluster_reference(&self.namespace, &self.name, &object.uid);
         self.warn(&reference, "DeleteRefused", &reason).await;
-        if self.object_problems != reason {
+        if self.shown.objects != reason {
             self.ctx.view.record(&self.key, "delete-refused", &reason);
-            self.object_problems = reason.clone();
+            self.shown.objects = reason.clone();
         }
         Some(reason)
     }
@@ -1166,6 +1167,276 @@ fn generation_of(event: &ClusterEvent) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clients::mock_api::{as_reported, recording_client, Recorder, Seen};
+    use crate::cluster::view::View;
+    use pgop_common::discovery::ServedVersions;
+    use pgop_common::metrics::Counters;
+
+    /// A task for `default/acid-pass` against the recording API server, and what it reports
+    /// to the scheduler.
+    fn task() -> (
+        ClusterTask,
+        Recorder,
+        mpsc::UnboundedReceiver<WorkerMessage>,
+    ) {
+        let config = OperatorConfig {
+            // No PostgreSQL to connect to here.
+            enable_database_access: false,
+            ..OperatorConfig::default()
+        };
+        let (client, recorder) = recording_client();
+        let ctx = Context::new(
+            client,
+            View::new("worker-0".into()),
+            1,
+            ServedVersions::default(),
+            "default".into(),
+            Counters::new(),
+        );
+        let (outbound, reports) = mpsc::unbounded_channel();
+        let task = ClusterTask::new(
+            "default/acid-pass".into(),
+            1,
+            Arc::new(ctx),
+            watch::channel(Arc::new(config)).1,
+            watch::channel(Arc::new(Nodes::new())).1,
+            outbound,
+        );
+        (task, recorder, reports)
+    }
+
+    fn added() -> ClusterEvent {
+        let mut pg = crate::pure::roles::desired::tests::manifest(
+            "acid-pass",
+            "  teamId: acid\n  numberOfInstances: 1\n  volume: {size: 1Gi}\n  postgresql: {version: \"15\"}\n",
+        );
+        pg.metadata.uid = Some("uid-1".into());
+        pg.metadata.generation = Some(1);
+        ClusterEvent {
+            r#type: ClusterEventType::Add as i32,
+            namespace: "default".into(),
+            name: "acid-pass".into(),
+            uid: "uid-1".into(),
+            manifest_json: serde_json::to_vec(&pg).unwrap(),
+            ..ClusterEvent::default()
+        }
+    }
+
+    /// An UPDATE to `instances` instances (generation 2).
+    fn updated_to(instances: i32) -> ClusterEvent {
+        let mut event = added();
+        let mut pg: serde_json::Value = serde_json::from_slice(&event.manifest_json).unwrap();
+        pg["spec"]["numberOfInstances"] = instances.into();
+        pg["metadata"]["generation"] = 2.into();
+        event.manifest_json = serde_json::to_vec(&pg).unwrap();
+        event.r#type = ClusterEventType::Update as i32;
+        event
+    }
+
+    fn master() -> PodState {
+        PodState {
+            namespace: "default".into(),
+            cluster: "acid-pass".into(),
+            name: "acid-pass-0".into(),
+            role: "master".into(),
+            phase: "Running".into(),
+            ready: true,
+            ..PodState::default()
+        }
+    }
+
+    /// `METHOD kind` of each request (`PATCH statefulsets`, `PATCH postgresqls/status`).
+    fn summary(requests: &[Seen]) -> Vec<String> {
+        requests
+            .iter()
+            .map(|r| {
+                let parts: Vec<&str> = r.path.rsplit('/').collect();
+                let what = match parts.as_slice() {
+                    ["status", _, kind, ..] => format!("{kind}/status"),
+                    [_, kind, ..] if r.method != "POST" => kind.to_string(),
+                    [kind, ..] => kind.to_string(),
+                    [] => String::new(),
+                };
+                format!("{} {what}", r.method)
+            })
+            .collect()
+    }
+
+    fn statuses(reports: &mut mpsc::UnboundedReceiver<WorkerMessage>) -> Vec<String> {
+        std::iter::from_fn(|| reports.try_recv().ok())
+            .filter_map(|m| match m.message {
+                Some(worker_message::Message::Status(s)) => Some(s.status),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What the watcher reports after a pass's writes: each object as written.
+    fn report_written(task: &mut ClusterTask, requests: &[Seen]) {
+        for request in requests.iter().filter(|r| r.method != "GET") {
+            let body = request.body.as_ref().unwrap();
+            if body["kind"] == "postgresql"
+                || body["kind"] == "Event"
+                || body.get("status").is_some()
+            {
+                continue;
+            }
+            let state = as_reported(body);
+            match state.cluster.is_empty() {
+                true => task.ctx.shared.take(state),
+                false => task.take(Input::Child(state)),
+            }
+        }
+    }
+
+    /// The first passes: objects written and reported, the master up; Running.
+    async fn brought_up(task: &mut ClusterTask, recorder: &Recorder) {
+        task.take(Input::Object(added()));
+        task.take(Input::Reported);
+        task.reconcile_once(false).await;
+        report_written(task, &recorder.take());
+        task.take(Input::Pod(master()));
+        task.reconcile_once(false).await;
+        recorder.take();
+        assert_eq!(task.cluster_status(), s::RUNNING);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_change_reads_updating_and_rewrites_only_what_it_changes() {
+        let (mut task, recorder, mut reports) = task();
+        brought_up(&mut task, &recorder).await;
+        statuses(&mut reports);
+
+        task.take(Input::Object(updated_to(2)));
+        task.reconcile_once(false).await;
+        let requests = recorder.take();
+        assert_eq!(
+            summary(&requests),
+            [
+                // Only what the change touches, each read first (reported as applied before).
+                "GET statefulsets",
+                "PATCH statefulsets",
+                "GET poddisruptionbudgets",
+                "PATCH poddisruptionbudgets",
+                // Written objects make the change visible...
+                "PATCH postgresqls/status",
+                // ...and the pass that carried it out ends it.
+                "PATCH postgresqls/status",
+                "POST events",
+            ]
+        );
+        let body = |i: usize| requests[i].body.clone().unwrap();
+        assert_eq!(body(1)["spec"]["replicas"], 2);
+        assert_eq!(body(4)["status"]["PostgresClusterStatus"], s::UPDATING);
+        assert_eq!(body(5)["status"]["PostgresClusterStatus"], s::RUNNING);
+        assert_eq!(
+            statuses(&mut reports),
+            [s::RUNNING],
+            "waiting for the new pod"
+        );
+
+        // The same generation again (the watcher's resync) changes nothing.
+        report_written(&mut task, &requests);
+        task.take(Input::Object(updated_to(2)));
+        task.reconcile_once(false).await;
+        assert_eq!(summary(&recorder.take()), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_manifest_is_said_once_in_the_status_and_a_warning() {
+        let (mut task, recorder, mut reports) = task();
+        let mut invalid = added();
+        let mut pg: serde_json::Value = serde_json::from_slice(&invalid.manifest_json).unwrap();
+        pg["spec"]["numberOfInstances"] = "many".into();
+        invalid.manifest_json = serde_json::to_vec(&pg).unwrap();
+        task.take(Input::Object(invalid.clone()));
+        task.take(Input::Reported);
+        assert!(
+            matches!(task.reconcile_once(false).await, Next::Idle),
+            "no retry"
+        );
+        let requests = recorder.take();
+        assert_eq!(
+            summary(&requests),
+            ["GET postgresqls", "PATCH postgresqls/status", "POST events"],
+            "nothing written for it"
+        );
+        let status = requests[1].body.clone().unwrap()["status"].clone();
+        let event = requests[2].body.clone().unwrap();
+        assert_eq!(status["PostgresClusterStatus"], s::INVALID);
+        let message = status["message"].as_str().unwrap();
+        assert!(message.contains("does not parse"), "{message}");
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["note"], message);
+        assert_eq!(statuses(&mut reports), [s::INVALID]);
+
+        // Resyncs of the same manifest say nothing new.
+        task.take(Input::Object(invalid));
+        task.reconcile_once(false).await;
+        assert!(recorder.take().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_cluster_is_written_once_and_a_pass_in_sync_sends_nothing() {
+        let (mut task, recorder, mut reports) = task();
+
+        // Assigned: the object, and the report that none of its objects exists yet.
+        task.take(Input::Object(added()));
+        task.take(Input::Reported);
+        // No pod yet: their events wake the task.
+        assert!(matches!(task.reconcile_once(false).await, Next::Idle));
+        let first = recorder.take();
+        let requests = summary(&first);
+        assert_eq!(requests[0], "GET postgresqls", "the live status first");
+        assert_eq!(
+            requests.iter().filter(|r| r.starts_with("GET")).count(),
+            1,
+            "objects reported absent are written without a read: {requests:#?}"
+        );
+        for written in ["PATCH statefulsets", "PATCH services", "POST secrets"] {
+            assert!(requests.contains(&written.to_string()), "{requests:#?}");
+        }
+        assert_eq!(
+            requests[requests.len() - 2..],
+            ["PATCH postgresqls/status", "POST events"],
+            "the status, then its Event: {requests:#?}"
+        );
+        let status = &first[first.len() - 2];
+        let event = &first[first.len() - 1];
+        assert_eq!(
+            status.body.as_ref().unwrap()["status"]["PostgresClusterStatus"],
+            s::CREATING
+        );
+        assert_eq!(event.body.as_ref().unwrap()["reason"], s::CREATING);
+        assert_eq!(statuses(&mut reports), [s::CREATING]);
+
+        // The watcher reports what was written, and the pod comes up as master.
+        report_written(&mut task, &first);
+        task.take(Input::Pod(master()));
+        assert!(matches!(task.reconcile_once(false).await, Next::Idle));
+        let second = recorder.take();
+        assert_eq!(
+            summary(&second),
+            ["PATCH postgresqls/status", "POST events"],
+            "only the status and its Event: {second:#?}"
+        );
+        assert_eq!(
+            second[0].body.as_ref().unwrap()["status"]["PostgresClusterStatus"],
+            s::RUNNING
+        );
+        assert_eq!(second[1].body.as_ref().unwrap()["reason"], s::RUNNING);
+        assert_eq!(statuses(&mut reports), [s::RUNNING]);
+
+        // In sync: a resync, a sync request and a pod's heartbeat send nothing at all.
+        task.take(Input::Object(added()));
+        assert!(matches!(task.reconcile_once(false).await, Next::Idle));
+        task.take(Input::SyncRequest);
+        assert!(matches!(task.reconcile_once(true).await, Next::Idle));
+        task.take(Input::Pod(master()));
+        assert!(matches!(task.reconcile_once(false).await, Next::Idle));
+        assert!(recorder.take().is_empty());
+        assert!(statuses(&mut reports).is_empty(), "nothing new to report");
+    }
 
     #[test]
     fn only_what_the_objects_are_built_from_voids_them() {

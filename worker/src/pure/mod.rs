@@ -2,6 +2,7 @@
 //! of plain values. Nothing here does I/O or depends on the layers below it.
 pub mod builders;
 pub(crate) mod delete_protection;
+pub(crate) mod lifecycle;
 pub(crate) mod maintenance;
 pub(crate) mod manifest;
 pub(crate) mod patroni_config;
