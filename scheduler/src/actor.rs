@@ -11,7 +11,7 @@ use pgop_proto::v1::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{Outbox, Ownership, SchedulerState};
+use crate::state::{ClusterEntry, Outbox, Ownership, SchedulerState};
 use crate::turns::{Grants, RollingTurns};
 
 pub type WorkerTx = mpsc::UnboundedSender<Result<SchedulerMessage, tonic::Status>>;
@@ -36,6 +36,9 @@ pub enum Input {
         session: u64,
     },
     Assignments(oneshot::Sender<Vec<ClusterAssignment>>),
+    /// One cluster's assignment by key (`namespace/name`): asked once per REST call on a
+    /// cluster, so it must not cost a pass over the fleet.
+    Assignment(String, oneshot::Sender<Option<ClusterAssignment>>),
     Workers(oneshot::Sender<Vec<WorkerInfo>>),
     Config(oneshot::Sender<Option<pgop_proto::v1::ConfigEvent>>),
 }
@@ -262,29 +265,29 @@ impl Actor {
                     .state
                     .clusters
                     .iter()
-                    .map(|(key, e)| {
-                        let (worker, state) = match &e.ownership {
-                            Ownership::Assigned(w) => (w.clone(), "Assigned"),
-                            Ownership::Releasing { from } => (from.clone(), "Moving"),
-                            Ownership::Unassigned => (String::new(), "Unassigned"),
-                        };
-                        // Deleted in Kubernetes, not yet confirmed by its owner (`worker`).
-                        let state = if e.deleting() { "Deleting" } else { state };
-                        ClusterAssignment {
-                            cluster: key.clone(),
-                            worker,
-                            state: state.into(),
-                            status: e.status.clone(),
-                            team: e.team.clone(),
-                        }
-                    })
+                    .map(|(key, e)| assignment_of(key, e))
                     .collect();
                 let _ = reply.send(list);
+            }
+            Input::Assignment(key, reply) => {
+                let found = self
+                    .state
+                    .clusters
+                    .get(&key)
+                    .map(|e| assignment_of(&key, e));
+                let _ = reply.send(found);
             }
             Input::Config(reply) => {
                 let _ = reply.send(self.state.config().cloned());
             }
             Input::Workers(reply) => {
+                // One pass over the clusters, not one per worker.
+                let mut owned: HashMap<&str, u32> = HashMap::new();
+                for entry in self.state.clusters.values() {
+                    if let Ownership::Assigned(worker) = &entry.ownership {
+                        *owned.entry(worker.as_str()).or_default() += 1;
+                    }
+                }
                 let list = self
                     .state
                     .workers
@@ -293,12 +296,7 @@ impl Actor {
                         worker_id: id.clone(),
                         address: w.address.clone(),
                         capacity: w.capacity,
-                        clusters: self
-                            .state
-                            .clusters
-                            .values()
-                            .filter(|e| e.ownership == Ownership::Assigned(id.clone()))
-                            .count() as u32,
+                        clusters: owned.get(id.as_str()).copied().unwrap_or_default(),
                         queued: w.queued,
                         last_heartbeat: self
                             .sessions
@@ -310,6 +308,24 @@ impl Actor {
                 let _ = reply.send(list);
             }
         }
+    }
+}
+
+/// What inspection shows of one cluster's assignment.
+fn assignment_of(key: &str, entry: &ClusterEntry) -> ClusterAssignment {
+    let (worker, state) = match &entry.ownership {
+        Ownership::Assigned(w) => (w.clone(), "Assigned"),
+        Ownership::Releasing { from } => (from.clone(), "Moving"),
+        Ownership::Unassigned => (String::new(), "Unassigned"),
+    };
+    // Deleted in Kubernetes, not yet confirmed by its owner (`worker`).
+    let state = if entry.deleting() { "Deleting" } else { state };
+    ClusterAssignment {
+        cluster: key.to_string(),
+        worker,
+        state: state.into(),
+        status: entry.status.clone(),
+        team: entry.team.clone(),
     }
 }
 
@@ -330,6 +346,45 @@ mod tests {
             tx,
         });
         rx
+    }
+
+    fn added(ns: &str, name: &str) -> Input {
+        Input::Watch(WatchEvent {
+            sequence: 0,
+            event: Some(pgop_proto::v1::watch_event::Event::Cluster(
+                pgop_proto::v1::ClusterEvent {
+                    r#type: pgop_proto::v1::ClusterEventType::Add as i32,
+                    namespace: ns.into(),
+                    name: name.into(),
+                    ..Default::default()
+                },
+            )),
+        })
+    }
+
+    fn ask<T>(actor: &mut Actor, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> T {
+        let (tx, mut rx) = oneshot::channel();
+        actor.handle(make(tx));
+        rx.try_recv().expect("answered at once")
+    }
+
+    #[test]
+    fn one_cluster_is_looked_up_by_key_and_workers_count_theirs() {
+        let (events, _) = broadcast::channel(16);
+        let mut actor = Actor::new(Duration::from_secs(10), 4, events);
+        let _stream = joined(&mut actor, 1);
+        actor.handle(Input::SnapshotStarted);
+        for name in ["a", "b", "c"] {
+            actor.handle(added("ns", name));
+        }
+        let b = ask(&mut actor, |r| Input::Assignment("ns/b".into(), r)).expect("known");
+        assert_eq!((b.cluster.as_str(), b.worker.as_str()), ("ns/b", "w1"));
+        assert_eq!(b.state, "Assigned");
+        assert!(ask(&mut actor, |r| Input::Assignment("ns/z".into(), r)).is_none());
+        assert_eq!(ask(&mut actor, Input::Assignments).len(), 3);
+        let workers = ask(&mut actor, Input::Workers);
+        assert_eq!(workers.len(), 1);
+        assert_eq!(workers[0].clusters, 3);
     }
 
     #[test]

@@ -205,10 +205,8 @@ impl Scheduler for SchedulerService {
             return Err(Status::invalid_argument("namespace and name are required"));
         }
         let key = format!("{}/{}", r.namespace, r.name);
-        let clusters = self.ask(Input::Assignments).await?;
-        clusters
-            .into_iter()
-            .find(|c| c.cluster == key)
+        self.ask(|reply| Input::Assignment(key.clone(), reply))
+            .await?
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("cluster {key} is not known")))
     }

@@ -645,7 +645,8 @@ mod tests {
         }
         let mut sent = Vec::new();
         while let Ok(e) = rx.try_recv() {
-            let Some(watch_event::Event::Cluster(c)) = e.event else {
+            let Some(watch_event::Event::Cluster(c)) = std::sync::Arc::unwrap_or_clone(e).event
+            else {
                 panic!("only clusters")
             };
             assert_eq!(c.r#type, ClusterEventType::Add as i32);
@@ -770,7 +771,8 @@ mod tests {
                 .await
                 .unwrap_or_else(|_| panic!("only {seen:?} arrived"))
                 .unwrap();
-            let Some(watch_event::Event::Cluster(c)) = e.event else {
+            let Some(watch_event::Event::Cluster(c)) = std::sync::Arc::unwrap_or_clone(e).event
+            else {
                 continue;
             };
             let kind = ClusterEventType::try_from(c.r#type).unwrap();
@@ -848,7 +850,7 @@ mod tests {
 
     /// The configuration events of `rx` as `data` (None: deleted), until `n` arrived.
     async fn configs(
-        rx: &mut tokio::sync::broadcast::Receiver<pgop_proto::v1::WatchEvent>,
+        rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<pgop_proto::v1::WatchEvent>>,
         n: usize,
     ) -> Vec<Option<std::collections::BTreeMap<String, String>>> {
         let mut seen = Vec::new();
@@ -858,7 +860,7 @@ mod tests {
                 .await
                 .unwrap_or_else(|_| panic!("only {} arrived", seen.len()))
                 .unwrap();
-            if let Some(watch_event::Event::Config(c)) = e.event {
+            if let Some(watch_event::Event::Config(c)) = std::sync::Arc::unwrap_or_clone(e).event {
                 seen.push((!c.deleted).then(|| c.data.into_iter().collect()));
             }
         }

@@ -48,7 +48,7 @@ impl Watcher for WatcherService {
         let (snapshot, live) = self.store.subscribe();
         tracing::info!(%subscriber, events = snapshot.len(), "new subscription: sending the snapshot");
         let live = BroadcastStream::new(live).map(|r| match r {
-            Ok(e) => Ok(e),
+            Ok(e) => Ok(Arc::unwrap_or_clone(e)),
             // Too slow to keep up: end the stream; a resubscription starts from a snapshot.
             Err(BroadcastStreamRecvError::Lagged(n)) => Err(Status::resource_exhausted(format!(
                 "subscriber lagged {n} events behind; resubscribe"

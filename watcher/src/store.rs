@@ -3,7 +3,7 @@
 //! subscriber gets a snapshot and the live stream under one lock, so it misses nothing and
 //! sees nothing twice.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use pgop_common::config::{ConfigError, OperatorConfig, SECRET_KEYS};
@@ -171,7 +171,10 @@ struct Inner {
 
 pub struct Store {
     inner: Mutex<Inner>,
-    live: broadcast::Sender<WatchEvent>,
+    /// Every event since a subscription, to each subscriber. Shared, not inline: the ring
+    /// allocates all its slots up front, and an inline `WatchEvent` (~300 bytes) made 65,536
+    /// of them cost ~20 MiB at any fleet size.
+    live: broadcast::Sender<Arc<WatchEvent>>,
     pub pod_labels: PodLabels,
 }
 
@@ -306,10 +309,10 @@ impl Store {
     fn publish(&self, inner: &mut Inner, event: watch_event::Event) {
         inner.sequence += 1;
         // No subscriber is fine: the next one starts from a snapshot.
-        let _ = self.live.send(WatchEvent {
+        let _ = self.live.send(Arc::new(WatchEvent {
             sequence: inner.sequence,
             event: Some(event),
-        });
+        }));
     }
 
     /// Records an added or changed postgresql object, given as the API server's JSON (which
@@ -514,7 +517,7 @@ impl Store {
     /// The current state as events (configuration, nodes, pods, child objects, clusters as
     /// SYNC, SnapshotDone) and a receiver of every later event. A cluster's pods and objects
     /// come before it, so the scheduler hands them over with the cluster.
-    pub fn subscribe(&self) -> (Vec<WatchEvent>, broadcast::Receiver<WatchEvent>) {
+    pub fn subscribe(&self) -> (Vec<WatchEvent>, broadcast::Receiver<Arc<WatchEvent>>) {
         let inner = self.lock();
         let receiver = self.live.subscribe();
         let sequence = inner.sequence;
@@ -604,10 +607,10 @@ mod tests {
         v
     }
 
-    fn drain(rx: &mut broadcast::Receiver<WatchEvent>) -> Vec<String> {
+    fn drain(rx: &mut broadcast::Receiver<Arc<WatchEvent>>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(e) = rx.try_recv() {
-            out.push(match e.event.unwrap() {
+            out.push(match Arc::unwrap_or_clone(e).event.unwrap() {
                 watch_event::Event::Cluster(c) => format!(
                     "{}:{}",
                     ClusterEventType::try_from(c.r#type).unwrap().as_str_name(),
@@ -669,7 +672,7 @@ mod tests {
         store.apply_cluster(pg("a", "u1", 2, None));
         store.apply_cluster(bad.clone());
         let added = std::iter::from_fn(|| rx.try_recv().ok())
-            .filter_map(|e| match e.event {
+            .filter_map(|e| match Arc::unwrap_or_clone(e).event {
                 Some(watch_event::Event::Cluster(c)) => Some(c),
                 _ => None,
             })
@@ -1006,7 +1009,9 @@ mod tests {
             changes,
             r#"cluster_labels="application:spilo", ready_wait_timeout="30s", watched_namespace="a,b", workers="4""#
         );
-        let Some(watch_event::Event::Config(c)) = rx.try_recv().unwrap().event else {
+        let Some(watch_event::Event::Config(c)) =
+            Arc::unwrap_or_clone(rx.try_recv().unwrap()).event
+        else {
             panic!("a configuration event")
         };
         assert!(!c.deleted);

@@ -32,12 +32,22 @@ pub struct ProcessCost {
     pub name: String,
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// Of the RSS, what maps files (the binary's code, shared libraries): pages shared with
+    /// every process that maps the same file.
+    #[serde(default)]
+    pub file_mib: f64,
+    /// Proportional set size: shared pages split among the processes sharing them, so two
+    /// workers of the same binary count its code once between them.
+    #[serde(default)]
+    pub pss_mib: f64,
     pub cpu_seconds: f64,
 }
 
 struct Sample {
     rss_kib: f64,
     peak_kib: f64,
+    file_kib: f64,
+    pss_kib: f64,
     ticks: f64,
     group: u32,
 }
@@ -57,9 +67,20 @@ fn sample(pid: u32) -> Option<Sample> {
     Some(Sample {
         rss_kib: field("VmRSS:"),
         peak_kib: field("VmHWM:"),
+        file_kib: field("RssFile:") + field("RssShmem:"),
+        pss_kib: pss_kib(pid).unwrap_or(0.0),
         ticks: fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?,
         group: fields.get(2)?.parse().ok()?,
     })
+}
+
+/// `Pss:` of /proc/PID/smaps_rollup (Linux 4.14+).
+fn pss_kib(pid: u32) -> Option<f64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// RSS, peak RSS and CPU seconds (user + system) of `what`; None once it is gone.
@@ -82,6 +103,8 @@ pub fn cost(what: &Measured) -> Option<ProcessCost> {
         name: what.name.clone(),
         rss_mib: samples.iter().map(|s| s.rss_kib).sum::<f64>() / 1024.0,
         peak_rss_mib: samples.iter().map(|s| s.peak_kib).sum::<f64>() / 1024.0,
+        file_mib: samples.iter().map(|s| s.file_kib).sum::<f64>() / 1024.0,
+        pss_mib: samples.iter().map(|s| s.pss_kib).sum::<f64>() / 1024.0,
         cpu_seconds: samples.iter().map(|s| s.ticks).sum::<f64>() / 100.0,
     })
 }

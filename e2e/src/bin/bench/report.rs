@@ -268,6 +268,7 @@ pub fn summary(r: &Results) -> String {
         }
         let rss: f64 = main.cost.iter().map(|c| c.rss_mib).sum();
         let peak: f64 = main.cost.iter().map(|c| c.peak_rss_mib).sum();
+        let pss: f64 = main.cost.iter().map(|c| c.pss_mib).sum();
         let cpu: f64 = main.cost.iter().map(|c| c.cpu_seconds).sum();
         let verdict = if a.clusters >= 5000 {
             verdict_at_most(peak, MEMORY_AT_5000_MIB)
@@ -276,7 +277,7 @@ pub fn summary(r: &Results) -> String {
         };
         let _ = writeln!(
             md,
-            "| 5 | cost, all pgop processes | RSS {rss:.0} MiB settled, {peak:.0} MiB peak; {cpu:.1} CPU s; per 1,000 clusters {:.0} MiB, {:.1} CPU s | peak ≤ {MEMORY_AT_5000_MIB} MiB at 5,000 | {verdict} |",
+            "| 5 | cost, all pgop processes | RSS {rss:.0} MiB settled, {peak:.0} MiB peak (PSS {pss:.0} MiB: the code the processes share counted once); {cpu:.1} CPU s; per 1,000 clusters {:.0} MiB, {:.1} CPU s | peak ≤ {MEMORY_AT_5000_MIB} MiB at 5,000 | {verdict} |",
             per_1000(rss),
             per_1000(cpu),
         );
@@ -400,13 +401,13 @@ pub fn summary(r: &Results) -> String {
                 .join(", ")
         );
     }
-    md.push_str("\n## Cost per process, settled (5)\n\n| setup | process | RSS MiB | peak RSS MiB | CPU s |\n| --- | --- | --- | --- | --- |\n");
+    md.push_str("\n## Cost per process, settled (5)\n\nRSS counts the pages of code a process maps (its binary, shared libraries) as its own; \"of it, code\" is that part, and PSS splits shared pages among the processes sharing them.\n\n| setup | process | RSS MiB | of it, code MiB | PSS MiB | peak RSS MiB | CPU s |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     for s in &r.setups {
         for c in &s.cost {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {:.1} | {:.1} |",
-                s.label, c.name, c.rss_mib, c.peak_rss_mib, c.cpu_seconds
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                s.label, c.name, c.rss_mib, c.file_mib, c.pss_mib, c.peak_rss_mib, c.cpu_seconds
             );
         }
     }
