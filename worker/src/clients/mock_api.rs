@@ -102,25 +102,59 @@ pub(crate) fn recording_client() -> (kube::Client, Recorder) {
     tokio::spawn(async move {
         while let Some((request, respond)) = handle.next_request().await {
             let request = seen_of(request).await;
-            let (status, body) = match request.method.as_str() {
-                "GET" => (404, Exchange::not_found("GET", "").body),
-                _ => (200, request.body.clone().unwrap_or(Value::Null)),
-            };
+            let answer = echo(&request);
             // Recorded before the answer: a caller that has its answer finds its request.
             seen.0
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(request);
-            respond.send_response(
-                Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
-                    .expect("a response"),
-            );
+            respond.send_response(answer);
         }
     });
     (kube::Client::new(service, "default"), recorder)
+}
+
+/// The recording server's answer: a read finds nothing, a write returns what it sent.
+fn echo(request: &Seen) -> Response<Body> {
+    let (status, body) = match request.method.as_str() {
+        "GET" => (404, Exchange::not_found("GET", "").body),
+        _ => (200, request.body.clone().unwrap_or(Value::Null)),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+        .expect("a response")
+}
+
+/// A client whose server holds the first `held` requests unanswered until all of them have
+/// arrived (a request that waits for an earlier answer never comes: the server then fails
+/// after `patience`), then answers everything as [`recording_client`] does. Yields the paths
+/// of the held requests once the client is dropped.
+pub(crate) fn holding_client(
+    held: usize,
+    patience: std::time::Duration,
+) -> (kube::Client, tokio::task::JoinHandle<Vec<String>>) {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut waiting = Vec::new();
+        while waiting.len() < held {
+            let next = tokio::time::timeout(patience, handle.next_request()).await;
+            let (request, respond) = next
+                .unwrap_or_else(|_| panic!("only {} requests in flight at once", waiting.len()))
+                .expect("the client is there");
+            waiting.push((seen_of(request).await, respond));
+        }
+        let paths = waiting.iter().map(|(r, _)| r.path.clone()).collect();
+        for (request, respond) in waiting {
+            respond.send_response(echo(&request));
+        }
+        while let Some((request, respond)) = handle.next_request().await {
+            respond.send_response(echo(&seen_of(request).await));
+        }
+        paths
+    });
+    (kube::Client::new(service, "default"), server)
 }
 
 /// What the watcher reports of an object as pgop wrote it (`written`: a write's body).

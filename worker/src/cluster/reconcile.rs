@@ -84,6 +84,34 @@ impl Written {
             ));
         }
     }
+
+    /// Runs a stage's writes concurrently; notes the written ones in the stage's order.
+    async fn stage(&mut self, writes: Vec<Write<'_>>) -> Result<(), SyncError> {
+        for (applied, label) in futures::future::try_join_all(writes).await? {
+            if applied == Applied::Written {
+                self.0.push(label);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One object's write in a stage: how it went, and `Kind/name`.
+type Write<'a> = futures::future::BoxFuture<'a, Result<(Applied, String), SyncError>>;
+
+fn labelled<'a>(
+    label: String,
+    applied: impl std::future::Future<Output = Result<Applied, ApplyError>> + Send + 'a,
+) -> Write<'a> {
+    Box::pin(async move { Ok((applied.await?, label)) })
+}
+
+fn write<'a>(
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    kind: &str,
+    applied: impl std::future::Future<Output = Result<Applied, ApplyError>> + Send + 'a,
+) -> Write<'a> {
+    labelled(format!("{kind}/{}", name_of(metadata)), applied)
 }
 
 /// Credentials as Zalando generates them: 64 random alphanumerics.
@@ -113,37 +141,54 @@ pub(crate) async fn sync_objects(
     let binding = service_account::desired_role_binding(pg, config)?;
     let cluster = pg.metadata.name.as_deref().unwrap_or_default();
 
+    // Stages, each written concurrently: what the pods need (their account, credentials,
+    // Services), then the StatefulSet, then the rest. A new cluster's pass costs a few round
+    // trips instead of one per object.
     let mut written = Written::default();
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let seen = observed.seen(namespace, "ServiceAccount", &name_of(&account.metadata));
-    let applied = create_if_absent(&accounts, &account, &seen).await?;
-    written.note(applied, "ServiceAccount", account.metadata.name.as_ref());
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
-    let seen = observed.seen(namespace, "RoleBinding", &name_of(&binding.metadata));
-    let applied = create_if_absent(&bindings, &binding, &seen).await?;
-    written.note(applied, "RoleBinding", binding.metadata.name.as_ref());
-
-    for target in secrets::credential_secrets(pg, config) {
-        let secret = secrets::desired_secret(pg, config, &target, &random_password());
-        let api: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
-        let seen = observed.seen(&target.namespace, "Secret", &target.name);
-        let applied = create_or_relabel(&api, &secret, &seen).await?;
-        written.note(applied, "Secret", secret.metadata.name.as_ref());
-    }
-
     let service_api: Api<Service> = Api::namespaced(client.clone(), namespace);
-    for service in services::desired_services(pg, config) {
-        let seen = observed.seen(namespace, "Service", &name_of(&service.metadata));
-        let applied = apply(&service_api, &service, &seen).await?;
-        written.note(applied, "Service", service.metadata.name.as_ref());
+    let endpoints_api: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
+    let credentials: Vec<(Api<Secret>, Secret)> = secrets::credential_secrets(pg, config)
+        .into_iter()
+        .map(|target| {
+            let secret = secrets::desired_secret(pg, config, &target, &random_password());
+            (Api::namespaced(client.clone(), &target.namespace), secret)
+        })
+        .collect();
+    let services = services::desired_services(pg, config);
+    // Patroni owns the Endpoints' addresses; pgop only makes sure the object exists.
+    let endpoints = services::desired_endpoints(pg, config);
+    let mut first: Vec<Write<'_>> = vec![
+        write(&account.metadata, "ServiceAccount", async {
+            let seen = observed.seen(namespace, "ServiceAccount", &name_of(&account.metadata));
+            create_if_absent(&accounts, &account, &seen).await
+        }),
+        write(&binding.metadata, "RoleBinding", async {
+            let seen = observed.seen(namespace, "RoleBinding", &name_of(&binding.metadata));
+            create_if_absent(&bindings, &binding, &seen).await
+        }),
+    ];
+    for (api, secret) in &credentials {
+        first.push(write(&secret.metadata, "Secret", async move {
+            let secret_namespace = secret.metadata.namespace.as_deref().unwrap_or(namespace);
+            let seen = observed.seen(secret_namespace, "Secret", &name_of(&secret.metadata));
+            create_or_relabel(api, secret, &seen).await
+        }));
     }
-    if let Some(endpoints) = services::desired_endpoints(pg, config) {
-        // Patroni owns the addresses; pgop only makes sure the object exists.
-        let api: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
-        let seen = observed.seen(namespace, "Endpoints", &name_of(&endpoints.metadata));
-        let applied = create_if_absent(&api, &endpoints, &seen).await?;
-        written.note(applied, "Endpoints", endpoints.metadata.name.as_ref());
+    for service in &services {
+        first.push(write(&service.metadata, "Service", async {
+            let seen = observed.seen(namespace, "Service", &name_of(&service.metadata));
+            apply(&service_api, service, &seen).await
+        }));
     }
+    if let Some(endpoints) = &endpoints {
+        first.push(write(&endpoints.metadata, "Endpoints", async {
+            let seen = observed.seen(namespace, "Endpoints", &name_of(&endpoints.metadata));
+            create_if_absent(&endpoints_api, endpoints, &seen).await
+        }));
+    }
+    written.stage(first).await?;
 
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
     let seen = observed.seen(namespace, "StatefulSet", &name_of(&statefulset.metadata));
@@ -156,56 +201,86 @@ pub(crate) async fn sync_objects(
     .await?;
     written.note(applied, "StatefulSet", statefulset.metadata.name.as_ref());
     let problems = resize_claims(client, namespace, pg, config, observed, &mut written).await?;
-    if let Some(user) = pooler::pooler_user(pg, config) {
-        // The pooler's pods read its credentials: the Secret comes before the Deployment.
+
+    let pooler_secret = pooler::pooler_user(pg, config).map(|user| {
         let target = secrets::credential_secret(pg, config, &user);
         let secret = secrets::desired_secret(pg, config, &target, &random_password());
-        let api: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
-        let seen = observed.seen(&target.namespace, "Secret", &target.name);
-        let applied = create_or_relabel(&api, &secret, &seen).await?;
+        (
+            Api::<Secret>::namespaced(client.clone(), &target.namespace),
+            secret,
+        )
+    });
+    if let Some((api, secret)) = &pooler_secret {
+        // The pooler's pods read its credentials: the Secret comes before the Deployment.
+        let secret_namespace = secret.metadata.namespace.as_deref().unwrap_or(namespace);
+        let seen = observed.seen(secret_namespace, "Secret", &name_of(&secret.metadata));
+        let applied = create_or_relabel(api, secret, &seen).await?;
         written.note(applied, "Secret", secret.metadata.name.as_ref());
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let mut poolers = Vec::new();
     for role in pooler::PoolerRole::ALL {
         let name = pooler::pooler_name(pg, role);
-        if pooler::pooler_enabled(pg, config, role) {
-            let deployment = pooler::desired_pooler_deployment(pg, config, role)?;
-            let seen = observed.seen(namespace, "Deployment", &name);
-            let applied = apply(&deployments, &deployment, &seen).await?;
-            written.note(applied, "Deployment", Some(&name));
-            let service = pooler::desired_pooler_service(pg, config, role);
-            let seen = observed.seen(namespace, "Service", &name);
-            let applied = apply(&service_api, &service, &seen).await?;
-            written.note(applied, "Service", Some(&name));
-        } else {
+        let wanted = match pooler::pooler_enabled(pg, config, role) {
+            true => Some((
+                pooler::desired_pooler_deployment(pg, config, role)?,
+                pooler::desired_pooler_service(pg, config, role),
+            )),
+            false => None,
+        };
+        poolers.push((name, wanted));
+    }
+    let budgets = pdb::desired_pdbs(pg, config);
+    let job_name = logical_backup::logical_backup_job_name(config, cluster);
+    let job = logical_backup::desired_logical_backup(pg, config)?;
+    let mut rest: Vec<Write<'_>> = Vec::new();
+    for (name, wanted) in &poolers {
+        match wanted {
+            Some((deployment, service)) => {
+                rest.push(labelled(format!("Deployment/{name}"), async {
+                    let seen = observed.seen(namespace, "Deployment", name);
+                    apply(&deployments, deployment, &seen).await
+                }));
+                rest.push(labelled(format!("Service/{name}"), async {
+                    let seen = observed.seen(namespace, "Service", name);
+                    apply(&service_api, service, &seen).await
+                }));
+            }
             // Disabled (or never enabled): removed if present.
-            let seen = observed.seen(namespace, "Deployment", &name);
-            let applied = delete_as::<Deployment>(client, namespace, &name, "v1", &seen).await?;
-            written.note(applied, "Deployment (removed)", Some(&name));
-            let seen = observed.seen(namespace, "Service", &name);
-            let applied = delete_as::<Service>(client, namespace, &name, "v1", &seen).await?;
-            written.note(applied, "Service (removed)", Some(&name));
+            None => {
+                rest.push(labelled(format!("Deployment (removed)/{name}"), async {
+                    let seen = observed.seen(namespace, "Deployment", name);
+                    delete_as::<Deployment>(client, namespace, name, "v1", &seen).await
+                }));
+                rest.push(labelled(format!("Service (removed)/{name}"), async {
+                    let seen = observed.seen(namespace, "Service", name);
+                    delete_as::<Service>(client, namespace, name, "v1", &seen).await
+                }));
+            }
         }
     }
-
-    for budget in pdb::desired_pdbs(pg, config) {
-        let seen = observed.seen(namespace, "PodDisruptionBudget", &name_of(&budget.metadata));
-        let version = &served.pod_disruption_budget;
-        let applied = apply_as(client, namespace, &budget, version, &seen).await?;
-        written.note(
-            applied,
-            "PodDisruptionBudget",
-            budget.metadata.name.as_ref(),
-        );
+    for budget in &budgets {
+        rest.push(write(&budget.metadata, "PodDisruptionBudget", async {
+            let seen = observed.seen(namespace, "PodDisruptionBudget", &name_of(&budget.metadata));
+            apply_as(
+                client,
+                namespace,
+                budget,
+                &served.pod_disruption_budget,
+                &seen,
+            )
+            .await
+        }));
     }
-    let job_name = logical_backup::logical_backup_job_name(config, cluster);
-    let seen = observed.seen(namespace, "CronJob", &job_name);
-    let version = &served.cron_job;
-    let applied = match logical_backup::desired_logical_backup(pg, config)? {
-        Some(job) => apply_as(client, namespace, &job, version, &seen).await?,
-        None => delete_as::<CronJob>(client, namespace, &job_name, version, &seen).await?,
-    };
-    written.note(applied, "CronJob", Some(&job_name));
+    rest.push(labelled(format!("CronJob/{job_name}"), async {
+        let seen = observed.seen(namespace, "CronJob", &job_name);
+        let version = &served.cron_job;
+        match &job {
+            Some(job) => apply_as(client, namespace, job, version, &seen).await,
+            None => delete_as::<CronJob>(client, namespace, &job_name, version, &seen).await,
+        }
+    }));
+    written.stage(rest).await?;
 
     if let Some(present) = crate::cluster::finalizer::wanted_change(pg, config.enable_finalizers) {
         crate::cluster::finalizer::set(
@@ -378,7 +453,53 @@ pub async fn write_status(
 mod tests {
     use super::*;
     use crate::cache::children::{Children, SharedChildren};
-    use crate::clients::mock_api::{as_reported, client, recording_client, Exchange};
+    use crate::clients::mock_api::{
+        as_reported, client, holding_client, recording_client, Exchange,
+    };
+
+    #[tokio::test]
+    async fn what_the_pods_need_is_written_at_once_and_the_statefulset_after_it() {
+        let pg = crate::pure::roles::desired::tests::manifest(
+            "acid-stages",
+            "  teamId: acid\n  numberOfInstances: 1\n  volume: {size: 1Gi}\n  postgresql: {version: \"15\"}\n",
+        );
+        let config = OperatorConfig::default();
+        let shared = SharedChildren::default();
+        let mut children = Children::default();
+        children.complete();
+        let observed = Observed {
+            namespace: "default",
+            children: &children,
+            shared: &shared,
+            shared_name: &config.pod_service_account_name,
+        };
+        // The account, its binding, two credentials Secrets, two Services, the Endpoints.
+        let (c, server) = holding_client(7, std::time::Duration::from_secs(5));
+        let synced = sync_objects(
+            &c,
+            &ServedVersions::default(),
+            "default",
+            &pg,
+            &config,
+            &observed,
+        )
+        .await
+        .unwrap();
+        drop(c);
+        let held = server.await.unwrap();
+        assert!(
+            held.iter().all(|p| !p.contains("statefulsets")),
+            "the StatefulSet waits for what its pods read: {held:#?}"
+        );
+        assert_eq!(
+            synced.written.0[..2],
+            ["ServiceAccount/postgres-pod", "RoleBinding/postgres-pod"]
+        );
+        assert!(synced
+            .written
+            .0
+            .contains(&"StatefulSet/acid-stages".to_string()));
+    }
 
     #[tokio::test]
     async fn a_pass_over_objects_reported_as_applied_sends_no_request() {
