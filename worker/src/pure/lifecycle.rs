@@ -79,7 +79,6 @@ impl Lifecycle {
         let recreated = self
             .object()
             .is_some_and(|o| !o.uid.is_empty() && o.uid != event.uid);
-        let changed_now = is(&event, ClusterEventType::Update);
         *self = match std::mem::take(self) {
             Lifecycle::Replaced {
                 deleted,
@@ -127,7 +126,7 @@ impl Lifecycle {
                         deleted: previous,
                         confirmations,
                         since,
-                        next: Box::new(Lifecycle::Awaiting.arrived(event, today)),
+                        next: Box::new(current(event, false, today)),
                     }
                 }
             }
@@ -135,14 +134,8 @@ impl Lifecycle {
                 object: previous,
                 changed,
             } => {
-                if is(&event, ClusterEventType::Delete) {
-                    keep_manifest(&mut event, &previous);
-                }
-                Lifecycle::Managed {
-                    object: previous,
-                    changed: changed || changed_now,
-                }
-                .arrived(event, today)
+                keep_manifest(&mut event, &previous);
+                current(event, changed, today)
             }
             Lifecycle::Paused {
                 object: previous,
@@ -150,37 +143,17 @@ impl Lifecycle {
             } => {
                 if is(&event, ClusterEventType::Delete) {
                     keep_manifest(&mut event, &previous);
-                    Lifecycle::Awaiting.arrived(event, today)
+                    current(event, false, today)
                 } else {
                     Lifecycle::Paused {
+                        changed: changed || is(&event, ClusterEventType::Update),
                         object: event,
-                        changed: changed || changed_now,
                     }
                 }
             }
-            Lifecycle::Awaiting => Lifecycle::Awaiting.arrived(event, today),
+            Lifecycle::Awaiting => current(event, false, today),
         };
         Arrival { recreated }
-    }
-
-    /// `event` replacing whatever object this state holds (Awaiting and Managed only).
-    fn arrived(self, event: ClusterEvent, today: NaiveDate) -> Lifecycle {
-        let changed = match self {
-            Lifecycle::Managed { changed, .. } => changed,
-            _ => false,
-        } || is(&event, ClusterEventType::Update);
-        if is(&event, ClusterEventType::Delete) {
-            Lifecycle::Deleted {
-                object: event,
-                confirmations: 1,
-                since: today,
-            }
-        } else {
-            Lifecycle::Managed {
-                object: event,
-                changed,
-            }
-        }
     }
 
     pub fn step(&self) -> Step<'_> {
@@ -263,10 +236,30 @@ impl Lifecycle {
     }
 }
 
+/// The state of a live or deleted object after `event`; `changed`: an UPDATE no pass has
+/// carried out yet.
+fn current(event: ClusterEvent, changed: bool, today: NaiveDate) -> Lifecycle {
+    if is(&event, ClusterEventType::Delete) {
+        Lifecycle::Deleted {
+            object: event,
+            confirmations: 1,
+            since: today,
+        }
+    } else {
+        Lifecycle::Managed {
+            changed: changed || is(&event, ClusterEventType::Update),
+            object: event,
+        }
+    }
+}
+
 /// A DELETE made up by the scheduler has no manifest: the last one seen of the same object
 /// names what the cluster put in other namespaces.
 fn keep_manifest(event: &mut ClusterEvent, previous: &ClusterEvent) {
-    if event.manifest_json.is_empty() && previous.uid == event.uid {
+    if is(event, ClusterEventType::Delete)
+        && event.manifest_json.is_empty()
+        && previous.uid == event.uid
+    {
         event.manifest_json = previous.manifest_json.clone();
     }
 }
